@@ -1,0 +1,774 @@
+//! The engine of the load generator: opens connections, drives publishers and subscribers
+//! over raw TCP, and measures deliveries, latency, setup rate and broker memory.
+//!
+//! Publishers and subscribers get one task each; idle connections are opened by a small
+//! pool of worker tasks and then held together in one vector. Every loop is bounded by a
+//! message count and by the scenario deadline.
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{sleep, sleep_until, timeout, timeout_at};
+
+use super::packets::{self, Frame, PublishTemplate, ReadBuf};
+use super::scenario::{LoadShape, PublisherSpec, Scenario, SubscriberSpec, Topology};
+use super::stats::Histogram;
+
+/// At most this many PUBLISH packets go into one write.
+const BATCH: u64 = 64;
+/// Read buffer of an active connection (grows if a packet does not fit).
+const ACTIVE_BUF: usize = 16 * 1024;
+/// Connections above this count are spread over several loopback source addresses.
+const CONNS_PER_SOURCE: usize = 20_000;
+
+/// Settings shared by all scenarios of one run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub broker: SocketAddr,
+    pub payload_size: usize,
+    /// Upper bound for one scenario, setup included.
+    pub timeout: Duration,
+    /// How long deliveries may stall after the publishers finished before the rest counts
+    /// as lost.
+    pub drain: Duration,
+    pub broker_pid: Option<u32>,
+    /// Connection handshakes in flight at once.
+    pub connect_concurrency: usize,
+    /// Unacknowledged QoS 1 PUBLISH packets per publisher.
+    pub window: u64,
+    pub keep_alive: u16,
+    /// Unique per run, used in client ids and topics.
+    pub run_id: String,
+    /// Wait after the last idle connection before reading the broker's memory.
+    pub settle: Duration,
+}
+
+/// Raw figures of one scenario.
+#[derive(Debug, Default)]
+pub struct Measured {
+    pub connections: usize,
+    pub published: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    /// First publish to last delivery.
+    pub seconds: f64,
+    pub latency: Histogram,
+    /// Time to get every idle connection's CONNACK.
+    pub setup_seconds: Option<f64>,
+    pub rss_before: Option<u64>,
+    pub rss_after: Option<u64>,
+    pub timed_out: bool,
+    /// Errors of single connections, the scenario still produced figures.
+    pub errors: Vec<String>,
+}
+
+/// Nanoseconds since `epoch`.
+fn ns_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Resolves `addr` and refuses anything that is not a loopback address.
+pub async fn resolve_loopback(addr: &str) -> anyhow::Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("cannot resolve broker address {addr:?}"))?
+        .collect();
+    let Some(first) = addrs.first().copied() else {
+        bail!("broker address {addr:?} resolves to nothing");
+    };
+    if let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        bail!(
+            "broker address {addr:?} resolves to {bad}, which is not loopback; the load generator only targets this machine"
+        );
+    }
+    Ok(first)
+}
+
+/// Parses the `VmRSS` line of a `/proc/PID/status` text into bytes.
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut parts = line["VmRSS:".len()..].split_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    let unit = parts.next().unwrap_or("kB");
+    let mult = match unit {
+        "kB" => 1024,
+        "mB" | "MB" => 1024 * 1024,
+        "B" => 1,
+        _ => return None,
+    };
+    Some(value * mult)
+}
+
+/// Resident memory of process `pid` in bytes.
+pub fn read_rss(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    parse_vm_rss(&text).ok_or_else(|| anyhow!("no VmRSS line in {path}"))
+}
+
+/// Clock ticks per second of the `/proc` CPU times (`USER_HZ`, fixed at 100 by the Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+/// User plus system CPU seconds from a `/proc/PID/stat` text.
+pub fn parse_cpu_secs(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11); // field 3 is the first after ')'
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / USER_HZ)
+}
+
+/// CPU seconds used so far by process `pid` (all threads), or by this process for `None`.
+pub fn read_cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    parse_cpu_secs(&std::fs::read_to_string(path).ok()?)
+}
+
+/// Soft limit on open files of this process, from `/proc/self/limits`.
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Fails early when this process cannot hold `conns` sockets.
+fn check_fd_limit(conns: usize) -> anyhow::Result<()> {
+    if let Some(limit) = open_files_limit() {
+        let need = conns as u64 + 64;
+        if need > limit {
+            bail!(
+                "{conns} connections need about {need} open files but the limit is {limit}; \
+                 raise it with `ulimit -n` (the broker needs the same)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Source address for connection `i` of `total`: spread over 127.0.0.1..127.0.0.k when one
+/// address would run out of ephemeral ports.
+fn source_for(broker: SocketAddr, i: usize, total: usize) -> Option<IpAddr> {
+    if total <= CONNS_PER_SOURCE || !broker.is_ipv4() {
+        return None;
+    }
+    let k = total.div_ceil(CONNS_PER_SOURCE).min(254);
+    let host = 1 + (i % k) as u8;
+    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))
+}
+
+async fn read_some(stream: &mut TcpStream, rb: &mut ReadBuf) -> anyhow::Result<()> {
+    let n = stream.read(rb.spare()).await?;
+    if n == 0 {
+        bail!("connection closed by the broker");
+    }
+    rb.filled(n);
+    Ok(())
+}
+
+/// Reads until CONNACK (or SUBACK with `want_suback`), failing on a refusal.
+async fn await_ack(
+    stream: &mut TcpStream,
+    rb: &mut ReadBuf,
+    want_suback: bool,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    loop {
+        while let Some((frame, used)) = packets::parse_frame(rb.data())? {
+            let done = match frame {
+                Frame::ConnAck { code, .. } if !want_suback => {
+                    if code != 0 {
+                        bail!("CONNACK refused with return code {code}");
+                    }
+                    true
+                }
+                Frame::SubAck { codes, .. } if want_suback => {
+                    if codes.iter().any(|&c| c & 0x80 != 0) {
+                        bail!("SUBACK refused the subscription");
+                    }
+                    true
+                }
+                _ => false,
+            };
+            rb.consume(used);
+            if done {
+                return Ok(());
+            }
+        }
+        timeout_at(deadline, read_some(stream, rb))
+            .await
+            .map_err(|_| anyhow!("timed out waiting for the broker"))??;
+    }
+}
+
+/// Connects, sends CONNECT and waits for a successful CONNACK.
+async fn open(
+    cfg: &RunConfig,
+    client_id: &str,
+    source: Option<IpAddr>,
+    buf: usize,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<(TcpStream, ReadBuf)> {
+    let connect = async {
+        match source {
+            None => TcpStream::connect(cfg.broker).await,
+            Some(ip) => {
+                let sock = if ip.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                sock.bind(SocketAddr::new(ip, 0))?;
+                sock.connect(cfg.broker).await
+            }
+        }
+    };
+    let mut stream = timeout_at(deadline, connect)
+        .await
+        .map_err(|_| anyhow!("timed out connecting to {}", cfg.broker))?
+        .with_context(|| format!("cannot connect to {}", cfg.broker))?;
+    stream.set_nodelay(true)?;
+    let hello = packets::connect(client_id, cfg.keep_alive)?;
+    timeout_at(deadline, stream.write_all(&hello))
+        .await
+        .map_err(|_| anyhow!("timed out sending CONNECT"))??;
+    let mut rb = ReadBuf::new(buf);
+    await_ack(&mut stream, &mut rb, false, deadline).await?;
+    Ok((stream, rb))
+}
+
+/// Runs `f(0..n)` with at most `concurrency` calls in flight, on that many worker tasks,
+/// and returns the outputs in index order. The first error aborts the rest.
+async fn parallel<T, F, Fut>(n: usize, concurrency: usize, f: F) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<T>> + Send,
+{
+    let workers = concurrency.clamp(1, n.max(1));
+    let f = Arc::new(f);
+    let mut set = JoinSet::new();
+    for w in 0..workers {
+        let f = Arc::clone(&f);
+        set.spawn(async move {
+            let mut out = Vec::with_capacity(n / workers + 1);
+            let mut i = w;
+            while i < n {
+                let v = f(i).await.with_context(|| format!("connection {i}"))?;
+                out.push((i, v));
+                i += workers;
+            }
+            anyhow::Ok(out)
+        });
+    }
+    let mut all = Vec::with_capacity(n);
+    while let Some(joined) = set.join_next().await {
+        all.extend(joined??);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Best-effort DISCONNECT before dropping a connection.
+async fn close(mut stream: TcpStream) {
+    let _ = timeout(
+        Duration::from_millis(200),
+        stream.write_all(&packets::disconnect()),
+    )
+    .await;
+}
+
+/// Waits until the watch value is `true` (or its sender is gone).
+async fn flagged(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+struct SubOutcome {
+    received: u64,
+    last_ns: Option<u64>,
+    latency: Histogram,
+    error: Option<String>,
+}
+
+struct Subscriber {
+    stream: TcpStream,
+    rb: ReadBuf,
+    expected: u64,
+    epoch: Instant,
+    delivered: Arc<AtomicU64>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Subscriber {
+    async fn run(mut self) -> SubOutcome {
+        let mut out = SubOutcome {
+            received: 0,
+            last_ns: None,
+            latency: Histogram::new(),
+            error: None,
+        };
+        if let Err(e) = self.receive(&mut out).await {
+            out.error = Some(format!("{e:#}"));
+        }
+        close(self.stream).await;
+        out
+    }
+
+    async fn receive(&mut self, out: &mut SubOutcome) -> anyhow::Result<()> {
+        let mut acks: Vec<u8> = Vec::with_capacity(1024);
+        // Bytes already buffered during the handshake are parsed before the first read.
+        let mut pending = !self.rb.data().is_empty();
+        while out.received < self.expected {
+            if !pending {
+                let n = tokio::select! {
+                    biased;
+                    _ = flagged(&mut self.stop) => return Ok(()),
+                    r = self.stream.read(self.rb.spare()) => r?,
+                };
+                if n == 0 {
+                    bail!("connection closed by the broker");
+                }
+                self.rb.filled(n);
+            }
+            pending = false;
+            let now = ns_since(self.epoch);
+            let mut batch = 0u64;
+            loop {
+                let (used, publish) = match packets::parse_frame(self.rb.data())? {
+                    None => break,
+                    Some((
+                        Frame::Publish {
+                            qos,
+                            packet_id,
+                            payload,
+                            ..
+                        },
+                        used,
+                    )) => (
+                        used,
+                        Some((qos, packet_id, packets::payload_stamp(payload))),
+                    ),
+                    Some((_, used)) => (used, None),
+                };
+                self.rb.consume(used);
+                if let Some((qos, packet_id, stamp)) = publish {
+                    batch += 1;
+                    if let Some(stamp) = stamp {
+                        out.latency.record(now.saturating_sub(stamp));
+                    }
+                    if let (1, Some(id)) = (qos, packet_id) {
+                        acks.extend_from_slice(&packets::puback(id));
+                    }
+                }
+            }
+            if batch > 0 {
+                out.received += batch;
+                out.last_ns = Some(now);
+                self.delivered.fetch_add(batch, Ordering::Relaxed);
+            }
+            if !acks.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = flagged(&mut self.stop) => return Ok(()),
+                    r = self.stream.write_all(&acks) => r?,
+                }
+                acks.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+struct PubOutcome {
+    sent: u64,
+    first_ns: Option<u64>,
+    error: Option<String>,
+}
+
+struct Publisher {
+    stream: TcpStream,
+    rb: ReadBuf,
+    template: PublishTemplate,
+    qos: u8,
+    messages: u64,
+    /// Messages per second for this publisher, `None` to saturate.
+    rate: Option<f64>,
+    window: u64,
+    epoch: Instant,
+    start: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Publisher {
+    async fn run(mut self) -> PubOutcome {
+        let mut out = PubOutcome {
+            sent: 0,
+            first_ns: None,
+            error: None,
+        };
+        if let Err(e) = self.send(&mut out).await {
+            out.error = Some(format!("{e:#}"));
+        }
+        close(self.stream).await;
+        out
+    }
+
+    /// Reads whatever PUBACKs are buffered without waiting; returns how many arrived.
+    fn take_acks(&mut self) -> anyhow::Result<u64> {
+        let mut acks = 0;
+        loop {
+            match self.stream.try_read(self.rb.spare()) {
+                Ok(0) => bail!("connection closed by the broker"),
+                Ok(n) => self.rb.filled(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
+            while let Some((frame, used)) = packets::parse_frame(self.rb.data())? {
+                if matches!(frame, Frame::PubAck { .. }) {
+                    acks += 1;
+                }
+                self.rb.consume(used);
+            }
+        }
+        Ok(acks)
+    }
+
+    async fn send(&mut self, out: &mut PubOutcome) -> anyhow::Result<()> {
+        tokio::select! {
+            biased;
+            _ = flagged(&mut self.stop) => return Ok(()),
+            _ = flagged(&mut self.start) => {}
+        }
+        let started = tokio::time::Instant::now();
+        let mut wbuf = Vec::with_capacity(self.template.len() * BATCH as usize);
+        let mut inflight = 0u64;
+        let mut next_id: u16 = 1;
+        loop {
+            if out.sent == self.messages && inflight == 0 {
+                return Ok(());
+            }
+            let mut allowed = self.messages - out.sent;
+            if let Some(rate) = self.rate {
+                let due = (started.elapsed().as_secs_f64() * rate).floor() as u64 + 1;
+                allowed = allowed.min(due.saturating_sub(out.sent));
+            }
+            if self.qos > 0 {
+                allowed = allowed.min(self.window.saturating_sub(inflight));
+            }
+            allowed = allowed.min(BATCH);
+            if allowed > 0 {
+                wbuf.clear();
+                let now = ns_since(self.epoch);
+                out.first_ns.get_or_insert(now);
+                for _ in 0..allowed {
+                    self.template.append(&mut wbuf, next_id, now);
+                    next_id = next_id.checked_add(1).unwrap_or(1);
+                }
+                tokio::select! {
+                    biased;
+                    _ = flagged(&mut self.stop) => return Ok(()),
+                    r = self.stream.write_all(&wbuf) => r?,
+                }
+                out.sent += allowed;
+                if self.qos > 0 {
+                    inflight += allowed;
+                    inflight = inflight.saturating_sub(self.take_acks()?);
+                }
+                continue;
+            }
+            let window_open = self.qos == 0 || inflight < self.window;
+            let wake = match self.rate {
+                Some(rate) if out.sent < self.messages && window_open => {
+                    Some(started + Duration::from_secs_f64(out.sent as f64 / rate))
+                }
+                _ => None,
+            };
+            let wait_acks = self.qos > 0 && inflight > 0;
+            tokio::select! {
+                biased;
+                _ = flagged(&mut self.stop) => return Ok(()),
+                r = self.stream.readable(), if wait_acks => {
+                    r?;
+                    inflight = inflight.saturating_sub(self.take_acks()?);
+                }
+                _ = sleep_until(wake.unwrap_or(started)), if wake.is_some() => {}
+                else => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Opens and closes one connection to check that an MQTT broker answers.
+pub async fn probe(cfg: &RunConfig) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let id = format!("mqb-{}-probe", cfg.run_id);
+    let (stream, _) = open(cfg, &id, None, 64, deadline).await?;
+    close(stream).await;
+    Ok(())
+}
+
+fn client_id(cfg: &RunConfig, role: &str, scenario: &str, i: usize) -> String {
+    format!("mqb-{}-{scenario}-{role}{i}", cfg.run_id)
+}
+
+/// Runs a scenario with publishers and subscribers.
+pub async fn run_messaging(
+    cfg: &Arc<RunConfig>,
+    sc: &Scenario,
+    topo: Topology,
+) -> anyhow::Result<Measured> {
+    let deadline = tokio::time::Instant::now() + cfg.timeout;
+    let epoch = Instant::now();
+    let qos = sc.qos;
+    let mut m = Measured {
+        connections: topo.publishers.len() + topo.subscribers.len(),
+        expected: topo.expected_total(),
+        ..Measured::default()
+    };
+    check_fd_limit(m.connections)?;
+
+    let subs: Arc<Vec<SubscriberSpec>> = Arc::new(topo.subscribers);
+    let pubs: Arc<Vec<PublisherSpec>> = Arc::new(topo.publishers);
+
+    // Subscribers first, each with its SUBACK, so no message can miss them.
+    let sub_conns = {
+        let cfg = Arc::clone(cfg);
+        let subs = Arc::clone(&subs);
+        let name = sc.name.clone();
+        parallel(subs.len(), cfg.connect_concurrency, move |i| {
+            let cfg = Arc::clone(&cfg);
+            let subs = Arc::clone(&subs);
+            let id = client_id(&cfg, "s", &name, i);
+            async move {
+                let (mut stream, mut rb) = open(&cfg, &id, None, ACTIVE_BUF, deadline).await?;
+                let sub = packets::subscribe(1, &subs[i].filter, qos)?;
+                stream.write_all(&sub).await?;
+                await_ack(&mut stream, &mut rb, true, deadline).await?;
+                Ok((stream, rb))
+            }
+        })
+        .await
+        .context("setting up subscribers")?
+    };
+    let pub_conns = {
+        let cfg = Arc::clone(cfg);
+        let name = sc.name.clone();
+        parallel(pubs.len(), cfg.connect_concurrency, move |i| {
+            let cfg = Arc::clone(&cfg);
+            let id = client_id(&cfg, "p", &name, i);
+            async move { open(&cfg, &id, None, 4096, deadline).await }
+        })
+        .await
+        .context("setting up publishers")?
+    };
+
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (start_tx, start_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut sub_tasks = JoinSet::new();
+    for ((stream, rb), spec) in sub_conns.into_iter().zip(subs.iter()) {
+        let s = Subscriber {
+            stream,
+            rb,
+            expected: spec.expected,
+            epoch,
+            delivered: Arc::clone(&delivered),
+            stop: stop_rx.clone(),
+        };
+        sub_tasks.spawn(s.run());
+    }
+    let per_pub_rate = match sc.load {
+        LoadShape::Saturate { .. } => None,
+        LoadShape::Rate { per_sec, .. } => {
+            Some((per_sec as f64 / pubs.len().max(1) as f64).max(1e-3))
+        }
+    };
+    let mut pub_tasks = JoinSet::new();
+    for ((stream, rb), spec) in pub_conns.into_iter().zip(pubs.iter()) {
+        let p = Publisher {
+            stream,
+            rb,
+            template: PublishTemplate::new(&spec.topic, qos, cfg.payload_size)?,
+            qos,
+            messages: spec.messages,
+            rate: per_pub_rate,
+            window: cfg.window.max(1),
+            epoch,
+            start: start_rx.clone(),
+            stop: stop_rx.clone(),
+        };
+        pub_tasks.spawn(p.run());
+    }
+
+    let _ = start_tx.send(true);
+    let mut first_ns: Option<u64> = None;
+    loop {
+        match timeout_at(deadline, pub_tasks.join_next()).await {
+            Err(_) => {
+                m.timed_out = true;
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(joined)) => {
+                let o = joined.context("publisher task failed")?;
+                m.published += o.sent;
+                if let Some(f) = o.first_ns {
+                    first_ns = Some(first_ns.map_or(f, |x| x.min(f)));
+                }
+                if let Some(e) = o.error {
+                    m.errors.push(format!("publisher: {e}"));
+                }
+            }
+        }
+    }
+
+    // Wait for the deliveries while they keep coming.
+    let mut seen = delivered.load(Ordering::Relaxed);
+    let mut progress_at = tokio::time::Instant::now();
+    while !m.timed_out && seen < m.expected && !sub_tasks.is_empty() {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            m.timed_out = true;
+            break;
+        }
+        if now.duration_since(progress_at) >= cfg.drain {
+            break;
+        }
+        sleep(Duration::from_millis(10)).await;
+        let d = delivered.load(Ordering::Relaxed);
+        if d != seen {
+            seen = d;
+            progress_at = tokio::time::Instant::now();
+        }
+    }
+    let _ = stop_tx.send(true);
+
+    let mut last_ns: Option<u64> = None;
+    while let Some(joined) = pub_tasks.join_next().await {
+        let o = joined.context("publisher task failed")?;
+        m.published += o.sent;
+        if let Some(f) = o.first_ns {
+            first_ns = Some(first_ns.map_or(f, |x| x.min(f)));
+        }
+        if let Some(e) = o.error {
+            m.errors.push(format!("publisher: {e}"));
+        }
+    }
+    while let Some(joined) = sub_tasks.join_next().await {
+        let o = joined.context("subscriber task failed")?;
+        m.delivered += o.received;
+        m.latency.merge(&o.latency);
+        if let Some(l) = o.last_ns {
+            last_ns = Some(last_ns.map_or(l, |x| x.max(l)));
+        }
+        if let Some(e) = o.error {
+            m.errors.push(format!("subscriber: {e}"));
+        }
+    }
+    if let (Some(f), Some(l)) = (first_ns, last_ns) {
+        m.seconds = l.saturating_sub(f) as f64 / 1e9;
+    }
+    Ok(m)
+}
+
+/// Runs a scenario of idle connections: setup rate and broker memory per connection.
+pub async fn run_idle(cfg: &Arc<RunConfig>, sc: &Scenario, n: usize) -> anyhow::Result<Measured> {
+    let deadline = tokio::time::Instant::now() + cfg.timeout;
+    check_fd_limit(n)?;
+    let mut m = Measured {
+        connections: n,
+        ..Measured::default()
+    };
+    if let Some(pid) = cfg.broker_pid {
+        m.rss_before = Some(read_rss(pid)?);
+    }
+    let broker = cfg.broker;
+    let started = Instant::now();
+    let conns = {
+        let cfg = Arc::clone(cfg);
+        let name = sc.name.clone();
+        parallel(n, cfg.connect_concurrency, move |i| {
+            let cfg = Arc::clone(&cfg);
+            let id = client_id(&cfg, "c", &name, i);
+            async move {
+                let (stream, _) = open(&cfg, &id, source_for(broker, i, n), 64, deadline).await?;
+                Ok(stream)
+            }
+        })
+        .await
+        .with_context(|| format!("opening {n} idle connections"))?
+    };
+    m.setup_seconds = Some(started.elapsed().as_secs_f64());
+    if let Some(pid) = cfg.broker_pid {
+        sleep(cfg.settle).await;
+        m.rss_after = Some(read_rss(pid)?);
+    }
+    let bye = packets::disconnect();
+    for s in &conns {
+        let _ = s.try_write(&bye);
+    }
+    drop(conns);
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_parsing() {
+        let status = "Name:\tmosquitto\nVmPeak:\t   20000 kB\nVmRSS:\t    7340 kB\nThreads:\t1\n";
+        assert_eq!(parse_vm_rss(status), Some(7340 * 1024));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        assert_eq!(parse_vm_rss("VmRSS: lots kB\n"), None);
+    }
+
+    #[test]
+    fn cpu_time_parsing() {
+        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 1 0";
+        assert_eq!(parse_cpu_secs(stat), Some(3.25));
+        assert_eq!(parse_cpu_secs("1234 (x) S 1"), None);
+        assert!(read_cpu_secs(None).is_some());
+    }
+
+    #[test]
+    fn own_rss_is_readable() {
+        let rss = read_rss(std::process::id()).unwrap();
+        assert!(rss > 0);
+    }
+
+    #[test]
+    fn sources_spread_only_when_needed() {
+        let b: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        assert_eq!(source_for(b, 5, 10_000), None);
+        let ips: Vec<_> = (0..4).map(|i| source_for(b, i, 50_000)).collect();
+        let ip = |h| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, h)));
+        assert_eq!(ips, vec![ip(1), ip(2), ip(3), ip(1)]);
+        let v6: SocketAddr = "[::1]:1883".parse().unwrap();
+        assert_eq!(source_for(v6, 1, 50_000), None);
+    }
+
+    #[tokio::test]
+    async fn only_loopback_is_accepted() {
+        assert!(resolve_loopback("127.0.0.1:1883").await.is_ok());
+        assert!(resolve_loopback("[::1]:1883").await.is_ok());
+        assert!(resolve_loopback("10.0.0.1:1883").await.is_err());
+        assert!(resolve_loopback("192.168.1.1:1883").await.is_err());
+    }
+}

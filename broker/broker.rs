@@ -1,0 +1,558 @@
+//! `Broker`: the state every connection shares (sessions, subscriptions, retained messages, the
+//! store) and the one publish path every message takes.
+//!
+//! The publish path: (retain) -> match subscriptions -> queue a `Delivery` on each target session
+//! and wake its connection -> write what persistent sessions are owed to the store in one batch
+//! -> hand the message to the hooks. It reports whether a flush is needed before the publisher
+//! may be acknowledged (the durability rule in ARCHITECTURE.md).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use mqtter_engine::{Batch, GroupCommit, Space, Store, StoreError};
+use ntex_bytes::ByteString;
+
+use crate::auth::{Accounts, Acl};
+use crate::config::{Config, Durability};
+use crate::hooks::PublishHook;
+use crate::message::{Message, QoS, StoredMessage, now_ms};
+use crate::persist::{self, QueuedHeader, SessionRecord};
+use crate::router::Router;
+use crate::session::{Delivery, Eviction, Offered, QueueLimits, Session};
+use crate::sys::Metrics;
+use crate::wire::Will;
+
+/// What publishing one message did.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Sessions the message was queued for.
+    pub delivered: usize,
+    /// Sessions the topic matched (queued or not).
+    pub matched: usize,
+    /// The message was written to the store and must be flushed before it is acknowledged.
+    pub needs_flush: bool,
+}
+
+/// The shared state of the running broker.
+pub struct Broker {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    commit: GroupCommit,
+    pub accounts: Accounts,
+    pub acl: Acl,
+    pub router: RwLock<Router>,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    retained: RwLock<HashMap<ByteString, Arc<Message>>>,
+    /// Wills waiting for their delay, by client id, with the token of the timer that owns them.
+    pending_wills: Mutex<HashMap<Arc<str>, (u64, Will)>>,
+    pub metrics: Metrics,
+    next_token: AtomicU64,
+    pub limits: QueueLimits,
+    hooks: RwLock<Vec<Arc<dyn PublishHook>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Build the broker over `store` and restore what it holds (retained messages, sessions).
+    pub fn open(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
+        let limits = QueueLimits {
+            max_queued: config.limits.max_queued,
+            overflow: config.limits.queue_overflow,
+            qos0_offline: config.limits.queue_qos0_offline,
+        };
+        let broker = Arc::new(Self {
+            commit: GroupCommit::start(store.clone()),
+            accounts: Accounts::new(store.clone()),
+            acl: Acl::new(config.acl.clone()),
+            router: RwLock::new(Router::default()),
+            sessions: Mutex::new(HashMap::new()),
+            retained: RwLock::new(HashMap::new()),
+            pending_wills: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            next_token: AtomicU64::new(1),
+            limits,
+            hooks: RwLock::new(Vec::new()),
+            config,
+            store,
+        });
+        broker.restore()?;
+        Ok(broker)
+    }
+
+    /// Register a hook that sees every routed message (the rules engine's seam).
+    pub fn add_hook(&self, hook: Arc<dyn PublishHook>) {
+        self.hooks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hook);
+    }
+
+    pub fn next_token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Resolves once everything written so far is durable.
+    pub async fn durable(&self) -> Result<(), Arc<StoreError>> {
+        self.commit.durable().await
+    }
+
+    pub fn is_sync(&self) -> bool {
+        self.config.durability == Durability::Sync
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    // ----- publishing -------------------------------------------------------------------------
+
+    /// Route one message to every matching session. See the module doc.
+    pub fn publish(&self, msg: Arc<Message>) -> Result<Published, StoreError> {
+        let mut batch = Batch::new();
+        if msg.retain {
+            self.retain(&msg, &mut batch);
+        }
+        let targets = self
+            .router
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .matches(&msg.topic);
+        let mut published = Published {
+            matched: targets.len(),
+            ..Default::default()
+        };
+        let mut encoded_body: Option<Vec<u8>> = None;
+        for target in targets {
+            if target.no_local
+                && msg
+                    .publisher
+                    .as_deref()
+                    .is_some_and(|p| *p == *target.session.client_id)
+            {
+                continue;
+            }
+            let qos = msg.qos.min(crate::message::qos_from_u8(target.qos));
+            let delivery = Delivery {
+                msg: msg.clone(),
+                qos,
+                retain: target.retain_as_published && msg.retain,
+                sub_ids: target.sub_ids,
+                store_seq: None,
+            };
+            let header = QueuedHeader {
+                qos: u8::from(qos),
+                retain: delivery.retain,
+                sub_ids: delivery.sub_ids.clone(),
+                released_packet_id: None,
+            };
+            match target.session.offer(delivery, &self.limits) {
+                Offered::Queued(seq) => {
+                    published.delivered += 1;
+                    if let Some(seq) = seq {
+                        let body = encoded_body
+                            .get_or_insert_with(|| persist::encode(&StoredMessage::from(&*msg)));
+                        batch.put(
+                            Space::Queue,
+                            persist::queue_key(&target.session.client_id, seq),
+                            persist::queued_value(&header, body),
+                        );
+                    }
+                }
+                Offered::Dropped => {
+                    self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            published.needs_flush = msg.qos != QoS::AtMostOnce && self.is_sync();
+            self.store.apply(batch)?;
+        }
+        for hook in self.hooks.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            hook.on_publish(&msg);
+        }
+        Ok(published)
+    }
+
+    fn retain(&self, msg: &Arc<Message>, batch: &mut Batch) {
+        let mut retained = self.retained.write().unwrap_or_else(|p| p.into_inner());
+        if msg.payload.is_empty() {
+            // An empty retained message clears the topic and is not stored [MQTT-3.3.1-10].
+            if retained.remove(&msg.topic).is_some() {
+                batch.remove(Space::Retained, msg.topic.as_bytes().to_vec());
+            }
+        } else {
+            retained.insert(msg.topic.clone(), msg.clone());
+            batch.put(
+                Space::Retained,
+                msg.topic.as_bytes().to_vec(),
+                persist::encode(&StoredMessage::from(&**msg)),
+            );
+        }
+    }
+
+    /// The retained messages whose topics match `filter`.
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let now = now_ms();
+        let retained = self.retained.read().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<Arc<Message>> = retained
+            .values()
+            .filter(|m| crate::topic::matches(filter, &m.topic) && !m.is_expired(now))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.topic.cmp(&b.topic));
+        found
+    }
+
+    // ----- sessions ---------------------------------------------------------------------------
+
+    /// Attach a new connection (generation `owner`) to the session of `client_id`, creating it,
+    /// resuming it, or replacing it when `clean_start`. An older connection on the same client id
+    /// is told to go [MQTT-3.1.4-3]. Returns the session and whether an old one was resumed.
+    pub fn attach(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_secs: u32,
+        owner: u64,
+    ) -> (Arc<Session>, bool) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        // A new connection for this client id stops a delayed will [MQTT-3.1.3-9].
+        self.pending_wills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(client_id);
+        let existing = sessions.get(client_id).cloned();
+        if let Some(old) = &existing {
+            let mut state = old.lock();
+            if state.owner != 0 {
+                state.eviction = Some(Eviction::TakenOver);
+                state.owner = 0;
+                drop(state);
+                old.set_online(false);
+                old.wake.notify_one();
+            }
+        }
+        let (session, present) = match existing {
+            Some(old) if !clean_start => (old, true),
+            Some(old) => {
+                self.discard(&old);
+                sessions.remove(client_id);
+                (Arc::new(Session::new(Arc::from(client_id))), false)
+            }
+            None => (Arc::new(Session::new(Arc::from(client_id))), false),
+        };
+        {
+            let mut state = session.lock();
+            state.owner = owner;
+            state.eviction = None;
+            state.expiry_secs = expiry_secs;
+        }
+        session.set_online(true);
+        sessions.insert(session.client_id.clone(), session.clone());
+        drop(sessions);
+        if expiry_secs > 0 {
+            self.save_session(&session, None);
+        } else if present {
+            // The session was persistent and now ends with this connection: forget it on disk.
+            self.forget_on_disk(&session.client_id);
+        }
+        (session, present)
+    }
+
+    /// A connection of generation `owner` has ended. Publishes or schedules the will, and ends
+    /// the session or keeps it for its expiry.
+    pub fn detach(self: &Arc<Self>, session: &Arc<Session>, owner: u64, will: Option<Will>) {
+        let expiry = {
+            let mut state = session.lock();
+            if state.owner != owner {
+                // Taken over: the new connection owns the session now.
+                drop(state);
+                if let Some(will) = will {
+                    self.schedule_will(&session.client_id, will, 0);
+                }
+                return;
+            }
+            state.owner = 0;
+            state.expiry_secs
+        };
+        session.set_online(false);
+        if let Some(will) = will {
+            self.schedule_will(&session.client_id, will, expiry);
+        }
+        if expiry == 0 {
+            self.end_session(session);
+        } else {
+            self.save_session(session, Some(now_ms()));
+            self.schedule_expiry(session.clone(), expiry);
+        }
+    }
+
+    fn schedule_expiry(self: &Arc<Self>, session: Arc<Session>, expiry_secs: u32) {
+        if expiry_secs == u32::MAX {
+            return; // never expires
+        }
+        let broker = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(expiry_secs))).await;
+            if session.lock().owner == 0 {
+                broker.end_session(&session);
+            }
+        });
+    }
+
+    /// End a session for good: its subscriptions, queue and record go; a pending will is sent.
+    pub fn end_session(&self, session: &Arc<Session>) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions
+            .get(&session.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            sessions.remove(&session.client_id);
+        }
+        drop(sessions);
+        self.discard(session);
+        let will = self
+            .pending_wills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&session.client_id);
+        if let Some((_, will)) = will {
+            self.publish_will(will);
+        }
+    }
+
+    fn discard(&self, session: &Session) {
+        let filters: Vec<String> = session.lock().subscriptions.keys().cloned().collect();
+        {
+            let mut router = self.router.write().unwrap_or_else(|p| p.into_inner());
+            for filter in &filters {
+                if let Ok(split) = crate::topic::split_share(filter) {
+                    router.unsubscribe(split.filter, split.group, session);
+                }
+            }
+        }
+        let mut state = session.lock();
+        state.subscriptions.clear();
+        state.queue.clear();
+        state.inflight.clear();
+        state.inbound_qos2.clear();
+        drop(state);
+        self.forget_on_disk(&session.client_id);
+    }
+
+    fn forget_on_disk(&self, client_id: &str) {
+        let mut batch = Batch::new();
+        batch.remove(Space::Sessions, client_id.as_bytes());
+        match self
+            .store
+            .scan_prefix(Space::Queue, &persist::client_prefix(client_id))
+        {
+            Ok(entries) => entries
+                .into_iter()
+                .for_each(|(key, _)| batch.remove(Space::Queue, key)),
+            Err(err) => tracing::error!(cause = %err, client_id, "cannot list a session's queue"),
+        }
+        if let Err(err) = self.store.apply(batch) {
+            tracing::error!(cause = %err, client_id, "cannot remove a session from the store");
+        }
+    }
+
+    /// Write the session record of a persistent session.
+    pub fn save_session(&self, session: &Session, disconnected_at_ms: Option<u64>) {
+        let state = session.lock();
+        if !state.is_persistent() {
+            return;
+        }
+        let record = SessionRecord {
+            expiry_secs: state.expiry_secs,
+            subscriptions: state
+                .subscriptions
+                .iter()
+                .map(|(f, o)| (f.clone(), *o))
+                .collect(),
+            inbound_qos2: state.inbound_qos2.iter().copied().collect(),
+            disconnected_at_ms,
+        };
+        drop(state);
+        let mut batch = Batch::new();
+        batch.put(
+            Space::Sessions,
+            session.client_id.as_bytes(),
+            persist::encode(&record),
+        );
+        if let Err(err) = self.store.apply(batch) {
+            tracing::error!(cause = %err, client_id = %session.client_id, "cannot save a session");
+        }
+    }
+
+    // ----- wills ------------------------------------------------------------------------------
+
+    fn schedule_will(self: &Arc<Self>, client_id: &Arc<str>, will: Will, session_expiry: u32) {
+        let delay = will.delay_secs.min(session_expiry);
+        if delay == 0 {
+            self.publish_will(will);
+            return;
+        }
+        let token = self.next_token();
+        self.pending_wills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_id.clone(), (token, will));
+        let broker = Arc::clone(self);
+        let client_id = client_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+            let mut pending = broker
+                .pending_wills
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if pending.get(&client_id).is_some_and(|(t, _)| *t == token)
+                && let Some((_, will)) = pending.remove(&client_id)
+            {
+                drop(pending);
+                broker.publish_will(will);
+            }
+        });
+    }
+
+    fn publish_will(&self, will: Will) {
+        let mut msg = will.msg;
+        // The will's expiry interval counts from when it is published.
+        msg.expires_at_ms = msg.expires_at_ms.map(|secs| now_ms() + secs * 1000);
+        if let Err(err) = self.publish(Arc::new(msg)) {
+            tracing::error!(cause = %err, "cannot publish a will");
+        }
+    }
+
+    // ----- restart ----------------------------------------------------------------------------
+
+    fn restore(self: &Arc<Self>) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut retained = self.retained.write().unwrap_or_else(|p| p.into_inner());
+        for (key, value) in self.store.scan_prefix(Space::Retained, b"")? {
+            match persist::decode::<StoredMessage>(&value) {
+                Some(stored) => {
+                    let msg = Message::from(stored);
+                    if !msg.is_expired(now) {
+                        retained.insert(msg.topic.clone(), Arc::new(msg));
+                    }
+                }
+                None => {
+                    tracing::warn!(topic = %String::from_utf8_lossy(&key), "unreadable retained message skipped")
+                }
+            }
+        }
+        drop(retained);
+
+        let mut restored = 0;
+        for (key, value) in self.store.scan_prefix(Space::Sessions, b"")? {
+            let client_id = String::from_utf8_lossy(&key).into_owned();
+            let Some(record) = persist::decode::<SessionRecord>(&value) else {
+                tracing::warn!(client_id, "unreadable session record skipped");
+                continue;
+            };
+            let gone_at = record.disconnected_at_ms.unwrap_or(now);
+            let expired = record.expiry_secs != u32::MAX
+                && gone_at + u64::from(record.expiry_secs) * 1000 <= now;
+            if expired || record.expiry_secs == 0 {
+                self.forget_on_disk(&client_id);
+                continue;
+            }
+            let session = Arc::new(Session::new(Arc::from(client_id.as_str())));
+            {
+                let mut state = session.lock();
+                state.expiry_secs = record.expiry_secs;
+                state.inbound_qos2 = record.inbound_qos2.iter().copied().collect();
+                let mut router = self.router.write().unwrap_or_else(|p| p.into_inner());
+                for (filter, opts) in &record.subscriptions {
+                    if let Ok(split) = crate::topic::split_share(filter) {
+                        router.subscribe(split.filter, split.group, &session, *opts);
+                        state.subscriptions.insert(filter.clone(), *opts);
+                    }
+                }
+                for (key, value) in self
+                    .store
+                    .scan_prefix(Space::Queue, &persist::client_prefix(&client_id))?
+                {
+                    let seq = persist::seq_of(&key);
+                    state.next_store_seq = state.next_store_seq.max(seq);
+                    let Some((header, stored)) = persist::split_queued(&value) else {
+                        continue;
+                    };
+                    let delivery = Delivery {
+                        msg: Arc::new(Message::from(stored)),
+                        qos: crate::message::qos_from_u8(header.qos),
+                        retain: header.retain,
+                        sub_ids: header.sub_ids,
+                        store_seq: Some(seq),
+                    };
+                    match header.released_packet_id {
+                        Some(id) => state.restore_released(id, delivery),
+                        None => state.queue.push_back(delivery),
+                    }
+                }
+            }
+            let remaining = if record.expiry_secs == u32::MAX {
+                u32::MAX
+            } else {
+                let left_ms = (gone_at + u64::from(record.expiry_secs) * 1000).saturating_sub(now);
+                left_ms.div_ceil(1000).min(u64::from(u32::MAX - 1)) as u32
+            };
+            self.sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(session.client_id.clone(), session.clone());
+            if record.disconnected_at_ms.is_none() {
+                self.save_session(&session, Some(now));
+            }
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.schedule_expiry(session, remaining);
+            }
+            restored += 1;
+        }
+        tracing::info!(
+            sessions = restored,
+            retained = self.retained_count(),
+            "store restored"
+        );
+        Ok(())
+    }
+
+    /// Tell every connection to go (shutdown); they flush what they owe and close.
+    pub fn evict_all(&self) {
+        let sessions: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for session in sessions {
+            let mut state = session.lock();
+            if state.owner != 0 {
+                state.eviction = Some(Eviction::Shutdown);
+                drop(state);
+                session.wake.notify_one();
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The daemon's configuration: a TOML file whose every key has a default, overridden by CLI flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The commented default configuration, printed by `mqtter config --print-default`.
+/// A test keeps it equal to `Config::default()`.
+pub const DEFAULT_TOML: &str = r#"# MQTTER configuration. Every key is optional; these are the defaults.
+# CLI flags (--listen, --ws-listen, --data, --allow-anonymous) override the file.
+
+# TCP listener for MQTT 3.1.1 and 5.0.
+listen = "0.0.0.0:1883"
+# MQTT over WebSocket listener (path below, subprotocol "mqtt"). Empty string: no WebSocket.
+ws_listen = "0.0.0.0:8083"
+ws_path = "/mqtt"
+
+# Folder of the sled store (sessions, queued messages, retained messages, accounts).
+data = "./data"
+
+# Accept clients that send no username (and usernames that are no account). Off by default.
+allow_anonymous = false
+
+# "sync": a QoS 1/2 PUBLISH is acknowledged only once durable (group commit).
+# "async": acknowledged from memory, flushed every `flush_interval_ms` (faster, may lose the
+# last moments of messages on a crash).
+durability = "sync"
+flush_interval_ms = 1000
+
+# Seconds between $SYS/broker/... updates. 0 turns them off.
+sys_interval = 10
+
+[limits]
+# Concurrent connections; more are refused (v5 CONNACK 0x97 Quota exceeded, v3 0x03).
+max_connections = 100000
+# Largest packet accepted, in bytes (also sent to v5 clients as Maximum Packet Size).
+max_packet_size = 16777216
+# Unacknowledged QoS 1/2 messages the broker sends to one client at once (capped by the
+# client's own Receive Maximum).
+max_inflight = 100
+# The Receive Maximum the broker announces: QoS 1/2 PUBLISHes a client may have unacknowledged.
+# A v5 client sending more is disconnected with 0x93.
+receive_maximum = 1024
+# Messages held per session while its client is offline or slow (QoS 0 included while online).
+max_queued = 1000
+# What happens when a session's queue is full: "drop_new" (the new message is dropped for that
+# session), "drop_oldest" (the oldest queued message is dropped), or "disconnect" (an online
+# client that cannot keep up is disconnected; offline sessions drop new messages).
+queue_overflow = "drop_new"
+# Queue QoS 0 messages for offline persistent sessions (Mosquitto's queue_qos0_messages).
+queue_qos0_offline = false
+# The largest keepalive granted, in seconds; a v5 client asking for more is told this one
+# (Server Keep Alive). 0 keepalive from a client is kept as 0.
+max_keepalive = 65535
+# The largest session expiry granted to v5 clients, in seconds.
+max_session_expiry = 4294967295
+# Topic aliases a v5 client may use towards the broker (Topic Alias Maximum).
+max_topic_alias = 65535
+# Seconds a new connection has to send its CONNECT.
+connect_timeout = 10
+
+# Topic access rules for plain topics, as in Mosquitto's acl_file. With no rules every account
+# may publish and subscribe anywhere. With rules, what no rule allows is denied, and a "deny"
+# rule wins over any allow. `account` names one account, or "*" for everyone (anonymous too);
+# `topic` may use + and #, and %u (username) and %c (client id) placeholders.
+# access: "read" (subscribe/receive), "write" (publish), "readwrite", or "deny".
+# [[acl]]
+# account = "*"
+# topic = "devices/%u/#"
+# access = "readwrite"
+"#;
+
+/// What `durability` chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Sync,
+    Async,
+}
+
+/// What `queue_overflow` chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    DropNew,
+    DropOldest,
+    Disconnect,
+}
+
+/// What an ACL rule grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
+    Readwrite,
+    Deny,
+}
+
+/// One ACL rule (see the commented default file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    #[serde(default = "any_account")]
+    pub account: String,
+    pub topic: String,
+    pub access: Access,
+}
+
+fn any_account() -> String {
+    "*".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_packet_size: u32,
+    pub max_inflight: u16,
+    pub receive_maximum: u16,
+    pub max_queued: usize,
+    pub queue_overflow: Overflow,
+    pub queue_qos0_offline: bool,
+    pub max_keepalive: u16,
+    pub max_session_expiry: u32,
+    pub max_topic_alias: u16,
+    pub connect_timeout: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_packet_size: 16 * 1024 * 1024,
+            max_inflight: 100,
+            receive_maximum: 1024,
+            max_queued: 1000,
+            queue_overflow: Overflow::DropNew,
+            queue_qos0_offline: false,
+            max_keepalive: 65535,
+            max_session_expiry: u32::MAX,
+            max_topic_alias: 65535,
+            connect_timeout: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub ws_listen: String,
+    pub ws_path: String,
+    pub data: PathBuf,
+    pub allow_anonymous: bool,
+    pub durability: Durability,
+    pub flush_interval_ms: u64,
+    pub sys_interval: u64,
+    pub limits: Limits,
+    pub acl: Vec<AclRule>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:1883".into(),
+            ws_listen: "0.0.0.0:8083".into(),
+            ws_path: "/mqtt".into(),
+            data: PathBuf::from("./data"),
+            allow_anonymous: false,
+            durability: Durability::Sync,
+            flush_interval_ms: 1000,
+            sys_interval: 10,
+            limits: Limits::default(),
+            acl: Vec::new(),
+        }
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid {key} {value:?}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Read and check a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Check what serde cannot: addresses parse, topics in the ACL are valid filters.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        for (key, value) in [("listen", &self.listen), ("ws_listen", &self.ws_listen)] {
+            if !(value.is_empty() && key == "ws_listen") {
+                value
+                    .parse::<SocketAddr>()
+                    .map_err(|err| ConfigError::Invalid {
+                        key,
+                        value: value.clone(),
+                        reason: err.to_string(),
+                    })?;
+            }
+        }
+        if !self.ws_path.starts_with('/') {
+            return Err(ConfigError::Invalid {
+                key: "ws_path",
+                value: self.ws_path.clone(),
+                reason: "must start with '/'".into(),
+            });
+        }
+        for rule in &self.acl {
+            crate::topic::validate_filter(&rule.topic).map_err(|err| ConfigError::Invalid {
+                key: "acl.topic",
+                value: rule.topic.clone(),
+                reason: err.to_string(),
+            })?;
+        }
+        if self.limits.max_inflight == 0 || self.limits.receive_maximum == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits",
+                value: "0".into(),
+                reason: "max_inflight and receive_maximum must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_default_is_the_default() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.check().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+        let config: Config = toml::from_str("listen = \"nowhere\"").unwrap();
+        let err = config.check().unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+        let config: Config =
+            toml::from_str("[[acl]]\ntopic = \"a/#/b\"\naccess = \"read\"").unwrap();
+        assert!(config.check().is_err());
+    }
+}

@@ -1,0 +1,915 @@
+//! One client connection: the CONNECT handshake, then a loop that reads packets, answers them,
+//! and writes what the client's session is owed. Generic over the byte stream, so TCP and
+//! WebSocket connections run the same code.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mqtter_engine::{Batch, Space, StoreError};
+use ntex_bytes::{ByteString, BytesMut};
+use ntex_mqtt::error::{DecodeError, EncodeError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::auth::Action;
+use crate::broker::Broker;
+use crate::message::{Message, QoS, now_ms};
+use crate::persist::{self, QueuedHeader};
+use crate::session::{Delivery, Eviction, Outgoing, Session, SubOpts};
+use crate::topic;
+use crate::wire::{
+    self, ConnackProps, ConnectIn, Detected, Inbound, Proto, PublishIn, Will, reason,
+};
+
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Why a connection ended; decides the will and the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// DISCONNECT with reason 0: no will [MQTT-3.1.2-10].
+    Normal,
+    /// DISCONNECT with reason 0x04: publish the will.
+    NormalWithWill,
+    /// The network closed, a protocol error, a keepalive timeout, a takeover: the will is sent.
+    Abnormal,
+    /// The broker is stopping.
+    Shutdown,
+}
+
+/// What woke the connection loop.
+enum Event {
+    Wake,
+    Durable(Result<(), Arc<StoreError>>),
+    Read(std::io::Result<bool>),
+    KeepaliveTimeout,
+}
+
+/// An acknowledgement that waits for durability before it is written.
+#[derive(Debug)]
+enum HeldAck {
+    PubAck(u16, u8),
+    PubRec(u16, u8),
+}
+
+type Durable = Pin<Box<dyn Future<Output = Result<(), Arc<StoreError>>> + Send>>;
+
+/// Serve one connection to its end.
+pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (reader, writer) = tokio::io::split(stream);
+    let mut io = Io {
+        reader,
+        writer,
+        buf: BytesMut::new(),
+        broker: broker.clone(),
+    };
+    let connect_timeout = Duration::from_secs(broker.config.limits.connect_timeout.max(1));
+    let handshake = tokio::time::timeout(connect_timeout, io.read_connect()).await;
+    let (mut wire, connect) = match handshake {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => return,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, cause = %err, "connection refused before CONNECT");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time");
+            return;
+        }
+    };
+    let Some(mut conn) = Conn::accept(&broker, &mut io, &mut wire, *connect, peer).await else {
+        let _ = io.flush(&mut wire).await;
+        return;
+    };
+    broker.metrics.connected();
+    let end = conn.run(&mut io, &mut wire).await;
+    let _ = io.flush(&mut wire).await;
+    let _ = io.writer.shutdown().await;
+    broker.metrics.disconnected();
+    tracing::debug!(%peer, client_id = %conn.client_id, ?end, "connection closed");
+    let will = match end {
+        End::Normal | End::Shutdown => None,
+        End::NormalWithWill | End::Abnormal => conn.will.take(),
+    };
+    broker.detach(&conn.session, conn.owner, will);
+}
+
+struct Io<R, W> {
+    reader: R,
+    writer: W,
+    buf: BytesMut,
+    broker: Arc<Broker>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
+    /// Read more bytes; `false` when the peer closed the stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = self.reader.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.broker
+            .metrics
+            .bytes_received
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(true)
+    }
+
+    async fn flush(&mut self, wire: &mut wire::Wire) -> std::io::Result<()> {
+        if !wire.has_pending() {
+            return Ok(());
+        }
+        let pages = wire.pending();
+        let mut written = 0;
+        for page in pages.iter() {
+            self.writer.write_all(page).await?;
+            written += page.len();
+        }
+        pages.clear();
+        self.writer.flush().await?;
+        self.broker
+            .metrics
+            .bytes_sent
+            .fetch_add(written as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Read up to the CONNECT; `None` when the peer went away or spoke something else.
+    async fn read_connect(&mut self) -> std::io::Result<Option<(wire::Wire, Box<ConnectIn>)>> {
+        let proto = loop {
+            match wire::detect(&self.buf) {
+                Detected::Proto(proto) => break proto,
+                Detected::NeedMore => {
+                    if !self.fill().await? {
+                        return Ok(None);
+                    }
+                }
+                Detected::Unsupported { level: Some(level) } => {
+                    // [MQTT-3.1.2-2]: answer an unknown protocol level with 0x01 and close.
+                    tracing::debug!(level, "unsupported protocol level");
+                    let mut w = wire::Wire::new(Proto::V3, 0);
+                    w.connack(false, reason::UNSUPPORTED_PROTOCOL, ConnackProps::default());
+                    self.flush(&mut w).await?;
+                    return Ok(None);
+                }
+                Detected::Unsupported { level: None } => return Ok(None),
+            }
+        };
+        let mut wire = wire::Wire::new(proto, self.broker.config.limits.max_packet_size);
+        loop {
+            match wire.decode(&mut self.buf) {
+                Ok(Some(Inbound::Connect(connect))) => return Ok(Some((wire, connect))),
+                Ok(Some(_)) => return Ok(None),
+                Ok(None) => {
+                    if !self.fill().await? {
+                        return Ok(None);
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(?err, "malformed CONNECT");
+                    let code = match err {
+                        DecodeError::MaxSizeExceeded { .. } => reason::PACKET_TOO_LARGE,
+                        DecodeError::InvalidClientId => reason::CLIENT_ID_NOT_VALID,
+                        _ => reason::MALFORMED,
+                    };
+                    wire.connack(false, code, ConnackProps::default());
+                    self.flush(&mut wire).await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+struct Conn {
+    broker: Arc<Broker>,
+    session: Arc<Session>,
+    owner: u64,
+    client_id: Arc<str>,
+    /// The authenticated account, `None` for anonymous clients.
+    username: Option<String>,
+    proto: Proto,
+    will: Option<Will>,
+    keep_alive: Option<Duration>,
+    /// How many QoS 1/2 messages may be in flight to the client.
+    window: usize,
+    /// The session expiry the CONNECT asked for (a DISCONNECT may not raise it from 0).
+    connect_expiry: u32,
+    inbound_aliases: HashMap<u16, ByteString>,
+    held: Vec<HeldAck>,
+    waiting: Option<(Vec<HeldAck>, Durable)>,
+}
+
+/// A protocol violation: the connection is closed, with this reason for v5 clients.
+struct Violation(u8, &'static str);
+
+impl Conn {
+    /// Check the CONNECT, answer it, and attach the session. `None`: refused (CONNACK written).
+    async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        broker: &Arc<Broker>,
+        io: &mut Io<R, W>,
+        wire: &mut wire::Wire,
+        connect: ConnectIn,
+        peer: SocketAddr,
+    ) -> Option<Conn> {
+        let proto = wire.proto();
+        let limits = &broker.config.limits;
+        let refuse = |wire: &mut wire::Wire, code: u8, why: &str| {
+            tracing::info!(%peer, client_id = %connect.client_id, code, why, "connection refused");
+            wire.connack(false, code, ConnackProps::default());
+            None
+        };
+        if broker.metrics.clients_connected.load(Ordering::Relaxed) as usize
+            >= limits.max_connections
+        {
+            return refuse(wire, reason::QUOTA_EXCEEDED, "too many connections");
+        }
+        if connect.auth_method.is_some() {
+            return refuse(
+                wire,
+                reason::BAD_AUTH_METHOD,
+                "enhanced authentication is not supported",
+            );
+        }
+
+        // Who is it?
+        let username = match &connect.username {
+            Some(name) => {
+                let accounts = broker.accounts.clone();
+                let name_owned = name.to_string();
+                let password = connect.password.clone().unwrap_or_default().to_vec();
+                let verdict =
+                    tokio::task::spawn_blocking(move || accounts.verify(&name_owned, &password))
+                        .await;
+                match verdict {
+                    Ok(Ok(Some(true))) => Some(name.to_string()),
+                    Ok(Ok(Some(false))) => {
+                        return refuse(wire, reason::BAD_USER_OR_PASSWORD, "bad password");
+                    }
+                    Ok(Ok(None)) if broker.config.allow_anonymous => None,
+                    Ok(Ok(None)) => {
+                        return refuse(wire, reason::BAD_USER_OR_PASSWORD, "no such account");
+                    }
+                    Ok(Err(err)) => {
+                        tracing::error!(cause = %err, "account lookup failed");
+                        return refuse(wire, reason::SERVER_UNAVAILABLE, "account store failed");
+                    }
+                    Err(_) => {
+                        return refuse(wire, reason::SERVER_UNAVAILABLE, "account check failed");
+                    }
+                }
+            }
+            None if broker.config.allow_anonymous => None,
+            None => return refuse(wire, reason::NOT_AUTHORIZED, "anonymous access is off"),
+        };
+
+        // Which session?
+        let mut props = ConnackProps {
+            receive_max: limits.receive_maximum,
+            max_packet_size: limits.max_packet_size,
+            topic_alias_max: if proto == Proto::V5 {
+                limits.max_topic_alias
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        let client_id: Arc<str> = if connect.client_id.is_empty() {
+            if proto == Proto::V3 && !connect.clean_start {
+                // [MQTT-3.1.3-8]
+                return refuse(
+                    wire,
+                    reason::CLIENT_ID_NOT_VALID,
+                    "empty client id needs a clean session",
+                );
+            }
+            let assigned = format!("mqtter-{:016x}", rand::random::<u64>());
+            props.assigned_client_id = Some(ByteString::from(assigned.as_str()));
+            Arc::from(assigned)
+        } else {
+            Arc::from(&*connect.client_id)
+        };
+        let expiry = match proto {
+            Proto::V3 => connect.session_expiry,
+            Proto::V5 => {
+                let granted = connect.session_expiry.min(limits.max_session_expiry);
+                if granted != connect.session_expiry {
+                    props.session_expiry = Some(granted);
+                }
+                granted
+            }
+        };
+        let mut keep_alive = connect.keep_alive;
+        if proto == Proto::V5 && keep_alive > limits.max_keepalive {
+            keep_alive = limits.max_keepalive;
+            props.server_keepalive = Some(keep_alive);
+        }
+
+        if let Some(will) = &connect.will {
+            if topic::validate_name(&will.msg.topic).is_err() {
+                return refuse(wire, reason::TOPIC_NAME_INVALID, "invalid will topic");
+            }
+            if !broker.acl.allows(
+                username.as_deref(),
+                &client_id,
+                Action::Publish,
+                &will.msg.topic,
+            ) {
+                return refuse(wire, reason::NOT_AUTHORIZED, "will topic not allowed");
+            }
+        }
+
+        let owner = broker.next_token();
+        let (session, present) = broker.attach(&client_id, connect.clean_start, expiry, owner);
+        wire.connack(present, reason::SUCCESS, props);
+        wire.set_client_limits(connect.max_packet_size, connect.topic_alias_max);
+        let mut will = connect.will;
+        if let Some(will) = will.as_mut() {
+            will.msg.publisher = Some(client_id.clone());
+        }
+        tracing::debug!(%peer, %client_id, ?proto, present, expiry, keep_alive, "client connected");
+        let window = usize::from(connect.receive_max.min(limits.max_inflight).max(1));
+        let mut conn = Conn {
+            broker: broker.clone(),
+            session,
+            owner,
+            client_id,
+            username,
+            proto,
+            will,
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            window,
+            connect_expiry: expiry,
+            inbound_aliases: HashMap::new(),
+            held: Vec::new(),
+            waiting: None,
+        };
+        if present {
+            // [MQTT-4.4.0-1]: resend what was in flight, with the original ids.
+            let mut out = Vec::new();
+            conn.session.lock().resend_all(&mut out);
+            conn.send(wire, out);
+        }
+        let _ = io.flush(wire).await;
+        Some(conn)
+    }
+
+    async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<R, W>,
+        wire: &mut wire::Wire,
+    ) -> End {
+        let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
+        loop {
+            if let Err(end) = self.drain(wire) {
+                let _ = io.flush(wire).await;
+                return end;
+            }
+            if io.flush(wire).await.is_err() {
+                return End::Abnormal;
+            }
+            let event = {
+                let session = self.session.clone();
+                let waiting = &mut self.waiting;
+                let keepalive = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let durable = async {
+                    match waiting.as_mut() {
+                        Some((_, fut)) => fut.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = session.wake.notified() => Event::Wake,
+                    result = durable => Event::Durable(result),
+                    read = io.fill() => Event::Read(read),
+                    _ = keepalive => Event::KeepaliveTimeout,
+                }
+            };
+            match event {
+                Event::Wake => {}
+                Event::Durable(result) => {
+                    let Some((acks, _)) = self.waiting.take() else {
+                        continue;
+                    };
+                    if let Err(err) = result {
+                        tracing::error!(cause = %err, client_id = %self.client_id, "store flush failed: closing without acknowledging");
+                        wire.disconnect(reason::UNSPECIFIED, Some("storage failure"));
+                        return End::Abnormal;
+                    }
+                    self.write_acks(wire, acks);
+                    self.start_waiting();
+                }
+                Event::Read(read) => {
+                    match read {
+                        Ok(true) => {}
+                        Ok(false) | Err(_) => return End::Abnormal,
+                    }
+                    deadline = self.keep_alive.map(|k| Instant::now() + k);
+                    loop {
+                        match wire.decode(&mut io.buf) {
+                            Ok(Some(packet)) => match self.handle(wire, packet) {
+                                Ok(None) => {}
+                                Ok(Some(end)) => return end,
+                                Err(Violation(code, why)) => {
+                                    tracing::info!(client_id = %self.client_id, code, why, "protocol violation");
+                                    wire.disconnect(code, Some(why));
+                                    return End::Abnormal;
+                                }
+                            },
+                            Ok(None) => break,
+                            Err(err) => {
+                                tracing::info!(client_id = %self.client_id, ?err, "malformed packet");
+                                let code = match err {
+                                    DecodeError::MaxSizeExceeded { .. } => reason::PACKET_TOO_LARGE,
+                                    DecodeError::Utf8Error
+                                    | DecodeError::MalformedPacket
+                                    | DecodeError::InvalidLength => reason::MALFORMED,
+                                    _ => reason::PROTOCOL_ERROR,
+                                };
+                                wire.disconnect(code, Some("malformed packet"));
+                                return End::Abnormal;
+                            }
+                        }
+                    }
+                    self.start_waiting();
+                }
+                Event::KeepaliveTimeout => {
+                    tracing::info!(client_id = %self.client_id, "keepalive timeout");
+                    wire.disconnect(reason::KEEPALIVE_TIMEOUT, None);
+                    return End::Abnormal;
+                }
+            }
+        }
+    }
+
+    /// Move what the session owes the client into the wire. `Err` when the session was taken.
+    fn drain(&mut self, wire: &mut wire::Wire) -> Result<(), End> {
+        let mut out = Vec::new();
+        {
+            let mut state = self.session.lock();
+            if state.owner != self.owner || state.eviction.is_some() {
+                let eviction = state.eviction.unwrap_or(Eviction::TakenOver);
+                drop(state);
+                return Err(match eviction {
+                    Eviction::TakenOver => {
+                        wire.disconnect(reason::SESSION_TAKEN_OVER, None);
+                        End::Abnormal
+                    }
+                    Eviction::Overflow => {
+                        self.session.lock().eviction = None;
+                        wire.disconnect(
+                            reason::QUOTA_EXCEEDED,
+                            Some("client too slow: queue full"),
+                        );
+                        End::Abnormal
+                    }
+                    Eviction::Shutdown => {
+                        wire.disconnect(reason::SERVER_SHUTTING_DOWN, None);
+                        End::Shutdown
+                    }
+                });
+            }
+            state.take_sendable(self.window, now_ms(), &mut out);
+        }
+        self.send(wire, out);
+        Ok(())
+    }
+
+    fn send(&mut self, wire: &mut wire::Wire, out: Vec<Outgoing>) {
+        let now = now_ms();
+        for item in out {
+            match item {
+                Outgoing::Release { packet_id } => wire.pubrel(packet_id),
+                Outgoing::Publish {
+                    packet_id,
+                    delivery,
+                    dup,
+                } => {
+                    match wire.publish(packet_id, &delivery, dup, now) {
+                        Ok(()) => {
+                            self.broker
+                                .metrics
+                                .publish_sent
+                                .fetch_add(1, Ordering::Relaxed);
+                            self.broker
+                                .metrics
+                                .messages_sent
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => {
+                            // Too big for the client's Maximum Packet Size: dropped for this
+                            // client as if delivered [MQTT-3.1.2-25].
+                            if err != EncodeError::OverMaxPacketSize {
+                                tracing::warn!(?err, client_id = %self.client_id, "cannot encode a PUBLISH");
+                            }
+                            self.broker.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                            if let Some(id) = packet_id {
+                                self.finish(id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A delivery is complete: out of flight, out of the store.
+    fn finish(&mut self, packet_id: u16) -> bool {
+        let done = self.session.lock().inflight.remove(&packet_id);
+        match done {
+            Some(flight) => {
+                if let Some(seq) = flight.delivery.store_seq {
+                    let mut batch = Batch::new();
+                    batch.remove(Space::Queue, persist::queue_key(&self.client_id, seq));
+                    if let Err(err) = self.broker.store.apply(batch) {
+                        tracing::error!(cause = %err, "cannot remove an acknowledged message");
+                    }
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn hold_or_write(&mut self, wire: &mut wire::Wire, ack: HeldAck, needs_flush: bool) {
+        if needs_flush || !self.held.is_empty() || self.waiting.is_some() {
+            self.held.push(ack);
+        } else {
+            self.write_acks(wire, vec![ack]);
+        }
+    }
+
+    fn write_acks(&mut self, wire: &mut wire::Wire, acks: Vec<HeldAck>) {
+        for ack in acks {
+            match ack {
+                HeldAck::PubAck(id, code) => wire.puback(id, code),
+                HeldAck::PubRec(id, code) => wire.pubrec(id, code),
+            }
+        }
+    }
+
+    fn start_waiting(&mut self) {
+        if self.waiting.is_none() && !self.held.is_empty() {
+            let acks = std::mem::take(&mut self.held);
+            let broker = self.broker.clone();
+            self.waiting = Some((acks, Box::pin(async move { broker.durable().await })));
+        }
+    }
+
+    fn unacked_inbound(&self) -> usize {
+        self.held.len()
+            + self.waiting.as_ref().map_or(0, |(a, _)| a.len())
+            + self.session.lock().inbound_qos2.len()
+    }
+
+    fn handle(&mut self, wire: &mut wire::Wire, packet: Inbound) -> Result<Option<End>, Violation> {
+        self.broker
+            .metrics
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        match packet {
+            Inbound::Connect(_) => return Err(Violation(reason::PROTOCOL_ERROR, "second CONNECT")),
+            Inbound::Publish(publish) => self.on_publish(wire, *publish)?,
+            Inbound::PubAck(id) => {
+                self.finish(id);
+            }
+            Inbound::PubRec(id, failed) => {
+                let mut state = self.session.lock();
+                match state.inflight.get_mut(&id) {
+                    Some(_) if failed => {
+                        drop(state);
+                        self.finish(id);
+                    }
+                    Some(flight) => {
+                        flight.released = true;
+                        let delivery = flight.delivery.clone();
+                        drop(state);
+                        wire.pubrel(id);
+                        if let Some(seq) = delivery.store_seq {
+                            self.save_released(seq, id, &delivery);
+                        }
+                    }
+                    None => {
+                        drop(state);
+                        wire.pubrel(id);
+                    }
+                }
+            }
+            Inbound::PubRel(id) => {
+                let known = self.session.lock().inbound_qos2.remove(&id);
+                wire.pubcomp(
+                    id,
+                    if known {
+                        reason::SUCCESS
+                    } else {
+                        reason::PACKET_ID_NOT_FOUND
+                    },
+                );
+            }
+            Inbound::PubComp(id) => {
+                self.finish(id);
+            }
+            Inbound::Subscribe {
+                packet_id,
+                sub_id: _,
+                filters,
+            } => self.on_subscribe(wire, packet_id, filters)?,
+            Inbound::Unsubscribe { packet_id, filters } => {
+                self.on_unsubscribe(wire, packet_id, filters)
+            }
+            Inbound::PingReq => wire.pingresp(),
+            Inbound::Disconnect {
+                reason: code,
+                session_expiry,
+            } => {
+                if let Some(expiry) = session_expiry {
+                    if self.connect_expiry == 0 && expiry != 0 {
+                        // [MQTT-3.14.2-2]
+                        return Err(Violation(
+                            reason::PROTOCOL_ERROR,
+                            "session expiry raised from 0",
+                        ));
+                    }
+                    let expiry = expiry.min(self.broker.config.limits.max_session_expiry);
+                    self.session.lock().expiry_secs = expiry;
+                }
+                return Ok(Some(if code == 0x04 {
+                    End::NormalWithWill
+                } else {
+                    End::Normal
+                }));
+            }
+            Inbound::Auth => {
+                return Err(Violation(
+                    reason::PROTOCOL_ERROR,
+                    "AUTH without an authentication method",
+                ));
+            }
+            Inbound::Unexpected(what) => {
+                tracing::debug!(what, "unexpected packet from a client");
+                return Err(Violation(
+                    reason::PROTOCOL_ERROR,
+                    "packet a client may not send",
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    fn save_released(&self, seq: u64, packet_id: u16, delivery: &Delivery) {
+        let header = QueuedHeader {
+            qos: u8::from(delivery.qos),
+            retain: delivery.retain,
+            sub_ids: delivery.sub_ids.clone(),
+            released_packet_id: Some(packet_id),
+        };
+        let body = persist::encode(&crate::message::StoredMessage::from(&*delivery.msg));
+        let mut batch = Batch::new();
+        batch.put(
+            Space::Queue,
+            persist::queue_key(&self.client_id, seq),
+            persist::queued_value(&header, &body),
+        );
+        if let Err(err) = self.broker.store.apply(batch) {
+            tracing::error!(cause = %err, "cannot record a PUBREC");
+        }
+    }
+
+    fn on_publish(&mut self, wire: &mut wire::Wire, p: PublishIn) -> Result<(), Violation> {
+        self.broker
+            .metrics
+            .publish_received
+            .fetch_add(1, Ordering::Relaxed);
+        let packet_id = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce && self.session.lock().inbound_qos2.contains(&packet_id) {
+            // A resend before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-9].
+            self.hold_or_write(wire, HeldAck::PubRec(packet_id, reason::SUCCESS), false);
+            return Ok(());
+        }
+        if p.qos != QoS::AtMostOnce
+            && self.proto == Proto::V5
+            && self.unacked_inbound() >= usize::from(self.broker.config.limits.receive_maximum)
+        {
+            return Err(Violation(
+                reason::RECEIVE_MAXIMUM_EXCEEDED,
+                "receive maximum exceeded",
+            ));
+        }
+        let topic = match p.topic_alias {
+            Some(alias) => {
+                if alias == 0 || alias > self.broker.config.limits.max_topic_alias {
+                    return Err(Violation(
+                        reason::TOPIC_ALIAS_INVALID,
+                        "topic alias out of range",
+                    ));
+                }
+                if p.topic.is_empty() {
+                    match self.inbound_aliases.get(&alias) {
+                        Some(topic) => topic.clone(),
+                        None => {
+                            return Err(Violation(reason::PROTOCOL_ERROR, "unknown topic alias"));
+                        }
+                    }
+                } else {
+                    self.inbound_aliases.insert(alias, p.topic.clone());
+                    p.topic.clone()
+                }
+            }
+            None => p.topic.clone(),
+        };
+        if topic::validate_name(&topic).is_err() {
+            return Err(Violation(reason::TOPIC_NAME_INVALID, "invalid topic name"));
+        }
+        if p.has_sub_ids {
+            return Err(Violation(
+                reason::PROTOCOL_ERROR,
+                "subscription identifier in a PUBLISH",
+            ));
+        }
+        let allowed = !topic.starts_with("$SYS")
+            && self.broker.acl.allows(
+                self.username.as_deref(),
+                &self.client_id,
+                Action::Publish,
+                &topic,
+            );
+        if !allowed {
+            tracing::debug!(client_id = %self.client_id, %topic, "publish denied");
+            let code = if self.proto == Proto::V5 {
+                reason::NOT_AUTHORIZED
+            } else {
+                reason::SUCCESS
+            };
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => {
+                    self.hold_or_write(wire, HeldAck::PubAck(packet_id, code), false)
+                }
+                QoS::ExactlyOnce => {
+                    self.hold_or_write(wire, HeldAck::PubRec(packet_id, code), false)
+                }
+            }
+            return Ok(());
+        }
+        let now = now_ms();
+        let msg = Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            props: p.props.map(Arc::new),
+            expires_at_ms: p.expiry_secs.map(|s| now + u64::from(s) * 1000),
+            publisher: Some(self.client_id.clone()),
+        };
+        let published = match self.broker.publish(Arc::new(msg)) {
+            Ok(published) => published,
+            Err(err) => {
+                tracing::error!(cause = %err, "store write failed: closing without acknowledging");
+                return Err(Violation(reason::UNSPECIFIED, "storage failure"));
+            }
+        };
+        let code = if published.matched == 0 && self.proto == Proto::V5 {
+            reason::NO_MATCHING_SUBSCRIBERS
+        } else {
+            reason::SUCCESS
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.hold_or_write(
+                wire,
+                HeldAck::PubAck(packet_id, code),
+                published.needs_flush,
+            ),
+            QoS::ExactlyOnce => {
+                self.session.lock().inbound_qos2.insert(packet_id);
+                self.hold_or_write(
+                    wire,
+                    HeldAck::PubRec(packet_id, code),
+                    published.needs_flush,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(
+        &mut self,
+        wire: &mut wire::Wire,
+        packet_id: u16,
+        filters: Vec<(ByteString, SubOpts)>,
+    ) -> Result<(), Violation> {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained: Vec<Delivery> = Vec::new();
+        for (filter, opts) in filters {
+            let split = match topic::split_share(&filter) {
+                Ok(split) => split,
+                Err(_) => {
+                    codes.push(if self.proto == Proto::V5 {
+                        reason::TOPIC_FILTER_INVALID
+                    } else {
+                        0x80
+                    });
+                    continue;
+                }
+            };
+            if split.group.is_some() && opts.no_local {
+                // [MQTT-3.8.3-4]
+                return Err(Violation(
+                    reason::PROTOCOL_ERROR,
+                    "no-local on a shared subscription",
+                ));
+            }
+            if !self.broker.acl.allows(
+                self.username.as_deref(),
+                &self.client_id,
+                Action::Subscribe,
+                split.filter,
+            ) {
+                codes.push(if self.proto == Proto::V5 {
+                    reason::NOT_AUTHORIZED
+                } else {
+                    0x80
+                });
+                continue;
+            }
+            let opts = SubOpts {
+                qos: opts.qos.min(2),
+                ..opts
+            };
+            let existed = self
+                .broker
+                .router
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .subscribe(split.filter, split.group, &self.session, opts);
+            self.session
+                .lock()
+                .subscriptions
+                .insert(filter.to_string(), opts);
+            codes.push(opts.qos);
+            let send_retained = split.group.is_none()
+                && (opts.retain_handling == 0 || (opts.retain_handling == 1 && !existed));
+            if send_retained {
+                for msg in self.broker.retained_matching(split.filter) {
+                    retained.push(Delivery {
+                        qos: msg.qos.min(opts.qos()),
+                        msg,
+                        // Retained messages sent on subscribe keep RETAIN=1 [MQTT-3.3.1-8].
+                        retain: true,
+                        sub_ids: opts.sub_id.into_iter().collect(),
+                        store_seq: None,
+                    });
+                }
+            }
+        }
+        self.broker.save_session(&self.session, None);
+        wire.suback(packet_id, &codes);
+        for delivery in retained {
+            // The session is online: queued now, written after the SUBACK by `drain`.
+            self.session.offer(delivery, &self.broker.limits);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, wire: &mut wire::Wire, packet_id: u16, filters: Vec<ByteString>) {
+        let mut codes = Vec::with_capacity(filters.len());
+        for filter in filters {
+            let existed = match topic::split_share(&filter) {
+                Ok(split) => {
+                    let removed = self
+                        .broker
+                        .router
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .unsubscribe(split.filter, split.group, &self.session);
+                    self.session.lock().subscriptions.remove(&*filter);
+                    removed
+                }
+                Err(_) => false,
+            };
+            codes.push(if existed {
+                reason::SUCCESS
+            } else {
+                reason::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        self.broker.save_session(&self.session, None);
+        wire.unsuback(packet_id, &codes);
+    }
+}

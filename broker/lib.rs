@@ -1,0 +1,37 @@
+//! MQTTER: an MQTT 3.1.1 / 5.0 broker that will also be an IM server for persons and things and
+//! an automation engine. This crate is the daemon: everything that knows MQTT and the network.
+//!
+//! # Layout
+//! - [`server`]: listeners (TCP, WebSocket), background tasks, graceful shutdown.
+//! - [`connection`]: one client connection: CONNECT handshake and the packet loop.
+//! - [`wire`]: ntex-mqtt's v3.1.1 and v5 codecs behind one version-neutral interface.
+//! - [`broker`]: the shared state and the one publish path every message takes.
+//! - [`session`]: a client's session: subscriptions, queue, in-flight messages.
+//! - [`router`]: the subscription trie, shared subscriptions, overlap aggregation.
+//! - [`topic`]: topic name and filter validation and matching.
+//! - [`message`]: the version-neutral message model and its stored form.
+//! - [`persist`]: how sessions, queues and retained messages are laid out in the store.
+//! - [`auth`]: accounts (argon2) and the ACL for plain topics.
+//! - [`config`]: the TOML configuration and its commented defaults.
+//! - [`sys`]: counters and `$SYS/broker/...`.
+//! - [`hooks`]: the seam where the rules engine will see every routed message.
+//! - [`bench`]: the load generator behind `mqtter bench`.
+
+pub mod auth;
+pub mod bench;
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod hooks;
+pub mod message;
+pub mod persist;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod sys;
+pub mod topic;
+pub mod wire;
+
+pub use broker::Broker;
+pub use config::Config;
+pub use server::{Listeners, run};

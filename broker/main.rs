@@ -1,0 +1,276 @@
+//! The `mqtter` command: `serve` the daemon, manage `account`s, print the default `config`,
+//! and `bench` a broker.
+
+use std::io::{BufRead, IsTerminal};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use mqtter::auth::{AccountKind, Accounts};
+use mqtter::config::{Config, DEFAULT_TOML, Durability};
+use mqtter::{Broker, Listeners};
+use mqtter_engine::{SledStore, Store};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mqtter",
+    version,
+    about = "MQTT 3.1.1/5.0 broker, IM server and automation engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Manage accounts (persons and things) in the store.
+    Account {
+        #[command(subcommand)]
+        action: AccountAction,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Configuration helpers.
+    Config {
+        /// Print the commented default configuration.
+        #[arg(long)]
+        print_default: bool,
+    },
+    /// Load-test a broker (see docs/BENCHMARKS.md).
+    Bench(mqtter::bench::BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Configuration file (TOML); every key has a default.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// TCP listener address, e.g. 127.0.0.1:1883 (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// WebSocket listener address; "off" for none.
+    #[arg(long)]
+    ws_listen: Option<String>,
+    /// Accept clients without credentials.
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// Store folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// "sync" (acknowledge once durable) or "async" (acknowledge from memory).
+    #[arg(long)]
+    durability: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct StoreArgs {
+    /// Store folder (default: the config's `data`, else ./data).
+    #[arg(long, global = true)]
+    data: Option<PathBuf>,
+    /// Configuration file to take `data` from.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AccountAction {
+    /// Add an account; the password is read from stdin when not given.
+    Add {
+        name: String,
+        #[arg(long, value_enum, default_value_t = AccountKind::Person)]
+        kind: AccountKind,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Change an account's password.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Remove an account.
+    Remove { name: String },
+    /// List accounts.
+    List,
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(err) = dispatch(cli) {
+        eprintln!("mqtter: {err}");
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config { print_default } => {
+            if !print_default {
+                bail!("nothing to do: try `mqtter config --print-default`");
+            }
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Command::Account { action, store } => account(action, store),
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            runtime.block_on(mqtter::bench::run(args)).map(|_| ())
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load_config(args.config.as_ref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(ws) = args.ws_listen {
+        config.ws_listen = if ws == "off" { String::new() } else { ws };
+    }
+    if args.allow_anonymous {
+        config.allow_anonymous = true;
+    }
+    if let Some(data) = args.data {
+        config.data = data;
+    }
+    if let Some(durability) = args.durability {
+        config.durability = match durability.as_str() {
+            "sync" => Durability::Sync,
+            "async" => Durability::Async,
+            other => bail!("--durability must be sync or async, not {other:?}"),
+        };
+    }
+    config.check()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("mqtter-worker")
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let store = SledStore::open(&config.data)
+            .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let tcp_addr: SocketAddr = config.listen.parse().context("listen address")?;
+        let tcp = tokio::net::TcpListener::bind(tcp_addr)
+            .await
+            .with_context(|| format!("cannot listen on {tcp_addr}"))?;
+        let ws = if config.ws_listen.is_empty() {
+            None
+        } else {
+            let addr: SocketAddr = config.ws_listen.parse().context("ws_listen address")?;
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?)
+        };
+        let tcp_local = tcp.local_addr()?;
+        let ws_local = ws.as_ref().map(|l| l.local_addr()).transpose()?;
+        let broker = Broker::open(config.clone(), store).context("cannot restore the store")?;
+        // One line on stdout that scripts and tests read to find the ports.
+        match ws_local {
+            Some(ws) => println!("mqtter listening mqtt={tcp_local} ws={ws}{}", config.ws_path),
+            None => println!("mqtter listening mqtt={tcp_local}"),
+        }
+        tracing::info!(mqtt = %tcp_local, ws = ?ws_local, data = %config.data.display(), durability = ?config.durability, anonymous = config.allow_anonymous, "serving");
+        mqtter::run(broker, Listeners { tcp, ws }, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn read_password(given: Option<String>) -> anyhow::Result<String> {
+    if let Some(password) = given {
+        return Ok(password);
+    }
+    if std::io::stdin().is_terminal() {
+        eprint!("password: ");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        bail!("no password given (use --password or write it on stdin)");
+    }
+    Ok(password)
+}
+
+fn account(action: AccountAction, store: StoreArgs) -> anyhow::Result<()> {
+    let config = load_config(store.config.as_ref())?;
+    let data = store.data.unwrap_or(config.data);
+    let sled = SledStore::open(&data).with_context(|| {
+        format!(
+            "cannot open the store in {} (is a daemon running on it?)",
+            data.display()
+        )
+    })?;
+    let accounts = Accounts::new(Arc::new(sled));
+    match action {
+        AccountAction::Add {
+            name,
+            kind,
+            password,
+        } => {
+            let password = read_password(password)?;
+            accounts.add(&name, kind, &password)?;
+            println!("added {kind:?} account {name}");
+        }
+        AccountAction::Passwd { name, password } => {
+            let password = read_password(password)?;
+            accounts.set_password(&name, &password)?;
+            println!("password of {name} changed");
+        }
+        AccountAction::Remove { name } => {
+            accounts.remove(&name)?;
+            println!("removed {name}");
+        }
+        AccountAction::List => {
+            for (name, record) in accounts.list()? {
+                println!("{name}\t{:?}", record.kind);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Listeners (MQTT over TCP and over WebSocket), the background tasks, and graceful shutdown.
+//!
+//! `run` takes **already bound** listeners, so a test binds `127.0.0.1:0` and gets a real broker.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+
+use crate::broker::Broker;
+use crate::{connection, sys};
+
+/// The bound listeners the broker serves.
+pub struct Listeners {
+    pub tcp: TcpListener,
+    pub ws: Option<TcpListener>,
+}
+
+/// Serve until `shutdown` resolves, then stop accepting, ask every client to go, flush, return.
+pub async fn run(
+    broker: Arc<Broker>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let alive = Arc::new(());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(accept_tcp(broker.clone(), listeners.tcp, alive.clone()));
+    if let Some(ws) = listeners.ws {
+        tasks.spawn(accept_ws(broker.clone(), ws, alive.clone()));
+    }
+    if broker.config.sys_interval > 0 {
+        tasks.spawn(sys::run(
+            broker.clone(),
+            Duration::from_secs(broker.config.sys_interval),
+        ));
+    }
+    tasks.spawn(flush_periodically(broker.clone()));
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, asking clients to go");
+    tasks.abort_all();
+    broker.evict_all();
+    // Connections finish their writes and end; give them a bounded time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&alive) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let store = broker.store.clone();
+    tokio::task::spawn_blocking(move || store.flush())
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?;
+    tracing::info!("store flushed, stopped");
+    Ok(())
+}
+
+/// Flush on a timer, so that what does not wait for a flush (QoS 0 retained messages, session
+/// changes, and everything in `durability = "async"`) is durable within `flush_interval_ms`.
+async fn flush_periodically(broker: Arc<Broker>) {
+    let every = Duration::from_millis(broker.config.flush_interval_ms.max(10));
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        if let Err(err) = broker.durable().await {
+            tracing::error!(cause = %err, "periodic flush failed");
+        }
+    }
+}
+
+async fn accept_tcp(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let broker = broker.clone();
+                let guard = alive.clone();
+                tokio::spawn(async move {
+                    connection::serve(broker, stream, peer).await;
+                    drop(guard);
+                });
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: wait a moment rather than spin.
+                tracing::warn!(cause = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn accept_ws(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let broker = broker.clone();
+                let guard = alive.clone();
+                tokio::spawn(async move {
+                    serve_ws(broker, stream, peer).await;
+                    drop(guard);
+                });
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// MQTT over WebSocket: binary frames carry the MQTT byte stream ([MQTT-6.0.0-1]), bridged to
+/// the same connection code through an in-memory pipe.
+async fn serve_ws(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    let path = broker.config.ws_path.clone();
+    let check =
+        move |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
+            if request.uri().path() != path {
+                let mut refusal = ErrorResponse::new(Some("no MQTT endpoint here".into()));
+                *refusal.status_mut() = StatusCode::NOT_FOUND;
+                return Err(refusal);
+            }
+            let offers_mqtt = request
+                .headers()
+                .get_all("Sec-WebSocket-Protocol")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|p| p.trim() == "mqtt");
+            if offers_mqtt {
+                response
+                    .headers_mut()
+                    .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+            }
+            Ok(response)
+        };
+    let ws = match tokio_tungstenite::accept_hdr_async(stream, check).await {
+        Ok(ws) => ws,
+        Err(err) => {
+            tracing::debug!(%peer, cause = %err, "WebSocket handshake failed");
+            return;
+        }
+    };
+    let (mut ws_tx, mut ws_rx) = ws.split();
+    let (mqtt_side, pipe) = tokio::io::duplex(64 * 1024);
+    let (mut pipe_rx, mut pipe_tx) = tokio::io::split(pipe);
+    let inbound = async move {
+        while let Some(Ok(frame)) = ws_rx.next().await {
+            match frame {
+                WsMessage::Binary(data) => {
+                    if pipe_tx.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                WsMessage::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = pipe_tx.shutdown().await;
+    };
+    let outbound = async move {
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            match pipe_rx.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx
+                        .send(WsMessage::binary(chunk[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = ws_tx.close().await;
+    };
+    let bridge = tokio::spawn(async move {
+        tokio::join!(inbound, outbound);
+    });
+    connection::serve(broker, mqtt_side, peer).await;
+    let _ = bridge.await;
+}

@@ -1,0 +1,382 @@
+//! An MQTT session: subscriptions, messages queued for the client, messages in flight, and the
+//! inbound QoS 2 packet ids awaiting PUBREL. Shared between the client's connection (which drains
+//! it) and every publisher (which fills it), so its state sits behind one mutex.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::config::Overflow;
+use crate::message::{Message, QoS};
+
+/// Options of one subscription, as the client asked (v3 clients only set `qos`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubOpts {
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+    pub sub_id: Option<u32>,
+}
+
+impl SubOpts {
+    pub fn qos(&self) -> QoS {
+        crate::message::qos_from_u8(self.qos)
+    }
+}
+
+/// One message owed to this session, with what the matching subscriptions made of it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    /// The QoS it is sent with: the lower of the message's and the subscription's.
+    pub qos: QoS,
+    /// The RETAIN flag it is sent with.
+    pub retain: bool,
+    /// Every matching subscription identifier (v5).
+    pub sub_ids: Vec<u32>,
+    /// Its key in the store's queue, when this session is persistent and the QoS is 1 or 2.
+    pub store_seq: Option<u64>,
+}
+
+/// A QoS 1/2 delivery sent and not yet fully acknowledged.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub delivery: Delivery,
+    /// PUBREC received and PUBREL sent: only PUBCOMP is awaited.
+    pub released: bool,
+    /// Order of sending, so that a resend keeps it.
+    pub order: u64,
+}
+
+/// What the connection must send next, taken out of the session in one lock.
+#[derive(Debug)]
+pub enum Outgoing {
+    Publish {
+        packet_id: Option<u16>,
+        delivery: Delivery,
+        dup: bool,
+    },
+    Release {
+        packet_id: u16,
+    },
+}
+
+/// Why a connection must stop serving this session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// Another connection took the client id over.
+    TakenOver,
+    /// The client could not keep up and the overflow policy says disconnect.
+    Overflow,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Session Expiry Interval in seconds; 0 means the session ends with the connection.
+    pub expiry_secs: u32,
+    pub subscriptions: HashMap<String, SubOpts>,
+    pub queue: VecDeque<Delivery>,
+    pub inflight: HashMap<u16, Inflight>,
+    pub inbound_qos2: HashSet<u16>,
+    next_packet_id: u16,
+    next_order: u64,
+    /// The connection generation that owns this session, 0 when none.
+    pub owner: u64,
+    pub eviction: Option<Eviction>,
+    /// Next sequence number for the store's queue keys.
+    pub next_store_seq: u64,
+    /// Messages dropped because the queue was full (for `$SYS` and logs).
+    pub dropped: u64,
+}
+
+impl SessionState {
+    /// Persistent sessions outlive their connection, and their QoS 1/2 messages are stored.
+    pub fn is_persistent(&self) -> bool {
+        self.expiry_secs > 0
+    }
+
+    fn free_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            if self.next_packet_id == 0 {
+                continue;
+            }
+            if !self.inflight.contains_key(&self.next_packet_id) {
+                return self.next_packet_id;
+            }
+        }
+    }
+
+    /// Take what can be sent now: every queued QoS 0 message, and QoS 1/2 ones while fewer than
+    /// `window` are in flight. Expired messages are dropped here [MQTT-3.3.2-5].
+    pub fn take_sendable(&mut self, window: usize, now_ms: u64, out: &mut Vec<Outgoing>) {
+        while let Some(front) = self.queue.front() {
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
+                break;
+            }
+            let Some(delivery) = self.queue.pop_front() else {
+                break;
+            };
+            if delivery.msg.is_expired(now_ms) {
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                out.push(Outgoing::Publish {
+                    packet_id: None,
+                    delivery,
+                    dup: false,
+                });
+            } else {
+                let packet_id = self.free_packet_id();
+                self.next_order += 1;
+                self.inflight.insert(
+                    packet_id,
+                    Inflight {
+                        delivery: delivery.clone(),
+                        released: false,
+                        order: self.next_order,
+                    },
+                );
+                out.push(Outgoing::Publish {
+                    packet_id: Some(packet_id),
+                    delivery,
+                    dup: false,
+                });
+            }
+        }
+    }
+
+    /// Everything in flight, in the order it was first sent, to resend on a resumed session
+    /// [MQTT-4.4.0-1]: PUBLISH with DUP and the original id, or PUBREL.
+    pub fn resend_all(&self, out: &mut Vec<Outgoing>) {
+        let mut inflight: Vec<(&u16, &Inflight)> = self.inflight.iter().collect();
+        inflight.sort_by_key(|(_, f)| f.order);
+        for (id, f) in inflight {
+            if f.released {
+                out.push(Outgoing::Release { packet_id: *id });
+            } else {
+                out.push(Outgoing::Publish {
+                    packet_id: Some(*id),
+                    delivery: f.delivery.clone(),
+                    dup: true,
+                });
+            }
+        }
+    }
+
+    /// Put back a message taken with `take_sendable` that could not be written.
+    pub fn requeue_front(&mut self, packet_id: Option<u16>, delivery: Delivery) {
+        if let Some(id) = packet_id {
+            self.inflight.remove(&id);
+        }
+        self.queue.push_front(delivery);
+    }
+
+    /// A re-established delivery after a restart: in flight, released, with its old id.
+    pub fn restore_released(&mut self, packet_id: u16, delivery: Delivery) {
+        self.next_order += 1;
+        self.inflight.insert(
+            packet_id,
+            Inflight {
+                delivery,
+                released: true,
+                order: self.next_order,
+            },
+        );
+    }
+}
+
+/// A session, shared by its connection and by publishers.
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: Arc<str>,
+    state: Mutex<SessionState>,
+    /// Wakes the owning connection: new messages, or an eviction.
+    pub wake: Notify,
+    /// True while a connection serves the session (read without the lock by the router, to
+    /// prefer online members of a shared subscription).
+    online: AtomicBool,
+}
+
+/// What `Session::offer` did with a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// Queued; `Some(seq)` when it must be written to the store under that sequence number.
+    Queued(Option<u64>),
+    /// Not queued (QoS 0 for an offline session, or the queue was full).
+    Dropped,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>) -> Self {
+        Self {
+            client_id,
+            state: Mutex::new(SessionState::default()),
+            wake: Notify::new(),
+            online: AtomicBool::new(false),
+        }
+    }
+
+    /// Lock the state. A poisoned lock (a panic while holding it) is recovered: the state is
+    /// plain data and every operation leaves it consistent.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Queue a delivery for the client and wake its connection.
+    pub fn offer(&self, mut delivery: Delivery, limits: &QueueLimits) -> Offered {
+        let online = self.is_online();
+        let mut state = self.lock();
+        if !online && delivery.qos == QoS::AtMostOnce && !limits.qos0_offline {
+            return Offered::Dropped;
+        }
+        if state.queue.len() >= limits.max_queued {
+            match limits.overflow {
+                Overflow::DropOldest => {
+                    state.queue.pop_front();
+                    state.dropped += 1;
+                }
+                Overflow::Disconnect if online => {
+                    state.dropped += 1;
+                    state.eviction = Some(Eviction::Overflow);
+                    drop(state);
+                    self.wake.notify_one();
+                    return Offered::Dropped;
+                }
+                _ => {
+                    state.dropped += 1;
+                    return Offered::Dropped;
+                }
+            }
+        }
+        let store_seq = if state.is_persistent() && delivery.qos != QoS::AtMostOnce {
+            state.next_store_seq += 1;
+            Some(state.next_store_seq)
+        } else {
+            None
+        };
+        delivery.store_seq = store_seq;
+        state.queue.push_back(delivery);
+        drop(state);
+        if online {
+            self.wake.notify_one();
+        }
+        Offered::Queued(store_seq)
+    }
+}
+
+/// The queue limits every session shares (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_queued: usize,
+    pub overflow: Overflow,
+    pub qos0_offline: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ntex_bytes::Bytes;
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message::system("t", Bytes::from_static(b"x"), false)),
+            qos,
+            retain: false,
+            sub_ids: vec![],
+            store_seq: None,
+        }
+    }
+
+    #[test]
+    fn window_limits_qos1_but_not_qos0() {
+        let mut state = SessionState::default();
+        for _ in 0..3 {
+            state.queue.push_back(delivery(QoS::AtLeastOnce));
+        }
+        state.queue.push_back(delivery(QoS::AtMostOnce));
+        let mut out = Vec::new();
+        state.take_sendable(2, 0, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(state.inflight.len(), 2);
+        assert_eq!(state.queue.len(), 2);
+    }
+
+    #[test]
+    fn resend_keeps_order_and_ids() {
+        let mut state = SessionState::default();
+        for _ in 0..3 {
+            state.queue.push_back(delivery(QoS::ExactlyOnce));
+        }
+        let mut out = Vec::new();
+        state.take_sendable(10, 0, &mut out);
+        if let Some(f) = state.inflight.get_mut(&2) {
+            f.released = true;
+        }
+        let mut again = Vec::new();
+        state.resend_all(&mut again);
+        let ids: Vec<String> = again
+            .iter()
+            .map(|o| match o {
+                Outgoing::Publish { packet_id, dup, .. } => {
+                    format!("P{}{}", packet_id.unwrap_or(0), dup)
+                }
+                Outgoing::Release { packet_id } => format!("R{packet_id}"),
+            })
+            .collect();
+        assert_eq!(ids, ["P1true", "R2", "P3true"]);
+    }
+
+    #[test]
+    fn overflow_policies() {
+        let session = Session::new(Arc::from("c"));
+        session.set_online(true);
+        let limits = QueueLimits {
+            max_queued: 2,
+            overflow: Overflow::DropNew,
+            qos0_offline: false,
+        };
+        assert_eq!(
+            session.offer(delivery(QoS::AtMostOnce), &limits),
+            Offered::Queued(None)
+        );
+        assert_eq!(
+            session.offer(delivery(QoS::AtMostOnce), &limits),
+            Offered::Queued(None)
+        );
+        assert_eq!(
+            session.offer(delivery(QoS::AtMostOnce), &limits),
+            Offered::Dropped
+        );
+        let limits = QueueLimits {
+            overflow: Overflow::Disconnect,
+            ..limits
+        };
+        assert_eq!(
+            session.offer(delivery(QoS::AtMostOnce), &limits),
+            Offered::Dropped
+        );
+        assert_eq!(session.lock().eviction, Some(Eviction::Overflow));
+        session.set_online(false);
+        assert_eq!(
+            session.offer(delivery(QoS::AtMostOnce), &limits),
+            Offered::Dropped
+        );
+    }
+}

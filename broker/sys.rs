@@ -1,0 +1,118 @@
+//! Broker counters and the `$SYS/broker/...` topics that publish them, as Mosquitto does.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::broker::Broker;
+use crate::message::Message;
+
+/// Counters updated on the hot path (relaxed atomics: they are statistics, not synchronisation).
+#[derive(Debug)]
+pub struct Metrics {
+    pub started: Instant,
+    pub clients_connected: AtomicU64,
+    pub clients_maximum: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub publish_received: AtomicU64,
+    pub publish_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            clients_connected: AtomicU64::new(0),
+            clients_maximum: AtomicU64::new(0),
+            messages_received: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            publish_received: AtomicU64::new(0),
+            publish_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn connected(&self) {
+        let now = self.clients_connected.fetch_add(1, Ordering::Relaxed) + 1;
+        self.clients_maximum.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn disconnected(&self) {
+        self.clients_connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The `$SYS` topics and their current values.
+pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
+    let m = &broker.metrics;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+    let connected = m.clients_connected.load(Ordering::Relaxed);
+    let total = broker.session_count() as u64;
+    let subscriptions = broker.router.read().map(|r| r.len()).unwrap_or(0);
+    vec![
+        (
+            "$SYS/broker/version",
+            format!("mqtter {}", env!("CARGO_PKG_VERSION")),
+        ),
+        (
+            "$SYS/broker/uptime",
+            format!("{} seconds", m.started.elapsed().as_secs()),
+        ),
+        ("$SYS/broker/clients/connected", connected.to_string()),
+        ("$SYS/broker/clients/active", connected.to_string()),
+        (
+            "$SYS/broker/clients/total",
+            total.max(connected).to_string(),
+        ),
+        (
+            "$SYS/broker/clients/disconnected",
+            total.saturating_sub(connected).to_string(),
+        ),
+        ("$SYS/broker/clients/maximum", get(&m.clients_maximum)),
+        ("$SYS/broker/messages/received", get(&m.messages_received)),
+        ("$SYS/broker/messages/sent", get(&m.messages_sent)),
+        (
+            "$SYS/broker/publish/messages/received",
+            get(&m.publish_received),
+        ),
+        ("$SYS/broker/publish/messages/sent", get(&m.publish_sent)),
+        ("$SYS/broker/publish/messages/dropped", get(&m.dropped)),
+        ("$SYS/broker/bytes/received", get(&m.bytes_received)),
+        ("$SYS/broker/bytes/sent", get(&m.bytes_sent)),
+        (
+            "$SYS/broker/retained messages/count",
+            broker.retained_count().to_string(),
+        ),
+        ("$SYS/broker/subscriptions/count", subscriptions.to_string()),
+        (
+            "$SYS/broker/store/bytes",
+            broker.store.size_on_disk().to_string(),
+        ),
+    ]
+}
+
+/// Publish the `$SYS` topics (retained) every `interval` until the broker stops.
+pub async fn run(broker: Arc<Broker>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        publish_once(&broker);
+    }
+}
+
+pub fn publish_once(broker: &Broker) {
+    for (topic, value) in snapshot(broker) {
+        let msg = Message::system(topic, value.into_bytes(), true);
+        if let Err(err) = broker.publish(Arc::new(msg)) {
+            tracing::warn!(cause = %err, "cannot publish $SYS");
+        }
+    }
+}

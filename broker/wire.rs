@@ -1,0 +1,749 @@
+//! The wire: ntex-mqtt's v3.1.1 and v5 codecs behind one interface, translating packets to and
+//! from the broker's own model so that sessions and routing never see a protocol version.
+
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
+
+use ntex_bytes::{BytePageSize, BytePages, ByteString, Bytes, BytesMut};
+use ntex_codec::{Decoder, Encoder};
+use ntex_mqtt::error::{DecodeError, EncodeError};
+use ntex_mqtt::{v3, v5};
+
+use crate::message::{Message, MessageProps, QoS};
+use crate::session::{Delivery, SubOpts};
+
+/// The protocol a connection speaks, decided by its CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    V3,
+    V5,
+}
+
+/// What the first bytes of a connection say about its protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Detected {
+    NeedMore,
+    Proto(Proto),
+    /// Not a CONNECT, or a protocol name or level this broker does not speak.
+    Unsupported {
+        level: Option<u8>,
+    },
+}
+
+/// Look at a CONNECT's fixed header, protocol name and level without consuming anything.
+pub fn detect(buf: &[u8]) -> Detected {
+    if buf.is_empty() {
+        return Detected::NeedMore;
+    }
+    if buf[0] != 0x10 {
+        return Detected::Unsupported { level: None };
+    }
+    // Skip the remaining-length varint (1 to 4 bytes).
+    let mut pos = 1;
+    loop {
+        let Some(byte) = buf.get(pos) else {
+            return Detected::NeedMore;
+        };
+        pos += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if pos > 4 {
+            return Detected::Unsupported { level: None };
+        }
+    }
+    let Some(name_len) = buf.get(pos..pos + 2) else {
+        return Detected::NeedMore;
+    };
+    let name_len = u16::from_be_bytes([name_len[0], name_len[1]]) as usize;
+    let Some(name) = buf.get(pos + 2..pos + 2 + name_len) else {
+        return Detected::NeedMore;
+    };
+    let Some(level) = buf.get(pos + 2 + name_len) else {
+        return Detected::NeedMore;
+    };
+    match (name, level) {
+        (b"MQTT", 4) => Detected::Proto(Proto::V3),
+        (b"MQTT", 5) => Detected::Proto(Proto::V5),
+        _ => Detected::Unsupported {
+            level: Some(*level),
+        },
+    }
+}
+
+/// A last will, as the CONNECT carried it.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub msg: Message,
+    pub delay_secs: u32,
+}
+
+/// A CONNECT, version-neutral.
+#[derive(Debug, Clone)]
+pub struct ConnectIn {
+    pub client_id: ByteString,
+    pub clean_start: bool,
+    pub keep_alive: u16,
+    pub username: Option<ByteString>,
+    pub password: Option<Bytes>,
+    pub will: Option<Will>,
+    /// v3: 0 for a clean session, "never" (u32::MAX) for a persistent one; v5: as sent.
+    pub session_expiry: u32,
+    pub receive_max: u16,
+    pub max_packet_size: Option<u32>,
+    pub topic_alias_max: u16,
+    pub request_problem_info: bool,
+    pub auth_method: Option<ByteString>,
+}
+
+/// A PUBLISH from the client, version-neutral.
+#[derive(Debug, Clone)]
+pub struct PublishIn {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    pub packet_id: Option<u16>,
+    pub topic_alias: Option<u16>,
+    pub props: Option<MessageProps>,
+    pub expiry_secs: Option<u32>,
+    /// A client may not send Subscription Identifiers [MQTT-3.3.4-6].
+    pub has_sub_ids: bool,
+}
+
+/// Every packet a client can send, version-neutral.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    Connect(Box<ConnectIn>),
+    Publish(Box<PublishIn>),
+    PubAck(u16),
+    /// PUBREC; `true` when its reason code is an error (then no PUBREL follows).
+    PubRec(u16, bool),
+    PubRel(u16),
+    PubComp(u16),
+    Subscribe {
+        packet_id: u16,
+        sub_id: Option<u32>,
+        filters: Vec<(ByteString, SubOpts)>,
+    },
+    Unsubscribe {
+        packet_id: u16,
+        filters: Vec<ByteString>,
+    },
+    PingReq,
+    Disconnect {
+        reason: u8,
+        session_expiry: Option<u32>,
+    },
+    Auth,
+    /// A packet only a server sends (CONNACK, SUBACK, ...): a protocol error from a client.
+    Unexpected(&'static str),
+}
+
+/// v5 reason codes the broker uses (v3 maps them to its fewer codes).
+pub mod reason {
+    pub const SUCCESS: u8 = 0x00;
+    pub const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
+    pub const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
+    pub const UNSPECIFIED: u8 = 0x80;
+    pub const MALFORMED: u8 = 0x81;
+    pub const PROTOCOL_ERROR: u8 = 0x82;
+    pub const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
+    pub const UNSUPPORTED_PROTOCOL: u8 = 0x84;
+    pub const CLIENT_ID_NOT_VALID: u8 = 0x85;
+    pub const BAD_USER_OR_PASSWORD: u8 = 0x86;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const SERVER_UNAVAILABLE: u8 = 0x88;
+    pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+    pub const BAD_AUTH_METHOD: u8 = 0x8C;
+    pub const KEEPALIVE_TIMEOUT: u8 = 0x8D;
+    pub const SESSION_TAKEN_OVER: u8 = 0x8E;
+    pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
+    pub const TOPIC_NAME_INVALID: u8 = 0x90;
+    pub const PACKET_ID_IN_USE: u8 = 0x91;
+    pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
+    pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
+    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
+    pub const PACKET_TOO_LARGE: u8 = 0x95;
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub const ADMINISTRATIVE_ACTION: u8 = 0x98;
+    pub const SHARED_NOT_SUPPORTED: u8 = 0x9E;
+}
+
+/// What the CONNACK tells a v5 client about the server.
+#[derive(Debug, Clone, Default)]
+pub struct ConnackProps {
+    pub assigned_client_id: Option<ByteString>,
+    pub server_keepalive: Option<u16>,
+    pub session_expiry: Option<u32>,
+    pub receive_max: u16,
+    pub max_packet_size: u32,
+    pub topic_alias_max: u16,
+    pub reason_string: Option<ByteString>,
+}
+
+enum Inner {
+    V3(v3::codec::Codec),
+    V5(v5::codec::Codec),
+}
+
+/// The codec of one connection, plus the outbound topic aliases it has handed out (v5).
+pub struct Wire {
+    inner: Inner,
+    out: BytePages,
+    /// Outbound topic aliases: topic -> alias, up to the client's Topic Alias Maximum.
+    aliases: std::collections::HashMap<ByteString, u16>,
+    alias_max: u16,
+}
+
+fn nz16(id: u16) -> NonZeroU16 {
+    NonZeroU16::new(id).unwrap_or(NonZeroU16::MIN)
+}
+
+fn v5_props(props: &v5::codec::PublishProperties) -> Option<MessageProps> {
+    let p = MessageProps {
+        payload_is_utf8: props.is_utf8_payload,
+        content_type: props.content_type.clone(),
+        response_topic: props.response_topic.clone(),
+        correlation_data: props.correlation_data.clone(),
+        user_properties: props.user_properties.clone(),
+    };
+    if p.is_empty() { None } else { Some(p) }
+}
+
+impl Wire {
+    pub fn new(proto: Proto, max_inbound: u32) -> Self {
+        let inner = match proto {
+            Proto::V3 => {
+                let codec = v3::codec::Codec::new();
+                codec.set_max_size(max_inbound);
+                // Wait for whole PUBLISH payloads: the broker routes complete messages only.
+                codec.set_min_chunk_size(u32::MAX);
+                Inner::V3(codec)
+            }
+            Proto::V5 => {
+                let codec = v5::codec::Codec::new();
+                codec.set_max_inbound_size(max_inbound);
+                codec.set_min_chunk_size(u32::MAX);
+                Inner::V5(codec)
+            }
+        };
+        Self {
+            inner,
+            out: BytePages::new(BytePageSize::Size4),
+            aliases: Default::default(),
+            alias_max: 0,
+        }
+    }
+
+    pub fn proto(&self) -> Proto {
+        match self.inner {
+            Inner::V3(_) => Proto::V3,
+            Inner::V5(_) => Proto::V5,
+        }
+    }
+
+    /// The client's Maximum Packet Size and Topic Alias Maximum (v5), for what we send.
+    pub fn set_client_limits(&mut self, max_packet_size: Option<u32>, topic_alias_max: u16) {
+        if let (Inner::V5(codec), Some(max)) = (&self.inner, max_packet_size) {
+            codec.set_max_outbound_size(max);
+        }
+        self.alias_max = topic_alias_max;
+    }
+
+    /// Decode the next whole packet from `src`, if there is one.
+    pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, DecodeError> {
+        match &self.inner {
+            Inner::V3(codec) => Ok(codec.decode(src)?.map(from_v3)),
+            Inner::V5(codec) => Ok(codec.decode(src)?.map(from_v5)),
+        }
+    }
+
+    /// Bytes encoded and not yet written.
+    pub fn pending(&mut self) -> &mut BytePages {
+        &mut self.out
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    fn put_v3(&mut self, packet: v3::codec::Packet) {
+        if let Inner::V3(codec) = &self.inner
+            && let Err(err) = codec.encodev(v3::codec::Encoded::Packet(packet), &mut self.out)
+        {
+            tracing::warn!(?err, "cannot encode a v3 packet");
+        }
+    }
+
+    fn put_v5(&mut self, packet: v5::codec::Packet) {
+        if let Inner::V5(codec) = &self.inner
+            && let Err(err) = codec.encodev(v5::codec::Encoded::Packet(packet), &mut self.out)
+        {
+            tracing::warn!(?err, "cannot encode a v5 packet");
+        }
+    }
+
+    /// CONNACK. `code` is a v5 reason code; v3 gets the nearest of its own.
+    pub fn connack(&mut self, session_present: bool, code: u8, props: ConnackProps) {
+        match self.inner {
+            Inner::V3(_) => {
+                use v3::codec::ConnectAckReason as R;
+                let return_code = match code {
+                    reason::SUCCESS => R::ConnectionAccepted,
+                    reason::UNSUPPORTED_PROTOCOL => R::UnacceptableProtocolVersion,
+                    reason::CLIENT_ID_NOT_VALID => R::IdentifierRejected,
+                    reason::BAD_USER_OR_PASSWORD => R::BadUserNameOrPassword,
+                    reason::NOT_AUTHORIZED => R::NotAuthorized,
+                    _ => R::ServiceUnavailable,
+                };
+                self.put_v3(v3::codec::Packet::ConnectAck(v3::codec::ConnectAck {
+                    return_code,
+                    session_present,
+                }));
+            }
+            Inner::V5(_) => {
+                let reason_code = v5::codec::ConnectAckReason::try_from(code)
+                    .unwrap_or(v5::codec::ConnectAckReason::UnspecifiedError);
+                let ack = v5::codec::ConnectAck {
+                    session_present,
+                    reason_code,
+                    session_expiry_interval_secs: props.session_expiry,
+                    receive_max: nz16(props.receive_max.max(1)),
+                    max_packet_size: Some(props.max_packet_size).filter(|m| *m > 0),
+                    assigned_client_id: props.assigned_client_id,
+                    topic_alias_max: props.topic_alias_max,
+                    server_keepalive_sec: props.server_keepalive,
+                    reason_string: props.reason_string,
+                    ..Default::default()
+                };
+                self.put_v5(v5::codec::Packet::ConnectAck(Box::new(ack)));
+            }
+        }
+    }
+
+    /// Encode a PUBLISH to the client. Fails with `OverMaxPacketSize` when the client's Maximum
+    /// Packet Size forbids it (the caller then drops the message for this client).
+    pub fn publish(
+        &mut self,
+        packet_id: Option<u16>,
+        delivery: &Delivery,
+        dup: bool,
+        now_ms: u64,
+    ) -> Result<(), EncodeError> {
+        let msg = &delivery.msg;
+        match &self.inner {
+            Inner::V3(codec) => {
+                let packet = v3::codec::Publish {
+                    dup,
+                    retain: delivery.retain,
+                    qos: delivery.qos,
+                    topic: msg.topic.clone(),
+                    packet_id: packet_id.and_then(NonZeroU16::new),
+                    payload_size: msg.payload.len() as u32,
+                };
+                codec.encodev(
+                    v3::codec::Encoded::Publish(packet, Some(msg.payload.clone())),
+                    &mut self.out,
+                )
+            }
+            Inner::V5(codec) => {
+                let mut properties = v5::codec::PublishProperties::default();
+                if let Some(p) = msg.props.as_deref() {
+                    properties.is_utf8_payload = p.payload_is_utf8;
+                    properties.content_type = p.content_type.clone();
+                    properties.response_topic = p.response_topic.clone();
+                    properties.correlation_data = p.correlation_data.clone();
+                    properties.user_properties = p.user_properties.clone();
+                }
+                properties.message_expiry_interval = msg
+                    .remaining_expiry_secs(now_ms)
+                    .and_then(|s| NonZeroU32::new(s.max(1)));
+                properties.subscription_ids = delivery
+                    .sub_ids
+                    .iter()
+                    .filter_map(|id| NonZeroU32::new(*id))
+                    .collect();
+                let mut topic = msg.topic.clone();
+                if self.alias_max > 0 {
+                    if let Some(alias) = self.aliases.get(&msg.topic) {
+                        properties.topic_alias = NonZeroU16::new(*alias);
+                        topic = ByteString::default();
+                    } else if self.aliases.len() < self.alias_max as usize {
+                        let alias = self.aliases.len() as u16 + 1;
+                        self.aliases.insert(msg.topic.clone(), alias);
+                        properties.topic_alias = NonZeroU16::new(alias);
+                    }
+                }
+                let packet = v5::codec::Publish {
+                    dup,
+                    retain: delivery.retain,
+                    qos: delivery.qos,
+                    packet_id: packet_id.and_then(NonZeroU16::new),
+                    topic,
+                    payload_size: msg.payload.len() as u32,
+                    properties,
+                };
+                codec.encodev(
+                    v5::codec::Encoded::Publish(packet, Some(msg.payload.clone())),
+                    &mut self.out,
+                )
+            }
+        }
+    }
+
+    pub fn puback(&mut self, packet_id: u16, code: u8) {
+        match self.inner {
+            Inner::V3(_) => self.put_v3(v3::codec::Packet::PublishAck {
+                packet_id: nz16(packet_id),
+            }),
+            Inner::V5(_) => self.put_v5(v5::codec::Packet::PublishAck(v5_ack(packet_id, code))),
+        }
+    }
+
+    pub fn pubrec(&mut self, packet_id: u16, code: u8) {
+        match self.inner {
+            Inner::V3(_) => self.put_v3(v3::codec::Packet::PublishReceived {
+                packet_id: nz16(packet_id),
+            }),
+            Inner::V5(_) => {
+                self.put_v5(v5::codec::Packet::PublishReceived(v5_ack(packet_id, code)))
+            }
+        }
+    }
+
+    pub fn pubrel(&mut self, packet_id: u16) {
+        match self.inner {
+            Inner::V3(_) => self.put_v3(v3::codec::Packet::PublishRelease {
+                packet_id: nz16(packet_id),
+            }),
+            Inner::V5(_) => self.put_v5(v5::codec::Packet::PublishRelease(v5_ack2(
+                packet_id,
+                reason::SUCCESS,
+            ))),
+        }
+    }
+
+    pub fn pubcomp(&mut self, packet_id: u16, code: u8) {
+        match self.inner {
+            Inner::V3(_) => self.put_v3(v3::codec::Packet::PublishComplete {
+                packet_id: nz16(packet_id),
+            }),
+            Inner::V5(_) => {
+                self.put_v5(v5::codec::Packet::PublishComplete(v5_ack2(packet_id, code)))
+            }
+        }
+    }
+
+    /// SUBACK with one v5 reason code per filter (v3: granted QoS or 0x80).
+    pub fn suback(&mut self, packet_id: u16, codes: &[u8]) {
+        match self.inner {
+            Inner::V3(_) => {
+                let status = codes
+                    .iter()
+                    .map(|c| match c {
+                        0..=2 => {
+                            v3::codec::SubscribeReturnCode::Success(crate::message::qos_from_u8(*c))
+                        }
+                        _ => v3::codec::SubscribeReturnCode::Failure,
+                    })
+                    .collect();
+                self.put_v3(v3::codec::Packet::SubscribeAck {
+                    packet_id: nz16(packet_id),
+                    status,
+                });
+            }
+            Inner::V5(_) => {
+                let status = codes
+                    .iter()
+                    .map(|c| {
+                        v5::codec::SubscribeAckReason::try_from(*c)
+                            .unwrap_or(v5::codec::SubscribeAckReason::UnspecifiedError)
+                    })
+                    .collect();
+                self.put_v5(v5::codec::Packet::SubscribeAck(v5::codec::SubscribeAck {
+                    packet_id: nz16(packet_id),
+                    properties: Vec::new(),
+                    reason_string: None,
+                    status,
+                }));
+            }
+        }
+    }
+
+    pub fn unsuback(&mut self, packet_id: u16, codes: &[u8]) {
+        match self.inner {
+            Inner::V3(_) => self.put_v3(v3::codec::Packet::UnsubscribeAck {
+                packet_id: nz16(packet_id),
+            }),
+            Inner::V5(_) => {
+                let status = codes
+                    .iter()
+                    .map(|c| {
+                        v5::codec::UnsubscribeAckReason::try_from(*c)
+                            .unwrap_or(v5::codec::UnsubscribeAckReason::UnspecifiedError)
+                    })
+                    .collect();
+                self.put_v5(v5::codec::Packet::UnsubscribeAck(
+                    v5::codec::UnsubscribeAck {
+                        packet_id: nz16(packet_id),
+                        properties: Vec::new(),
+                        reason_string: None,
+                        status,
+                    },
+                ));
+            }
+        }
+    }
+
+    pub fn pingresp(&mut self) {
+        match self.inner {
+            Inner::V3(_) => self.put_v3(v3::codec::Packet::PingResponse),
+            Inner::V5(_) => self.put_v5(v5::codec::Packet::PingResponse),
+        }
+    }
+
+    /// A server DISCONNECT with a reason (v5 only; a v3 connection is simply closed).
+    pub fn disconnect(&mut self, code: u8, reason_string: Option<&str>) {
+        if let Inner::V5(_) = self.inner {
+            let reason_code = v5::codec::DisconnectReasonCode::try_from(code)
+                .unwrap_or(v5::codec::DisconnectReasonCode::UnspecifiedError);
+            let packet = v5::codec::Disconnect::new(reason_code)
+                .reason_string(reason_string.map(ByteString::from));
+            self.put_v5(v5::codec::Packet::Disconnect(packet));
+        }
+    }
+}
+
+fn v5_ack(packet_id: u16, code: u8) -> v5::codec::PublishAck {
+    v5::codec::PublishAck {
+        packet_id: nz16(packet_id),
+        reason_code: v5::codec::PublishAckReason::try_from(code)
+            .unwrap_or(v5::codec::PublishAckReason::UnspecifiedError),
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+fn v5_ack2(packet_id: u16, code: u8) -> v5::codec::PublishAck2 {
+    v5::codec::PublishAck2 {
+        packet_id: nz16(packet_id),
+        reason_code: v5::codec::PublishAck2Reason::try_from(code)
+            .unwrap_or(v5::codec::PublishAck2Reason::PacketIdNotFound),
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+fn will_v3(will: v3::codec::LastWill) -> Will {
+    Will {
+        msg: Message {
+            topic: will.topic,
+            payload: will.message,
+            qos: will.qos,
+            retain: will.retain,
+            props: None,
+            expires_at_ms: None,
+            publisher: None,
+        },
+        delay_secs: 0,
+    }
+}
+
+fn will_v5(will: v5::codec::LastWill) -> Will {
+    let props = MessageProps {
+        payload_is_utf8: will.is_utf8_payload.unwrap_or(false),
+        content_type: will.content_type,
+        response_topic: will.response_topic,
+        correlation_data: will.correlation_data,
+        user_properties: will.user_properties,
+    };
+    Will {
+        msg: Message {
+            topic: will.topic,
+            payload: will.message,
+            qos: will.qos,
+            retain: will.retain,
+            props: if props.is_empty() {
+                None
+            } else {
+                Some(Arc::new(props))
+            },
+            // Stored as an interval until the will is published (see `Broker::publish_will`).
+            expires_at_ms: will.message_expiry_interval.map(|s| u64::from(s.get())),
+            publisher: None,
+        },
+        delay_secs: will.will_delay_interval_sec.unwrap_or(0),
+    }
+}
+
+fn from_v3(decoded: v3::codec::Decoded) -> Inbound {
+    use v3::codec::Packet as P;
+    match decoded {
+        v3::codec::Decoded::Publish(p, payload, _) => Inbound::Publish(Box::new(PublishIn {
+            topic: p.topic,
+            payload,
+            qos: p.qos,
+            retain: p.retain,
+            dup: p.dup,
+            packet_id: p.packet_id.map(NonZeroU16::get),
+            topic_alias: None,
+            props: None,
+            expiry_secs: None,
+            has_sub_ids: false,
+        })),
+        v3::codec::Decoded::PayloadChunk(..) => Inbound::Unexpected("payload chunk"),
+        v3::codec::Decoded::Packet(packet, _) => match packet {
+            P::Connect(c) => Inbound::Connect(Box::new(ConnectIn {
+                client_id: c.client_id,
+                clean_start: c.clean_session,
+                keep_alive: c.keep_alive,
+                username: c.username,
+                password: c.password,
+                will: c.last_will.map(will_v3),
+                session_expiry: if c.clean_session { 0 } else { u32::MAX },
+                receive_max: u16::MAX,
+                max_packet_size: None,
+                topic_alias_max: 0,
+                request_problem_info: true,
+                auth_method: None,
+            })),
+            P::PublishAck { packet_id } => Inbound::PubAck(packet_id.get()),
+            P::PublishReceived { packet_id } => Inbound::PubRec(packet_id.get(), false),
+            P::PublishRelease { packet_id } => Inbound::PubRel(packet_id.get()),
+            P::PublishComplete { packet_id } => Inbound::PubComp(packet_id.get()),
+            P::Subscribe {
+                packet_id,
+                topic_filters,
+            } => Inbound::Subscribe {
+                packet_id: packet_id.get(),
+                sub_id: None,
+                filters: topic_filters
+                    .into_iter()
+                    .map(|(f, qos)| {
+                        let opts = SubOpts {
+                            qos: u8::from(qos),
+                            no_local: false,
+                            retain_as_published: false,
+                            retain_handling: 0,
+                            sub_id: None,
+                        };
+                        (f, opts)
+                    })
+                    .collect(),
+            },
+            P::Unsubscribe {
+                packet_id,
+                topic_filters,
+            } => Inbound::Unsubscribe {
+                packet_id: packet_id.get(),
+                filters: topic_filters,
+            },
+            P::PingRequest => Inbound::PingReq,
+            P::Disconnect => Inbound::Disconnect {
+                reason: 0,
+                session_expiry: None,
+            },
+            P::ConnectAck(_) => Inbound::Unexpected("CONNACK"),
+            P::SubscribeAck { .. } => Inbound::Unexpected("SUBACK"),
+            P::UnsubscribeAck { .. } => Inbound::Unexpected("UNSUBACK"),
+            P::PingResponse => Inbound::Unexpected("PINGRESP"),
+        },
+    }
+}
+
+fn from_v5(decoded: v5::codec::Decoded) -> Inbound {
+    use v5::codec::Packet as P;
+    match decoded {
+        v5::codec::Decoded::Publish(p, payload, _) => Inbound::Publish(Box::new(PublishIn {
+            props: v5_props(&p.properties),
+            expiry_secs: p.properties.message_expiry_interval.map(NonZeroU32::get),
+            topic_alias: p.properties.topic_alias.map(NonZeroU16::get),
+            has_sub_ids: !p.properties.subscription_ids.is_empty(),
+            topic: p.topic,
+            payload,
+            qos: p.qos,
+            retain: p.retain,
+            dup: p.dup,
+            packet_id: p.packet_id.map(NonZeroU16::get),
+        })),
+        v5::codec::Decoded::PayloadChunk(..) => Inbound::Unexpected("payload chunk"),
+        v5::codec::Decoded::Packet(packet, _) => match packet {
+            P::Connect(c) => {
+                let c = *c;
+                Inbound::Connect(Box::new(ConnectIn {
+                    client_id: c.client_id,
+                    clean_start: c.clean_start,
+                    keep_alive: c.keep_alive,
+                    username: c.username,
+                    password: c.password,
+                    will: c.last_will.map(will_v5),
+                    session_expiry: c.session_expiry_interval_secs,
+                    receive_max: c.receive_max.map_or(u16::MAX, NonZeroU16::get),
+                    max_packet_size: c.max_packet_size.map(NonZeroU32::get),
+                    topic_alias_max: c.topic_alias_max,
+                    request_problem_info: c.request_problem_info,
+                    auth_method: c.auth_method,
+                }))
+            }
+            P::PublishAck(a) => Inbound::PubAck(a.packet_id.get()),
+            P::PublishReceived(a) => {
+                Inbound::PubRec(a.packet_id.get(), u8::from(a.reason_code) >= 0x80)
+            }
+            P::PublishRelease(a) => Inbound::PubRel(a.packet_id.get()),
+            P::PublishComplete(a) => Inbound::PubComp(a.packet_id.get()),
+            P::Subscribe(s) => Inbound::Subscribe {
+                packet_id: s.packet_id.get(),
+                sub_id: s.id.map(NonZeroU32::get),
+                filters: s
+                    .topic_filters
+                    .into_iter()
+                    .map(|(f, o)| {
+                        let opts = SubOpts {
+                            qos: u8::from(o.qos),
+                            no_local: o.no_local,
+                            retain_as_published: o.retain_as_published,
+                            retain_handling: o.retain_handling as u8,
+                            sub_id: s.id.map(NonZeroU32::get),
+                        };
+                        (f, opts)
+                    })
+                    .collect(),
+            },
+            P::Unsubscribe(u) => Inbound::Unsubscribe {
+                packet_id: u.packet_id.get(),
+                filters: u.topic_filters,
+            },
+            P::PingRequest => Inbound::PingReq,
+            P::Disconnect(d) => Inbound::Disconnect {
+                reason: u8::from(d.reason_code),
+                session_expiry: d.session_expiry_interval_secs,
+            },
+            P::Auth(_) => Inbound::Auth,
+            P::ConnectAck(_) => Inbound::Unexpected("CONNACK"),
+            P::SubscribeAck(_) => Inbound::Unexpected("SUBACK"),
+            P::UnsubscribeAck(_) => Inbound::Unexpected("UNSUBACK"),
+            P::PingResponse => Inbound::Unexpected("PINGRESP"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_the_protocol_from_the_connect() {
+        let v3 = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00";
+        assert_eq!(detect(v3), Detected::Proto(Proto::V3));
+        let mut v5 = v3.to_vec();
+        v5[8] = 5;
+        assert_eq!(detect(&v5), Detected::Proto(Proto::V5));
+        assert_eq!(detect(&v3[..5]), Detected::NeedMore);
+        assert_eq!(detect(b"\x30\x00"), Detected::Unsupported { level: None });
+        let mut old = v3.to_vec();
+        old[8] = 3;
+        assert_eq!(detect(&old), Detected::Unsupported { level: Some(3) });
+    }
+}

@@ -1,0 +1,17 @@
+//! MQTTER's domain core: the durable `Store` every other part writes through.
+//!
+//! # Layout
+//! - [`store`]: the `Store` trait, the key spaces and the atomic `Batch`, with the durability rule.
+//! - [`sled_store`]: the sled implementation of `Store` (the single-machine backend).
+//! - [`commit`]: `GroupCommit`, which lets many writers wait for one `flush` together.
+//!
+//! **Architecture Invariant:** this crate knows nothing about MQTT or the network; it does I/O only
+//! through `Store`. The relationship graph and the IM domain will live here too (later stages).
+
+pub mod commit;
+pub mod sled_store;
+pub mod store;
+
+pub use commit::GroupCommit;
+pub use sled_store::SledStore;
+pub use store::{Batch, Op, Space, Store, StoreError};

@@ -1,0 +1,138 @@
+//! The `Store` trait: a small, namespaced, ordered key-value store with atomic batches.
+//!
+//! **Durability rule.** A write made with [`Store::apply`] is visible to readers at once, and is
+//! *durable* (survives a crash or a power cut) once a later call to [`Store::flush`] has returned
+//! `Ok`. Callers that must not lose a write (a QoS 1/2 message the broker is about to acknowledge)
+//! apply it, then wait for a flush, usually through [`crate::GroupCommit`] so that one flush serves
+//! many writers. A batch is atomic: after a crash either all of its operations are there or none.
+//!
+//! The trait is deliberately a key-value shape (spaces, byte keys, prefix scans): it maps onto any
+//! ordered store (sled today; a replicated store later) without the callers changing.
+
+use std::fmt;
+
+/// A key space: one sled tree, one column family or one table in another backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// MQTT session records, by client id.
+    Sessions,
+    /// Messages owed to persistent sessions, by client id + sequence number.
+    Queue,
+    /// Retained messages, by topic.
+    Retained,
+    /// Accounts (persons and things) with their password hashes, by account id.
+    Accounts,
+    /// Small facts about the store itself (format version, counters).
+    Meta,
+}
+
+impl Space {
+    /// Every space, in a fixed order (backends open them all at start).
+    pub const ALL: [Space; 5] = [
+        Space::Sessions,
+        Space::Queue,
+        Space::Retained,
+        Space::Accounts,
+        Space::Meta,
+    ];
+
+    /// The stable name of the space on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Sessions => "sessions",
+            Space::Queue => "queue",
+            Space::Retained => "retained",
+            Space::Accounts => "accounts",
+            Space::Meta => "meta",
+        }
+    }
+}
+
+/// One write in a [`Batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        space: Space,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Remove {
+        space: Space,
+        key: Vec<u8>,
+    },
+}
+
+/// Writes applied together, atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put {
+            space,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    pub fn remove(&mut self, space: Space, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Remove {
+            space,
+            key: key.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn into_ops(self) -> Vec<Op> {
+        self.ops
+    }
+}
+
+/// What can go wrong in a store. Every variant carries enough to tell the user what happened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The disk or the file system refused (full disk, permissions, I/O error).
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The stored data is not what this version can read.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The backend failed in another way.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+/// The store every durable fact of MQTTER goes through. See the module doc for the durability rule.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// The value under `key`, if any.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Apply every operation of `batch` atomically. Visible at once; durable after the next flush.
+    fn apply(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// Every pair whose key starts with `prefix`, in key order.
+    fn scan_prefix(
+        &self,
+        space: Space,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// Make everything applied before this call durable.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// Bytes the store uses on disk (an estimate), for `$SYS` and benchmarks.
+    fn size_on_disk(&self) -> u64;
+}
