@@ -1,1 +1,6 @@
 //! End-to-end tests: the real daemon on 127.0.0.1:0, driven by real clients.
+//!
+//! One test binary (faster builds); each file below is one area.
+
+mod common;
+mod smoke;

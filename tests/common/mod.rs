@@ -1,0 +1,171 @@
+//! The test harness: start the real `mqtter` daemon on 127.0.0.1:0 and talk to it.
+//!
+//! `Daemon::start()` runs the built binary with a fresh data folder and reads the ports from the
+//! one line it prints on stdout. Dropping the `Daemon` kills the process (SIGKILL) and removes the
+//! folder, unless it is kept for a restart with `Daemon::restart`.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The default bound on waiting for anything in a test: generous, so a loaded 2-core machine
+/// never fails a correct broker, and never an assertion about speed.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub mqtt: SocketAddr,
+    pub ws: Option<SocketAddr>,
+    pub ws_path: String,
+    pub data: PathBuf,
+    /// The temporary folder owning `data` (kept alive while the daemon may restart).
+    _dir: Option<tempfile::TempDir>,
+    config: Option<PathBuf>,
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    /// Anonymous access on, a fresh store, TCP and WebSocket on free ports.
+    pub fn start() -> Daemon {
+        Self::start_with(&["--allow-anonymous"], None)
+    }
+
+    /// Start with extra CLI arguments and, if given, a configuration file body (TOML).
+    pub fn start_with(args: &[&str], config_toml: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let config = config_toml.map(|body| {
+            let path = dir.path().join("mqtter.toml");
+            std::fs::write(&path, body).expect("write config");
+            path
+        });
+        let extra: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut daemon = Daemon {
+            child: None,
+            mqtt: "127.0.0.1:0".parse().unwrap(),
+            ws: None,
+            ws_path: "/mqtt".into(),
+            data,
+            _dir: Some(dir),
+            config,
+            extra,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// The path of the `mqtter` binary under test.
+    pub fn binary() -> &'static str {
+        env!("CARGO_BIN_EXE_mqtter")
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(Self::binary());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--ws-listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(&self.data);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.args(&self.extra);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("MQTTER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("start mqtter");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        // "mqtter listening mqtt=127.0.0.1:PORT ws=127.0.0.1:PORT/mqtt"
+        for word in line.split_whitespace() {
+            if let Some(addr) = word.strip_prefix("mqtt=") {
+                self.mqtt = addr.parse().expect("mqtt address");
+            }
+            if let Some(rest) = word.strip_prefix("ws=") {
+                let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                self.ws = Some(addr.parse().expect("ws address"));
+                self.ws_path = path.to_string();
+            }
+        }
+        assert!(
+            line.starts_with("mqtter listening"),
+            "unexpected first line: {line:?}"
+        );
+        self.child = Some(child);
+    }
+
+    pub fn port(&self) -> u16 {
+        self.mqtt.port()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status (graceful stop).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running daemon");
+        let pid = child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start again on the same data folder (new ports).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Poll `check` until it is true or `WAIT` passes.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
