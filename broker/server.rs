@@ -117,6 +117,7 @@ async fn accept_ws(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>) {
 
 /// MQTT over WebSocket: binary frames carry the MQTT byte stream ([MQTT-6.0.0-1]), bridged to
 /// the same connection code through an in-memory pipe.
+#[allow(clippy::result_large_err)] // the handshake callback's type is tungstenite's
 async fn serve_ws(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let path = broker.config.ws_path.clone();
     let check =
@@ -153,11 +154,7 @@ async fn serve_ws(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let inbound = async move {
         while let Some(Ok(frame)) = ws_rx.next().await {
             match frame {
-                WsMessage::Binary(data) => {
-                    if pipe_tx.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+                WsMessage::Binary(data) if pipe_tx.write_all(&data).await.is_err() => break,
                 WsMessage::Close(_) => break,
                 _ => {}
             }

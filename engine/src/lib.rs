@@ -14,4 +14,4 @@ pub mod store;
 
 pub use commit::GroupCommit;
 pub use sled_store::SledStore;
-pub use store::{Batch, Op, Space, Store, StoreError};
+pub use store::{Batch, Op, Pairs, Space, Store, StoreError};

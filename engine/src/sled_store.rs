@@ -4,7 +4,7 @@ use std::path::Path;
 
 use sled::Transactional;
 
-use crate::store::{Batch, Op, Space, Store, StoreError};
+use crate::store::{Batch, Op, Pairs, Space, Store, StoreError};
 
 /// The single-machine backend. Cheap to share: sled handles are internally reference counted.
 #[derive(Debug, Clone)]
@@ -102,11 +102,7 @@ impl Store for SledStore {
             })
     }
 
-    fn scan_prefix(
-        &self,
-        space: Space,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError> {
         self.tree(space)
             .scan_prefix(prefix)
             .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(map_err))

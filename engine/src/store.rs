@@ -11,6 +11,9 @@
 
 use std::fmt;
 
+/// Key-value pairs as a scan returns them, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A key space: one sled tree, one column family or one table in another backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Space {
@@ -124,11 +127,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
 
     /// Every pair whose key starts with `prefix`, in key order.
-    fn scan_prefix(
-        &self,
-        space: Space,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError>;
 
     /// Make everything applied before this call durable.
     fn flush(&self) -> Result<(), StoreError>;
