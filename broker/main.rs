@@ -82,7 +82,7 @@ enum AccountAction {
     /// Add an account; the password is read from stdin when not given.
     Add {
         name: String,
-        #[arg(long, value_enum, default_value_t = AccountKind::Person)]
+        #[arg(long, default_value = "person")]
         kind: AccountKind,
         #[arg(long)]
         password: Option<String>,

@@ -8,6 +8,7 @@
 //! **Architecture Invariant:** this crate knows nothing about MQTT or the network; it does I/O only
 //! through `Store`. The relationship graph and the IM domain will live here too (later stages).
 
+pub mod accounts;
 pub mod commit;
 pub mod sled_store;
 pub mod store;
