@@ -10,6 +10,8 @@
 
 pub mod accounts;
 pub mod commit;
+pub mod graph;
+pub mod im;
 pub mod sled_store;
 pub mod store;
 

@@ -1,8 +1,10 @@
-//! `SledStore`: the `Store` on sled 0.34, one sled tree per `Space`, in one data folder.
+//! `SledStore`: the `Store` on sled 0.34, in one data folder.
+//!
+//! Every space lives in one sled tree, its keys prefixed by one byte per space. One tree makes
+//! every `Batch` a single sled batch, atomic without cross-tree transactions (which in sled 0.34
+//! are slower and, in testing here, mixed keys of different trees up).
 
 use std::path::Path;
-
-use sled::Transactional;
 
 use crate::store::{Batch, Op, Pairs, Space, Store, StoreError};
 
@@ -10,7 +12,14 @@ use crate::store::{Batch, Op, Pairs, Space, Store, StoreError};
 #[derive(Debug, Clone)]
 pub struct SledStore {
     db: sled::Db,
-    trees: Vec<sled::Tree>,
+    tree: sled::Tree,
+}
+
+fn prefixed(space: Space, key: &[u8]) -> Vec<u8> {
+    let mut full = Vec::with_capacity(key.len() + 1);
+    full.push(space.tag());
+    full.extend_from_slice(key);
+    full
 }
 
 impl SledStore {
@@ -25,16 +34,8 @@ impl SledStore {
             .flush_every_ms(None)
             .open()
             .map_err(map_err)?;
-        let trees = Space::ALL
-            .iter()
-            .map(|space| db.open_tree(space.name()).map_err(map_err))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { db, trees })
-    }
-
-    fn tree(&self, space: Space) -> &sled::Tree {
-        let index = Space::ALL.iter().position(|s| *s == space).unwrap_or(0);
-        &self.trees[index]
+        let tree = db.open_tree("mqtter").map_err(map_err)?;
+        Ok(Self { db, tree })
     }
 }
 
@@ -46,11 +47,16 @@ fn map_err(err: sled::Error) -> StoreError {
     }
 }
 
+fn strip(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    item.map(|(k, v)| (k[1..].to_vec(), v.to_vec()))
+        .map_err(map_err)
+}
+
 impl Store for SledStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .tree(space)
-            .get(key)
+            .tree
+            .get(prefixed(space, key))
             .map_err(map_err)?
             .map(|v| v.to_vec()))
     }
@@ -60,53 +66,40 @@ impl Store for SledStore {
         if ops.is_empty() {
             return Ok(());
         }
-        // One sled batch per tree, applied in one transaction across the trees involved.
-        let mut per_tree: Vec<sled::Batch> =
-            Space::ALL.iter().map(|_| sled::Batch::default()).collect();
-        let mut used = [false; Space::ALL.len()];
+        let mut sled_batch = sled::Batch::default();
         for op in ops {
-            let space = match &op {
-                Op::Put { space, .. } | Op::Remove { space, .. } => *space,
-            };
-            let index = Space::ALL.iter().position(|s| *s == space).unwrap_or(0);
-            used[index] = true;
             match op {
-                Op::Put { key, value, .. } => per_tree[index].insert(key, value),
-                Op::Remove { key, .. } => per_tree[index].remove(key),
+                Op::Put { space, key, value } => sled_batch.insert(prefixed(space, &key), value),
+                Op::Remove { space, key } => sled_batch.remove(prefixed(space, &key)),
             }
         }
-        let involved: Vec<usize> = (0..used.len()).filter(|i| used[*i]).collect();
-        if involved.len() == 1 {
-            let index = involved[0];
-            let batch = std::mem::take(&mut per_tree[index]);
-            return self.trees[index].apply_batch(batch).map_err(map_err);
-        }
-        let trees: Vec<&sled::Tree> = involved.iter().map(|i| &self.trees[*i]).collect();
-        let batches: Vec<sled::Batch> = involved
-            .iter()
-            .map(|i| std::mem::take(&mut per_tree[*i]))
-            .collect();
-        trees
-            .as_slice()
-            .transaction(|txs| {
-                for (tx, batch) in txs.iter().zip(batches.iter()) {
-                    tx.apply_batch(batch)?;
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|err| match err {
-                sled::transaction::TransactionError::Storage(err) => map_err(err),
-                sled::transaction::TransactionError::Abort(()) => {
-                    StoreError::Backend("transaction aborted".into())
-                }
-            })
+        self.tree.apply_batch(sled_batch).map_err(map_err)
     }
 
     fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError> {
-        self.tree(space)
-            .scan_prefix(prefix)
-            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(map_err))
+        self.tree
+            .scan_prefix(prefixed(space, prefix))
+            .map(strip)
             .collect()
+    }
+
+    fn scan_range(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let range = self.tree.range(prefixed(space, from)..prefixed(space, to));
+        if reverse {
+            range.rev().take(limit).map(strip).collect()
+        } else {
+            range.take(limit).map(strip).collect()
+        }
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -27,17 +27,60 @@ pub enum Space {
     Accounts,
     /// Small facts about the store itself (format version, counters).
     Meta,
+    /// Relations of the graph, by kind + endpoints.
+    Relations,
+    /// Groups, by group id.
+    Groups,
+    /// The recycle bin: removed relations restorable until they expire, by owner + kind + peer.
+    Recycle,
+    /// Conversations' last sequence numbers, by conversation id.
+    Conversations,
+    /// Stored IM messages (stamped envelopes), by conversation + sequence.
+    Messages,
+    /// Client message ids already stored, by conversation + sender + cid.
+    Dedup,
+    /// Delivery and read cursors, by client id or account + conversation.
+    Cursors,
+    /// The direct conversations an account takes part in, by account + conversation.
+    Inboxes,
 }
 
 impl Space {
     /// Every space, in a fixed order (backends open them all at start).
-    pub const ALL: [Space; 5] = [
+    pub const ALL: [Space; 13] = [
         Space::Sessions,
         Space::Queue,
         Space::Retained,
         Space::Accounts,
         Space::Meta,
+        Space::Relations,
+        Space::Groups,
+        Space::Recycle,
+        Space::Conversations,
+        Space::Messages,
+        Space::Dedup,
+        Space::Cursors,
+        Space::Inboxes,
     ];
+
+    /// The stable one-byte tag of the space on disk. Never reuse or renumber a tag.
+    pub fn tag(self) -> u8 {
+        match self {
+            Space::Sessions => 0,
+            Space::Queue => 1,
+            Space::Retained => 2,
+            Space::Accounts => 3,
+            Space::Meta => 4,
+            Space::Relations => 5,
+            Space::Groups => 6,
+            Space::Recycle => 7,
+            Space::Conversations => 8,
+            Space::Messages => 9,
+            Space::Dedup => 10,
+            Space::Cursors => 11,
+            Space::Inboxes => 12,
+        }
+    }
 
     /// The stable name of the space on disk.
     pub fn name(self) -> &'static str {
@@ -47,6 +90,14 @@ impl Space {
             Space::Retained => "retained",
             Space::Accounts => "accounts",
             Space::Meta => "meta",
+            Space::Relations => "relations",
+            Space::Groups => "groups",
+            Space::Recycle => "recycle",
+            Space::Conversations => "conversations",
+            Space::Messages => "messages",
+            Space::Dedup => "dedup",
+            Space::Cursors => "cursors",
+            Space::Inboxes => "inboxes",
         }
     }
 }
@@ -128,6 +179,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Every pair whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError>;
+
+    /// Up to `limit` pairs with `from <= key < to`, in key order, or in reverse key order (from
+    /// the end of the range) when `reverse`.
+    fn scan_range(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, StoreError>;
 
     /// Make everything applied before this call durable.
     fn flush(&self) -> Result<(), StoreError>;

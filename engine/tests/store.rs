@@ -32,6 +32,27 @@ fn check_contract(store: Arc<dyn Store>, reopen: impl Fn() -> Arc<dyn Store>) {
     let mut batch = Batch::new();
     batch.remove(Space::Queue, b"c1/0001".to_vec());
     store.apply(batch).unwrap();
+    // Ranges: half-open, limited, both directions.
+    let mut batch = Batch::new();
+    for i in 0u8..5 {
+        batch.put(Space::Messages, vec![b'c', i], vec![i]);
+    }
+    store.apply(batch).unwrap();
+    let forward = store
+        .scan_range(Space::Messages, &[b'c', 1], &[b'c', 4], 2, false)
+        .unwrap();
+    assert_eq!(
+        forward.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let backward = store
+        .scan_range(Space::Messages, &[b'c', 0], &[b'c', 4], 2, true)
+        .unwrap();
+    assert_eq!(
+        backward.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
+        [3, 2]
+    );
+
     store.flush().unwrap();
     drop(store);
 

@@ -1,0 +1,547 @@
+//! Conversations: stamping (per-conversation `seq`, dedup on the client's `cid`), the stored log,
+//! history pages, delivery cursors, missed messages at CONNECT, receipts, and the roster.
+//!
+//! A direct conversation is `person:A|person:B` (ids in order); a group's is `group:G`, stored
+//! once for the group whatever its size, with a cursor per member.
+
+use std::sync::MutexGuard;
+
+use serde_json::{Value, json};
+
+use super::envelope::notice;
+use super::{Effect, Im, ImError, ImResult, key};
+use crate::graph::Role;
+use crate::store::{Batch, Space};
+
+pub fn conv_direct(a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("person:{x}|person:{y}")
+}
+
+pub fn conv_group(group: &str) -> String {
+    format!("group:{group}")
+}
+
+/// The people of a conversation id, as the id names them.
+enum Parties<'a> {
+    Direct(&'a str, &'a str),
+    Group(&'a str),
+}
+
+fn parties(conv: &str) -> Option<Parties<'_>> {
+    if let Some(group) = conv.strip_prefix("group:") {
+        return Some(Parties::Group(group));
+    }
+    let (a, b) = conv.split_once('|')?;
+    Some(Parties::Direct(
+        a.strip_prefix("person:")?,
+        b.strip_prefix("person:")?,
+    ))
+}
+
+/// A message body from a PUBLISH payload: a JSON object as it is; other UTF-8 text becomes
+/// `{"text": ...}`.
+pub fn parse_body(payload: &[u8], max: usize) -> ImResult<Value> {
+    if payload.len() > max {
+        return Err(ImError::TooLarge(format!(
+            "message body is {} bytes; the limit is {max}",
+            payload.len()
+        )));
+    }
+    if let Ok(value @ Value::Object(_)) = serde_json::from_slice::<Value>(payload) {
+        return Ok(value);
+    }
+    match std::str::from_utf8(payload) {
+        Ok(text) => Ok(json!({ "text": text })),
+        Err(_) => Err(ImError::Invalid(
+            "the body must be a JSON object or UTF-8 text".into(),
+        )),
+    }
+}
+
+/// A stamped, stored message.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    pub conv: String,
+    pub seq: u64,
+    /// The JSON envelope, as stored and delivered.
+    pub envelope: Vec<u8>,
+    /// The same `cid` from the same sender was stored before: this is that message, not a new one.
+    pub duplicate: bool,
+}
+
+/// Messages of one conversation an account missed.
+#[derive(Debug, Clone)]
+pub struct Missed {
+    pub conv: String,
+    pub messages: Vec<(u64, Vec<u8>)>,
+    /// More are stored after the last one given: the client pages with `history` from here.
+    pub more_after: Option<u64>,
+}
+
+fn message_key(conv: &str, seq: u64) -> Vec<u8> {
+    let mut k = conv.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+impl Im {
+    /// Hold while stamping, storing and fanning out a message of `conv`.
+    pub fn lock_conv(&self, conv: &str) -> MutexGuard<'_, ()> {
+        let hash = conv
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        self.conv_locks[(hash % self.conv_locks.len() as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn last_seq(&self, conv: &str) -> ImResult<u64> {
+        if let Some(seq) = self.last_seq_map().get(conv) {
+            return Ok(*seq);
+        }
+        let seq = self
+            .store
+            .get(Space::Conversations, conv.as_bytes())?
+            .map(|v| read_u64(&v))
+            .unwrap_or(0);
+        self.last_seq_map().insert(conv.to_owned(), seq);
+        Ok(seq)
+    }
+
+    /// May `from` send a direct message to `to`?
+    pub fn authorize_direct(&self, from: &str, to: &str) -> ImResult<()> {
+        let graph = self.graph();
+        if graph.account_kind(to).is_none() {
+            return Err(ImError::NotFound(format!("no person {to}")));
+        }
+        if graph.blocked_between(from, to) || !graph.are_friends(from, to) {
+            return Err(ImError::NotAuthorized(format!("{to} is not a friend")));
+        }
+        Ok(())
+    }
+
+    /// May `from` send to `group`?
+    pub fn authorize_group(&self, from: &str, group: &str) -> ImResult<()> {
+        if self.group(group).is_none() {
+            return Err(ImError::NotFound(format!("no group {group}")));
+        }
+        if self.graph().role(from, group).is_none() {
+            return Err(ImError::NotAuthorized(format!("not a member of {group}")));
+        }
+        Ok(())
+    }
+
+    /// Is `account` a party to `conv` (one of the two persons, or a member of the group)?
+    pub fn is_party(&self, account: &str, conv: &str) -> bool {
+        match parties(conv) {
+            Some(Parties::Direct(a, b)) => account == a || account == b,
+            Some(Parties::Group(group)) => self.graph().role(account, group).is_some(),
+            None => false,
+        }
+    }
+
+    /// Stamp and store one message (hold `lock_conv(conv)`). `to` is the peer or the group.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append(
+        &self,
+        conv: &str,
+        from: &str,
+        to: &str,
+        body: Value,
+        cid: Option<&str>,
+        chain_id: Option<&str>,
+        now: u64,
+    ) -> ImResult<Stamped> {
+        let dedup_key = cid.map(|cid| key(&[conv, from, cid]));
+        if let Some(dk) = &dedup_key
+            && let Some(seq) = self.store.get(Space::Dedup, dk)?
+        {
+            let seq = read_u64(&seq);
+            if let Some(envelope) = self.store.get(Space::Messages, &message_key(conv, seq))? {
+                return Ok(Stamped {
+                    conv: conv.to_owned(),
+                    seq,
+                    envelope,
+                    duplicate: true,
+                });
+            }
+        }
+        let seq = self.last_seq(conv)? + 1;
+        let id = format!("{conv}#{seq}");
+        let mut envelope = json!({
+            "type": "msg", "id": id, "conv": conv, "seq": seq, "from": from, "to": to, "ts": now,
+            "body": body, "chain": { "id": chain_id.unwrap_or(&id), "hop": 0 },
+        });
+        if let Some(cid) = cid {
+            envelope["cid"] = json!(cid);
+        }
+        let bytes = serde_json::to_vec(&envelope).unwrap_or_default();
+        let mut batch = Batch::new();
+        batch.put(Space::Messages, message_key(conv, seq), bytes.clone());
+        batch.put(
+            Space::Conversations,
+            conv.as_bytes().to_vec(),
+            seq.to_be_bytes().to_vec(),
+        );
+        if let Some(dk) = dedup_key {
+            batch.put(Space::Dedup, dk, seq.to_be_bytes().to_vec());
+        }
+        if seq == 1
+            && let Some(Parties::Direct(a, b)) = parties(conv)
+        {
+            for party in [a, b] {
+                batch.put(Space::Inboxes, key(&[party, conv]), Vec::new());
+            }
+        }
+        self.store.apply(batch)?;
+        self.last_seq_map().insert(conv.to_owned(), seq);
+        Ok(Stamped {
+            conv: conv.to_owned(),
+            seq,
+            envelope: bytes,
+            duplicate: false,
+        })
+    }
+
+    /// A page of `conv` for `account`: after `after` (ascending), before `before` (the newest
+    /// before it), or the newest page. Returns the envelopes in ascending `seq`.
+    pub fn history(
+        &self,
+        account: &str,
+        conv: &str,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> ImResult<Vec<Value>> {
+        if !self.is_party(account, conv) {
+            return Err(ImError::NotAuthorized(format!("not a party to {conv}")));
+        }
+        let limit = limit.clamp(1, self.config.history_max);
+        let pairs = match (after, before) {
+            (Some(after), before) => {
+                let end = before.unwrap_or(u64::MAX);
+                self.store.scan_range(
+                    Space::Messages,
+                    &message_key(conv, after.saturating_add(1)),
+                    &message_key(conv, end),
+                    limit,
+                    false,
+                )?
+            }
+            (None, before) => {
+                let end = before.unwrap_or(u64::MAX);
+                let mut newest = self.store.scan_range(
+                    Space::Messages,
+                    &message_key(conv, 1),
+                    &message_key(conv, end),
+                    limit,
+                    true,
+                )?;
+                newest.reverse();
+                newest
+            }
+        };
+        Ok(pairs
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect())
+    }
+
+    /// The conversations `account` takes part in: its direct ones and its groups'.
+    pub fn conversations_of(&self, account: &str) -> ImResult<Vec<String>> {
+        let mut prefix = account.as_bytes().to_vec();
+        prefix.push(0);
+        let mut convs: Vec<String> = self
+            .store
+            .scan_prefix(Space::Inboxes, &prefix)?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect();
+        convs.extend(
+            self.graph()
+                .groups_of(account)
+                .into_iter()
+                .map(|(g, _)| conv_group(&g)),
+        );
+        Ok(convs)
+    }
+
+    /// The delivery cursor of a device (client id), else of the account.
+    pub fn cursor(&self, client: &str, account: &str, conv: &str) -> ImResult<Option<u64>> {
+        if let Some(v) = self.store.get(Space::Cursors, &key(&["c", client, conv]))? {
+            return Ok(Some(read_u64(&v)));
+        }
+        Ok(self
+            .store
+            .get(Space::Cursors, &key(&["a", account, conv]))?
+            .map(|v| read_u64(&v)))
+    }
+
+    /// What `client` (a device of `account`) has not received, oldest first, at most
+    /// `sync_max_per_conv` per conversation. A device and account never seen get everything stored.
+    pub fn missed(&self, client: &str, account: &str) -> ImResult<Vec<Missed>> {
+        let mut out = Vec::new();
+        for conv in self.conversations_of(account)? {
+            let last = self.last_seq(&conv)?;
+            let cursor = self.cursor(client, account, &conv)?.unwrap_or(0);
+            if last <= cursor {
+                continue;
+            }
+            let max = self.config.sync_max_per_conv;
+            let pairs = self.store.scan_range(
+                Space::Messages,
+                &message_key(&conv, cursor + 1),
+                &message_key(&conv, u64::MAX),
+                max,
+                false,
+            )?;
+            let messages: Vec<(u64, Vec<u8>)> = pairs
+                .into_iter()
+                .map(|(k, v)| (read_u64(&k[k.len().saturating_sub(8)..]), v))
+                .collect();
+            let given = messages.last().map_or(cursor, |(seq, _)| *seq);
+            let more_after = (given < last).then_some(given);
+            out.push(Missed {
+                conv,
+                messages,
+                more_after,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Remember what a device has received (at DISCONNECT); the account's cursor follows it.
+    pub fn save_cursors(
+        &self,
+        client: &str,
+        account: &str,
+        cursors: &[(String, u64)],
+    ) -> ImResult<()> {
+        let mut batch = Batch::new();
+        for (conv, seq) in cursors {
+            batch.put(
+                Space::Cursors,
+                key(&["c", client, conv]),
+                seq.to_be_bytes().to_vec(),
+            );
+            batch.put(
+                Space::Cursors,
+                key(&["a", account, conv]),
+                seq.to_be_bytes().to_vec(),
+            );
+        }
+        self.store.apply(batch)?;
+        Ok(())
+    }
+
+    fn read_cursor(&self, account: &str, conv: &str) -> ImResult<u64> {
+        Ok(self
+            .store
+            .get(Space::Cursors, &key(&["r", account, conv]))?
+            .map(|v| read_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// `account` has received or read `conv` up to `seq`; the other side(s) are told.
+    pub fn receipt(
+        &self,
+        account: &str,
+        conv: &str,
+        seq: u64,
+        kind: &str,
+        now: u64,
+    ) -> ImResult<Vec<Effect>> {
+        if kind != "delivered" && kind != "read" {
+            return Err(ImError::Invalid("kind must be delivered or read".into()));
+        }
+        if !self.is_party(account, conv) {
+            return Err(ImError::NotAuthorized(format!("not a party to {conv}")));
+        }
+        if seq == 0 || seq > self.last_seq(conv)? {
+            return Err(ImError::NotFound(format!("no message {seq} in {conv}")));
+        }
+        if kind == "read" && seq > self.read_cursor(account, conv)? {
+            let mut batch = Batch::new();
+            batch.put(
+                Space::Cursors,
+                key(&["r", account, conv]),
+                seq.to_be_bytes().to_vec(),
+            );
+            self.store.apply(batch)?;
+        }
+        let envelope = notice(
+            "receipt",
+            now,
+            json!({ "conv": conv, "seq": seq, "kind": kind, "by": account }),
+        );
+        let to: Vec<String> = match parties(conv) {
+            Some(Parties::Direct(a, b)) => vec![if account == a { b } else { a }.to_owned()],
+            Some(Parties::Group(_)) => {
+                // In a group the sender of that message is told.
+                let stored = self.store.get(Space::Messages, &message_key(conv, seq))?;
+                stored
+                    .and_then(|v| serde_json::from_slice::<Value>(&v).ok())
+                    .and_then(|v| v.get("from").and_then(Value::as_str).map(str::to_owned))
+                    .filter(|from| from != account)
+                    .into_iter()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        Ok(to
+            .into_iter()
+            .map(|to| Effect::Notify {
+                to,
+                envelope: envelope.clone(),
+            })
+            .collect())
+    }
+
+    /// The `sync` envelope: friends with presence, requests both ways, groups with role and unread
+    /// count, blocked persons, the recycle bin.
+    pub fn roster(
+        &self,
+        account: &str,
+        now: u64,
+        presence: impl Fn(&str) -> Value,
+    ) -> ImResult<Value> {
+        let graph = self.graph();
+        let friends: Vec<Value> = graph
+            .friends(account)
+            .into_iter()
+            .map(|f| {
+                let mut entry = presence(&f);
+                entry["id"] = json!(f);
+                entry
+            })
+            .collect();
+        let incoming = graph.requests_in(account);
+        let outgoing = graph.requests_out(account);
+        let blocked = graph.blocked_by(account);
+        let memberships = graph.groups_of(account);
+        drop(graph);
+        let mut groups = Vec::new();
+        for (group, role) in memberships {
+            let conv = conv_group(&group);
+            let last = self.last_seq(&conv)?;
+            let seen = self
+                .cursor(account, account, &conv)?
+                .unwrap_or(0)
+                .max(self.read_cursor(account, &conv)?);
+            let name = self
+                .group(&group)
+                .map(|g| g.name)
+                .unwrap_or_else(|| group.clone());
+            let join_requests = if role >= Role::Admin {
+                self.graph().join_requests(&group)
+            } else {
+                Vec::new()
+            };
+            groups.push(json!({
+                "id": group, "name": name, "role": role.as_str(), "last_seq": last,
+                "unread": last.saturating_sub(seen), "join_requests": join_requests,
+            }));
+        }
+        let recycle: Vec<Value> = self
+            .recycle_list(account, now)?
+            .iter()
+            .map(|e| e.to_json())
+            .collect();
+        Ok(notice(
+            "sync",
+            now,
+            json!({
+                "account": account, "friends": friends,
+                "requests": { "incoming": incoming, "outgoing": outgoing },
+                "groups": groups, "blocked": blocked, "recycle": recycle,
+            }),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::im_with;
+    use super::*;
+
+    fn friends(im: &Im, a: &str, b: &str) {
+        im.friend_request(a, b, 1).unwrap();
+        im.friend_accept(b, a, 1).unwrap();
+    }
+
+    #[test]
+    fn stamping_dedup_history_and_missed() {
+        let (_dir, im) = im_with(&["a", "b", "c"]);
+        friends(&im, "a", "b");
+        assert!(im.authorize_direct("a", "c").is_err());
+        im.authorize_direct("a", "b").unwrap();
+        let conv = conv_direct("b", "a");
+        assert_eq!(conv, "person:a|person:b");
+        for i in 0..5 {
+            let body = parse_body(format!("m{i}").as_bytes(), 1000).unwrap();
+            let s = im
+                .append(&conv, "a", "b", body, Some(&format!("c{i}")), None, 10)
+                .unwrap();
+            assert_eq!(s.seq, i + 1);
+        }
+        let again = im
+            .append(&conv, "a", "b", json!({"text": "m0"}), Some("c0"), None, 11)
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.seq, 1);
+        assert_eq!(im.last_seq(&conv).unwrap(), 5);
+
+        let page = im.history("b", &conv, None, Some(1), 2).unwrap();
+        assert_eq!(
+            page.iter()
+                .map(|m| m["seq"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            [2, 3]
+        );
+        let page = im.history("b", &conv, Some(5), None, 2).unwrap();
+        assert_eq!(
+            page.iter()
+                .map(|m| m["seq"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            [3, 4]
+        );
+        assert!(im.history("c", &conv, None, None, 10).is_err());
+
+        let missed = im.missed("b", "b").unwrap();
+        assert_eq!(missed.len(), 1);
+        assert_eq!(missed[0].messages.len(), 5);
+        im.save_cursors("b", "b", &[(conv.clone(), 3)]).unwrap();
+        let missed = im.missed("b:phone", "b").unwrap();
+        assert_eq!(
+            missed[0]
+                .messages
+                .iter()
+                .map(|(s, _)| *s)
+                .collect::<Vec<_>>(),
+            [4, 5]
+        );
+
+        let effects = im.receipt("b", &conv, 5, "read", 12).unwrap();
+        assert!(matches!(&effects[0], Effect::Notify { to, .. } if to == "a"));
+    }
+
+    #[test]
+    fn bodies() {
+        assert_eq!(parse_body(b"hi", 10).unwrap(), json!({"text": "hi"}));
+        assert_eq!(parse_body(br#"{"x":1}"#, 10).unwrap(), json!({"x": 1}));
+        assert_eq!(parse_body(b"42", 10).unwrap(), json!({"text": "42"}));
+        assert_eq!(
+            parse_body(b"0123456789x", 10).unwrap_err().code(),
+            "too_large"
+        );
+        assert_eq!(parse_body(&[0xff, 0xfe], 10).unwrap_err().code(), "invalid");
+    }
+}
