@@ -155,7 +155,8 @@ async fn serve_ws(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         while let Some(Ok(frame)) = ws_rx.next().await {
             match frame {
                 WsMessage::Binary(data) if pipe_tx.write_all(&data).await.is_err() => break,
-                WsMessage::Close(_) => break,
+                // A data frame that is not binary closes the connection [MQTT-6.0.0-1].
+                WsMessage::Text(_) | WsMessage::Close(_) => break,
                 _ => {}
             }
         }

@@ -4,3 +4,5 @@
 
 mod common;
 mod smoke;
+mod mosquitto;
+mod websocket;

@@ -6,7 +6,9 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+pub mod raw;
+
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,6 +38,16 @@ impl Daemon {
 
     /// Start with extra CLI arguments and, if given, a configuration file body (TOML).
     pub fn start_with(args: &[&str], config_toml: Option<&str>) -> Daemon {
+        Self::start_prepared(args, config_toml, |_| {})
+    }
+
+    /// As `start_with`, after `prepare` has run on the (not yet created) data folder, e.g. to add
+    /// accounts with `mqtter account add ... --data DIR` before the daemon opens the store.
+    pub fn start_prepared(
+        args: &[&str],
+        config_toml: Option<&str>,
+        prepare: impl FnOnce(&Path),
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let config = config_toml.map(|body| {
@@ -44,6 +56,7 @@ impl Daemon {
             path
         });
         let extra: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        prepare(&data);
         let mut daemon = Daemon {
             child: None,
             mqtt: "127.0.0.1:0".parse().unwrap(),
@@ -167,5 +180,50 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run the `mqtter` binary with `args` (and `stdin`, if given) to its end, within `WAIT`.
+pub fn run_cli(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(Daemon::binary())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mqtter");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        let _ = input.write_all(text.as_bytes());
+    }
+    drop(input);
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mqtter {args:?} did not finish within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: out_reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
     }
 }

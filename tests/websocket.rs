@@ -1,0 +1,308 @@
+//! MQTT over WebSocket: a WebSocket client (rumqttc) publishes and subscribes, messages cross
+//! between WebSocket and TCP clients, and the handshake and framing rules of chapter 6 hold,
+//! checked with a hand-made WebSocket client over a plain `TcpStream`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
+
+use crate::common::raw::{self, CONNACK, Connect, PINGRESP, SUBACK};
+use crate::common::{Daemon, WAIT};
+
+fn ws_options(daemon: &Daemon, client_id: &str) -> MqttOptions {
+    let ws = daemon.ws.expect("the daemon serves WebSocket");
+    // For WebSocket transports rumqttc takes the whole URL as the host; the port is ignored.
+    let url = format!("ws://{ws}{}", daemon.ws_path);
+    let mut opts = MqttOptions::new(client_id, url, ws.port());
+    opts.set_transport(Transport::Ws);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts
+}
+
+/// Poll until the SUBACK.
+async fn until_suback(events: &mut EventLoop) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(ack)) = events.poll().await.expect("poll") {
+                return ack;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK within the wait");
+}
+
+/// Poll until the next PUBLISH: (topic, payload).
+async fn next_publish(events: &mut EventLoop) -> (String, Vec<u8>) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = events.poll().await.expect("poll") {
+                return (p.topic, p.payload.to_vec());
+            }
+        }
+    })
+    .await
+    .expect("PUBLISH within the wait")
+}
+
+#[tokio::test]
+async fn websocket_client_publishes_and_subscribes() {
+    let daemon = Daemon::start();
+    let (client, mut events) = AsyncClient::new(ws_options(&daemon, "ws-loop"), 10);
+    client.subscribe("ws/echo", QoS::AtLeastOnce).await.unwrap();
+    until_suback(&mut events).await;
+    client
+        .publish("ws/echo", QoS::AtLeastOnce, false, "over websocket")
+        .await
+        .unwrap();
+    let (topic, payload) = next_publish(&mut events).await;
+    assert_eq!(topic, "ws/echo");
+    assert_eq!(payload, b"over websocket");
+
+    // Retained messages reach WebSocket subscribers too.
+    client
+        .publish("ws/kept", QoS::AtLeastOnce, true, "kept")
+        .await
+        .unwrap();
+    let (late, mut late_events) = AsyncClient::new(ws_options(&daemon, "ws-late"), 10);
+    late.subscribe("ws/kept", QoS::AtLeastOnce).await.unwrap();
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let (topic, payload) = next_publish(&mut late_events).await;
+    assert_eq!(topic, "ws/kept");
+    assert_eq!(payload, b"kept");
+}
+
+#[tokio::test]
+async fn messages_cross_between_websocket_and_tcp() {
+    let daemon = Daemon::start();
+    let (ws, mut ws_events) = AsyncClient::new(ws_options(&daemon, "ws-side"), 10);
+    let (tcp, mut tcp_events) =
+        AsyncClient::new(MqttOptions::new("tcp-side", "127.0.0.1", daemon.port()), 10);
+    ws.subscribe("to/ws", QoS::ExactlyOnce).await.unwrap();
+    tcp.subscribe("to/tcp", QoS::ExactlyOnce).await.unwrap();
+    until_suback(&mut ws_events).await;
+    until_suback(&mut tcp_events).await;
+
+    tcp.publish("to/ws", QoS::ExactlyOnce, false, "from tcp")
+        .await
+        .unwrap();
+    ws.publish("to/tcp", QoS::ExactlyOnce, false, "from ws")
+        .await
+        .unwrap();
+    let (to_ws, to_tcp) = tokio::join!(next_publish(&mut ws_events), next_publish(&mut tcp_events));
+    assert_eq!(to_ws, ("to/ws".to_string(), b"from tcp".to_vec()));
+    assert_eq!(to_tcp, ("to/tcp".to_string(), b"from ws".to_vec()));
+}
+
+/// A hand-made WebSocket client: the HTTP upgrade, then masked client frames.
+struct RawWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    mqtt: Vec<u8>,
+}
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+/// RFC 6455's example: the accept value for `KEY`.
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+impl RawWs {
+    /// Send the upgrade request for `path` and return the connection and the response head.
+    fn upgrade(addr: SocketAddr, path: &str, protocols: Option<&str>) -> (RawWs, String) {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
+        );
+        if let Some(protocols) = protocols {
+            request.push_str(&format!("Sec-WebSocket-Protocol: {protocols}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut ws = RawWs {
+            stream,
+            buf: Vec::new(),
+            mqtt: Vec::new(),
+        };
+        let head = loop {
+            if let Some(end) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&ws.buf[..end]).into_owned();
+                ws.buf.drain(..end + 4);
+                break head;
+            }
+            if !ws.fill() {
+                break String::from_utf8_lossy(&ws.buf).into_owned();
+            }
+        };
+        (ws, head)
+    }
+
+    /// Read more; `false` once the server closed.
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("nothing from the server within {WAIT:?}")
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Send one masked frame with `opcode` (0x1 text, 0x2 binary).
+    fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x80 | opcode];
+        if payload.len() < 126 {
+            frame.push(0x80 | payload.len() as u8);
+        } else {
+            frame.push(0x80 | 126);
+            frame.extend((payload.len() as u16).to_be_bytes());
+        }
+        frame.extend(mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).unwrap();
+    }
+
+    /// The next frame from the server: (opcode, payload); `None` when the connection closed.
+    fn recv_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                let opcode = self.buf[0] & 0x0f;
+                assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
+                let (len, start) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => (
+                        usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+                        4,
+                    ),
+                    127 if self.buf.len() >= 10 => {
+                        let mut bytes = [0u8; 8];
+                        bytes.copy_from_slice(&self.buf[2..10]);
+                        (u64::from_be_bytes(bytes) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (usize::from(n), 2),
+                };
+                if len != usize::MAX && self.buf.len() >= start + len {
+                    let payload = self.buf[start..start + len].to_vec();
+                    self.buf.drain(..start + len);
+                    return Some((opcode, payload));
+                }
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    /// The next MQTT packet carried in binary frames.
+    fn recv_mqtt(&mut self) -> raw::Packet {
+        loop {
+            if let Some(packet) = raw::take_packet(&mut self.mqtt) {
+                return packet;
+            }
+            match self.recv_frame() {
+                Some((0x2, payload)) => self.mqtt.extend(payload),
+                Some((opcode, payload)) => {
+                    panic!("expected a binary frame, got opcode {opcode}: {payload:?}")
+                }
+                None => panic!("the connection closed while an MQTT packet was expected"),
+            }
+        }
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// The handshake selects the `mqtt` subprotocol [MQTT-6.0.0-4] and carries MQTT in binary
+/// frames [MQTT-6.0.0-1].
+#[test]
+fn handshake_selects_the_mqtt_subprotocol() {
+    let daemon = Daemon::start();
+    let (mut ws, head) = RawWs::upgrade(daemon.ws.unwrap(), &daemon.ws_path, Some("mqtt"));
+    assert!(head.starts_with("HTTP/1.1 101"), "response: {head}");
+    assert_eq!(
+        header(&head, "Sec-WebSocket-Protocol"),
+        Some("mqtt"),
+        "response: {head}"
+    );
+    assert_eq!(
+        header(&head, "Sec-WebSocket-Accept"),
+        Some(ACCEPT),
+        "response: {head}"
+    );
+
+    ws.send_frame(0x2, &Connect::v3("raw-ws").encode());
+    let connack = ws.recv_mqtt();
+    assert_eq!(connack.kind, CONNACK);
+    assert_eq!(connack.code(), 0);
+}
+
+/// A request for another path is refused and not upgraded.
+#[test]
+fn handshake_on_a_wrong_path_is_refused() {
+    let daemon = Daemon::start();
+    let (_ws, head) = RawWs::upgrade(daemon.ws.unwrap(), "/not-mqtt", Some("mqtt"));
+    assert!(head.starts_with("HTTP/1.1 404"), "response: {head}");
+
+    // The right path still works afterwards.
+    let (_ws, head) = RawWs::upgrade(daemon.ws.unwrap(), &daemon.ws_path, Some("mqtt"));
+    assert!(head.starts_with("HTTP/1.1 101"), "response: {head}");
+}
+
+/// MQTT packets need not align with WebSocket frames [MQTT-6.0.0-2]: a CONNECT split over two
+/// frames, then a SUBSCRIBE and a PINGREQ in one frame.
+#[test]
+fn packets_need_not_align_with_frames() {
+    let daemon = Daemon::start();
+    let (mut ws, head) = RawWs::upgrade(daemon.ws.unwrap(), &daemon.ws_path, Some("mqtt"));
+    assert!(head.starts_with("HTTP/1.1 101"), "response: {head}");
+    let connect = Connect::v5("split-ws").encode();
+    let (first, second) = connect.split_at(5);
+    ws.send_frame(0x2, first);
+    ws.send_frame(0x2, second);
+    let connack = ws.recv_mqtt();
+    assert_eq!((connack.kind, connack.code()), (CONNACK, 0));
+
+    let mut both = raw::subscribe(true, 7, &[("split/#", 1)]);
+    both.extend([0xC0, 0x00]); // PINGREQ
+    ws.send_frame(0x2, &both);
+    let suback = ws.recv_mqtt();
+    assert_eq!(suback.kind, SUBACK);
+    assert_eq!(suback.packet_id(), 7);
+    assert_eq!(ws.recv_mqtt().kind, PINGRESP);
+}
+
+/// A text frame is not MQTT: the server closes the connection [MQTT-6.0.0-1].
+#[test]
+fn a_text_frame_closes_the_connection() {
+    let daemon = Daemon::start();
+    let (mut ws, head) = RawWs::upgrade(daemon.ws.unwrap(), &daemon.ws_path, Some("mqtt"));
+    assert!(head.starts_with("HTTP/1.1 101"), "response: {head}");
+    ws.send_frame(0x2, &Connect::v3("texty").encode());
+    assert_eq!(ws.recv_mqtt().kind, CONNACK);
+    ws.send_frame(0x1, b"hello");
+    // Only a close frame (opcode 8) may come before the connection ends.
+    while let Some((opcode, payload)) = ws.recv_frame() {
+        assert_eq!(
+            opcode, 0x8,
+            "expected the connection to close, got {payload:?}"
+        );
+    }
+}
