@@ -17,12 +17,14 @@ use ntex_bytes::ByteString;
 use crate::auth::{Accounts, Acl};
 use crate::config::{Config, Durability};
 use crate::hooks::PublishHook;
+use crate::im::Gate;
 use crate::message::{Message, QoS, StoredMessage, now_ms};
 use crate::persist::{self, QueuedHeader, SessionRecord};
 use crate::router::Router;
 use crate::session::{Delivery, Eviction, Offered, QueueLimits, Session};
 use crate::sys::Metrics;
 use crate::wire::Will;
+use mqtter_engine::im::{Im, ImConfig};
 
 /// What publishing one message did.
 #[derive(Debug, Default)]
@@ -51,6 +53,8 @@ pub struct Broker {
     next_token: AtomicU64,
     pub limits: QueueLimits,
     hooks: RwLock<Vec<Arc<dyn PublishHook>>>,
+    /// The IM world: `person/`, `group/`, `$im/` (see `crate::im`).
+    pub gate: Gate,
 }
 
 impl std::fmt::Debug for Broker {
@@ -69,7 +73,19 @@ impl Broker {
             overflow: config.limits.queue_overflow,
             qos0_offline: config.limits.queue_qos0_offline,
         };
+        let im = Im::open(
+            store.clone(),
+            ImConfig {
+                recycle_default_secs: config.im.recycle_default_secs,
+                recycle_max_secs: config.im.recycle_max_secs,
+                max_body_bytes: config.im.max_body_bytes,
+                sync_max_per_conv: config.im.sync_max_per_conv,
+                history_max: config.im.history_max,
+            },
+        )?;
+        let gate = Gate::new(im, config.im.clone());
         let broker = Arc::new(Self {
+            gate,
             commit: GroupCommit::start(store.clone()),
             accounts: Accounts::new(store.clone()),
             acl: Acl::new(config.acl.clone()),
@@ -85,6 +101,24 @@ impl Broker {
             store,
         });
         broker.restore()?;
+        if !broker.config.rules_dir.as_os_str().is_empty() {
+            let report = mqtter_engine::definitions::load_dir(
+                &broker.config.rules_dir,
+                &broker.accounts,
+                &broker.gate.im,
+                now_ms(),
+            );
+            for diagnostic in &report.diagnostics {
+                tracing::error!(%diagnostic, "definitions file problem (the rest is loaded)");
+            }
+            tracing::info!(
+                dir = %broker.config.rules_dir.display(),
+                files = report.files.len(),
+                problems = report.diagnostics.len(),
+                later_stage = report.not_applied,
+                "definitions loaded"
+            );
+        }
         Ok(broker)
     }
 
@@ -284,10 +318,16 @@ impl Broker {
         let expiry = {
             let mut state = session.lock();
             if state.owner != owner {
-                // Taken over: the new connection owns the session now.
+                // Taken over: the new connection owns the session now. The will goes out now if
+                // the session ended with the takeover (Clean Start) or has no delay; a connection
+                // that continues the session within the Will Delay Interval cancels it
+                // [MQTT-3.1.2-8].
+                let continued = state.owner != 0;
                 drop(state);
-                if let Some(will) = will {
-                    self.schedule_will(&session.client_id, will, 0);
+                if let Some(will) = will
+                    && (!continued || will.delay_secs == 0)
+                {
+                    self.publish_will(will);
                 }
                 return;
             }

@@ -22,6 +22,10 @@ data = "./data"
 # Accept clients that send no username (and usernames that are no account). Off by default.
 allow_anonymous = false
 
+# Answer v5 clients that the ACL refuses (SUBACK, PUBACK, PUBREC) with 0x80 "Unspecified error"
+# rather than 0x87 "Not authorized", not revealing why (MQTT 5.0 allows either).
+hide_denial_reason = false
+
 # "sync": a QoS 1/2 PUBLISH is acknowledged only once durable (group commit).
 # "async": acknowledged from memory, flushed every `flush_interval_ms` (faster, may lose the
 # last moments of messages on a crash).
@@ -30,6 +34,10 @@ flush_interval_ms = 1000
 
 # Seconds between $SYS/broker/... updates. 0 turns them off.
 sys_interval = 10
+
+# The definitions folder: YAML files declaring persons, things, groups and relations (see
+# docs/DEFINITIONS.md), loaded at start. Empty: none.
+rules_dir = ""
 
 [limits]
 # Concurrent connections; more are refused (v5 CONNACK 0x97 Quota exceeded, v3 0x03).
@@ -59,6 +67,22 @@ max_session_expiry = 4294967295
 max_topic_alias = 65535
 # Seconds a new connection has to send its CONNECT.
 connect_timeout = 10
+
+[im]
+# The IM world (person/, group/, $im/ topics; docs/PROTOCOL.md).
+# Recycle bin retention when a client names none, and the most a client may ask for (seconds).
+recycle_default_secs = 604800
+recycle_max_secs = 2592000
+# Largest message body in bytes (larger: error "too_large").
+max_body_bytes = 65536
+# Missed messages replayed per conversation after CONNECT; the rest is paged with `history`.
+sync_max_per_conv = 1000
+# Largest `history` page.
+history_max = 100
+# Seconds of pings only (no other packet) before a person is shown "away".
+away_after = 300
+# Seconds between sweeps of the recycle bin (expired entries are purged for good).
+purge_interval = 60
 
 # Topic access rules for plain topics, as in Mosquitto's acl_file. With no rules every account
 # may publish and subscribe anywhere. With rules, what no rule allows is denied, and a "deny"
@@ -146,6 +170,33 @@ impl Default for Limits {
     }
 }
 
+/// The `[im]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImSection {
+    pub recycle_default_secs: u64,
+    pub recycle_max_secs: u64,
+    pub max_body_bytes: usize,
+    pub sync_max_per_conv: usize,
+    pub history_max: usize,
+    pub away_after: u64,
+    pub purge_interval: u64,
+}
+
+impl Default for ImSection {
+    fn default() -> Self {
+        Self {
+            recycle_default_secs: 7 * 24 * 3600,
+            recycle_max_secs: 30 * 24 * 3600,
+            max_body_bytes: 64 * 1024,
+            sync_max_per_conv: 1000,
+            history_max: 100,
+            away_after: 300,
+            purge_interval: 60,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -154,10 +205,13 @@ pub struct Config {
     pub ws_path: String,
     pub data: PathBuf,
     pub allow_anonymous: bool,
+    pub hide_denial_reason: bool,
     pub durability: Durability,
     pub flush_interval_ms: u64,
     pub sys_interval: u64,
+    pub rules_dir: PathBuf,
     pub limits: Limits,
+    pub im: ImSection,
     pub acl: Vec<AclRule>,
 }
 
@@ -169,10 +223,13 @@ impl Default for Config {
             ws_path: "/mqtt".into(),
             data: PathBuf::from("./data"),
             allow_anonymous: false,
+            hide_denial_reason: false,
             durability: Durability::Sync,
             flush_interval_ms: 1000,
             sys_interval: 10,
+            rules_dir: PathBuf::new(),
             limits: Limits::default(),
+            im: ImSection::default(),
             acl: Vec::new(),
         }
     }

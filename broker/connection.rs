@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::auth::Action;
 use crate::broker::Broker;
+use crate::im::{Device, ImPublish};
 use crate::message::{Message, QoS, now_ms};
 use crate::persist::{self, QueuedHeader};
 use crate::session::{Delivery, Eviction, Outgoing, Session, SubOpts};
@@ -27,6 +28,8 @@ use crate::wire::{
 };
 
 const READ_CHUNK: usize = 8 * 1024;
+/// How long a closed connection keeps reading (and discarding) what its client still sends.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Why a connection ended; decides the will and the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +101,11 @@ where
         End::Normal | End::Shutdown => None,
         End::NormalWithWill | End::Abnormal => conn.will.take(),
     };
+    conn.leave_im();
     broker.detach(&conn.session, conn.owner, will);
+    if end != End::Shutdown {
+        io.linger().await;
+    }
 }
 
 struct Io<R, W> {
@@ -122,6 +129,23 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
             .fetch_add(n as u64, Ordering::Relaxed);
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(true)
+    }
+
+    /// Lingering close, after the write side is shut: read and discard what the client still
+    /// sends, until it closes or `LINGER` passes. Closing a socket with unread input resets the
+    /// connection, and a reset can destroy the DISCONNECT just written before the client reads
+    /// it (a client exceeding Receive Maximum is still sending when it is told 0x93); the
+    /// sender of a DISCONNECT closes the connection [MQTT-3.14.4-2], this only lets it arrive.
+    async fn linger(&mut self) {
+        let mut chunk = [0u8; READ_CHUNK];
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Ok(n) = self.reader.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     async fn flush(&mut self, wire: &mut wire::Wire) -> std::io::Result<()> {
@@ -207,6 +231,12 @@ struct Conn {
     inbound_aliases: HashMap<u16, ByteString>,
     held: Vec<HeldAck>,
     waiting: Option<(Vec<HeldAck>, Durable)>,
+    /// Set when the client is a person: its device in the IM world.
+    device: Option<Device>,
+    /// The last IM sequence number sent per conversation (saved as cursors at the end).
+    cursors: HashMap<Arc<str>, u64>,
+    /// Friend requests made with `im-temporary`, withdrawn at the end if still pending.
+    temporary: Vec<String>,
 }
 
 /// A protocol violation: the connection is closed, with this reason for v5 clients.
@@ -328,6 +358,24 @@ impl Conn {
             }
         }
 
+        // A person's client id is `<account>` or `<account>:<device>`; one naming another account
+        // is refused.
+        if let Some(account) = username.as_deref() {
+            let named = client_id.split(':').next().unwrap_or_default();
+            if named != account
+                && broker
+                    .gate
+                    .im
+                    .with_graph(|g| g.account_kind(named).is_some())
+            {
+                return refuse(
+                    wire,
+                    reason::CLIENT_ID_NOT_VALID,
+                    "client id names another account",
+                );
+            }
+        }
+
         let owner = broker.next_token();
         let (session, present) = broker.attach(&client_id, connect.clean_start, expiry, owner);
         wire.connack(present, reason::SUCCESS, props);
@@ -353,12 +401,31 @@ impl Conn {
             inbound_aliases: HashMap::new(),
             held: Vec::new(),
             waiting: None,
+            device: None,
+            cursors: HashMap::new(),
+            temporary: Vec::new(),
         };
         if present {
             // [MQTT-4.4.0-1]: resend what was in flight, with the original ids.
             let mut out = Vec::new();
             conn.session.lock().resend_all(&mut out);
             conn.send(wire, out);
+        }
+        if let Some(account) = conn.username.as_deref()
+            && broker.gate.im.is_person(account)
+        {
+            let device = Device {
+                token: owner,
+                account: Arc::from(account),
+                client_id: conn.client_id.clone(),
+                session: conn.session.clone(),
+                v5: proto == Proto::V5,
+            };
+            // After CONNACK: the roster, every missed message, `sync.done`.
+            broker
+                .gate
+                .connect(device.clone(), now_ms(), &broker.limits);
+            conn.device = Some(device);
         }
         let _ = io.flush(wire).await;
         Some(conn)
@@ -501,6 +568,17 @@ impl Conn {
                     delivery,
                     dup,
                 } => {
+                    if let Some(stamp) = &delivery.msg.stamp {
+                        let cursor = self.cursors.entry(stamp.conv.clone()).or_insert(0);
+                        if stamp.seq <= *cursor {
+                            // Already sent (it was both in the sync and live).
+                            if let Some(id) = packet_id {
+                                self.finish(id);
+                            }
+                            continue;
+                        }
+                        *cursor = stamp.seq;
+                    }
                     match wire.publish(packet_id, &delivery, dup, now) {
                         Ok(()) => {
                             self.broker
@@ -627,13 +705,21 @@ impl Conn {
             }
             Inbound::Subscribe {
                 packet_id,
-                sub_id: _,
                 filters,
-            } => self.on_subscribe(wire, packet_id, filters)?,
-            Inbound::Unsubscribe { packet_id, filters } => {
-                self.on_unsubscribe(wire, packet_id, filters)
+                user_properties,
+                ..
+            } => self.on_subscribe(wire, packet_id, filters, &user_properties)?,
+            Inbound::Unsubscribe {
+                packet_id,
+                filters,
+                user_properties,
+            } => self.on_unsubscribe(wire, packet_id, filters, &user_properties),
+            Inbound::PingReq => {
+                if let Some(device) = &self.device {
+                    self.broker.gate.ping(&device.account, now_ms());
+                }
+                wire.pingresp()
             }
-            Inbound::PingReq => wire.pingresp(),
             Inbound::Disconnect {
                 reason: code,
                 session_expiry,
@@ -670,6 +756,37 @@ impl Conn {
             }
         }
         Ok(None)
+    }
+
+    /// Leave the IM world: what was sent but not acknowledged is owed again (the cursors go back
+    /// before it), temporary requests still pending are withdrawn, the device goes offline.
+    fn leave_im(&mut self) {
+        let Some(device) = self.device.take() else {
+            return;
+        };
+        for stamp in self.session.take_im_unacked() {
+            if let Some(cursor) = self.cursors.get_mut(&stamp.conv) {
+                *cursor = (*cursor).min(stamp.seq.saturating_sub(1));
+            }
+        }
+        let cursors: Vec<(String, u64)> = self
+            .cursors
+            .iter()
+            .map(|(conv, seq)| (conv.to_string(), *seq))
+            .collect();
+        let now = now_ms();
+        let gate = &self.broker.gate;
+        gate.withdraw_temporary(&self.broker, &device.account, &self.temporary, now);
+        gate.disconnect(&device, &cursors, now, &self.broker.limits);
+    }
+
+    /// A v5 reason code as the client's protocol says it (v3 SUBACK: 0x80 for any failure).
+    fn suback_code(&self, code: u8) -> u8 {
+        if self.proto == Proto::V3 && code >= 0x80 {
+            0x80
+        } else {
+            code
+        }
     }
 
     fn save_released(&self, seq: u64, packet_id: u16, delivery: &Delivery) {
@@ -742,6 +859,44 @@ impl Conn {
                 "subscription identifier in a PUBLISH",
             ));
         }
+        if let Some(device) = &self.device {
+            self.broker
+                .gate
+                .activity(&device.account, now_ms(), &self.broker.limits);
+        }
+        if crate::im::is_im_topic(&topic) {
+            let outcome = self.broker.gate.publish(
+                &self.broker,
+                self.device.as_ref(),
+                ImPublish {
+                    topic: &topic,
+                    payload: p.payload,
+                    qos: p.qos,
+                    props: p.props.as_ref(),
+                },
+                now_ms(),
+            );
+            // v3 cannot refuse a PUBLISH: it is acknowledged, dropped, and the sender's inbox
+            // gets an error envelope.
+            let code = if self.proto == Proto::V3 {
+                reason::SUCCESS
+            } else {
+                outcome.code
+            };
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => {
+                    self.hold_or_write(wire, HeldAck::PubAck(packet_id, code), outcome.needs_flush)
+                }
+                QoS::ExactlyOnce => {
+                    if code < 0x80 {
+                        self.session.lock().inbound_qos2.insert(packet_id);
+                    }
+                    self.hold_or_write(wire, HeldAck::PubRec(packet_id, code), outcome.needs_flush)
+                }
+            }
+            return Ok(());
+        }
         let allowed = !topic.starts_with("$SYS")
             && self.broker.acl.allows(
                 self.username.as_deref(),
@@ -751,10 +906,12 @@ impl Conn {
             );
         if !allowed {
             tracing::debug!(client_id = %self.client_id, %topic, "publish denied");
-            let code = if self.proto == Proto::V5 {
-                reason::NOT_AUTHORIZED
-            } else {
+            let code = if self.proto == Proto::V3 {
                 reason::SUCCESS
+            } else if self.broker.config.hide_denial_reason {
+                reason::UNSPECIFIED
+            } else {
+                reason::NOT_AUTHORIZED
             };
             match p.qos {
                 QoS::AtMostOnce => {}
@@ -776,6 +933,7 @@ impl Conn {
             props: p.props.map(Arc::new),
             expires_at_ms: p.expiry_secs.map(|s| now + u64::from(s) * 1000),
             publisher: Some(self.client_id.clone()),
+            stamp: None,
         };
         let published = match self.broker.publish(Arc::new(msg)) {
             Ok(published) => published,
@@ -813,9 +971,13 @@ impl Conn {
         wire: &mut wire::Wire,
         packet_id: u16,
         filters: Vec<(ByteString, SubOpts)>,
+        user_properties: &[(ByteString, ByteString)],
     ) -> Result<(), Violation> {
         let mut codes = Vec::with_capacity(filters.len());
         let mut retained: Vec<Delivery> = Vec::new();
+        let temporary = user_properties
+            .iter()
+            .any(|(k, v)| k == "im-temporary" && v == "true");
         for (filter, opts) in filters {
             let split = match topic::split_share(&filter) {
                 Ok(split) => split,
@@ -828,6 +990,31 @@ impl Conn {
                     continue;
                 }
             };
+            if crate::im::is_im_topic(split.filter) {
+                // The IM world: a friend request, a join, or one's own inbox and status.
+                let code = if split.group.is_some() {
+                    reason::NOT_AUTHORIZED
+                } else {
+                    self.broker.gate.subscribe(
+                        &self.broker,
+                        self.device.as_ref(),
+                        split.filter,
+                        opts.qos,
+                        now_ms(),
+                    )
+                };
+                if temporary
+                    && code < 0x80
+                    && let Some(peer) = split
+                        .filter
+                        .strip_prefix("person/")
+                        .and_then(|t| t.strip_suffix("/status"))
+                {
+                    self.temporary.push(peer.to_owned());
+                }
+                codes.push(self.suback_code(code));
+                continue;
+            }
             if split.group.is_some() && opts.no_local {
                 // [MQTT-3.8.3-4]
                 return Err(Violation(
@@ -841,11 +1028,15 @@ impl Conn {
                 Action::Subscribe,
                 split.filter,
             ) {
-                codes.push(if self.proto == Proto::V5 {
-                    reason::NOT_AUTHORIZED
-                } else {
-                    0x80
-                });
+                // v3.1.1 has only 0x80 [MQTT-3.9.3-2]; v5 says 0x87, or 0x80 when the server
+                // does not reveal the reason [MQTT-3.9.3-1].
+                codes.push(
+                    if self.proto == Proto::V3 || self.broker.config.hide_denial_reason {
+                        reason::UNSPECIFIED
+                    } else {
+                        reason::NOT_AUTHORIZED
+                    },
+                );
                 continue;
             }
             let opts = SubOpts {
@@ -887,9 +1078,30 @@ impl Conn {
         Ok(())
     }
 
-    fn on_unsubscribe(&mut self, wire: &mut wire::Wire, packet_id: u16, filters: Vec<ByteString>) {
+    fn on_unsubscribe(
+        &mut self,
+        wire: &mut wire::Wire,
+        packet_id: u16,
+        filters: Vec<ByteString>,
+        user_properties: &[(ByteString, ByteString)],
+    ) {
         let mut codes = Vec::with_capacity(filters.len());
+        let retain_secs = user_properties
+            .iter()
+            .find(|(k, _)| k == "im-retain-secs")
+            .and_then(|(_, v)| v.parse::<u64>().ok());
         for filter in filters {
+            if crate::im::is_im_topic(&filter) {
+                let code = self.broker.gate.unsubscribe(
+                    &self.broker,
+                    self.device.as_ref(),
+                    &filter,
+                    retain_secs,
+                    now_ms(),
+                );
+                codes.push(code);
+                continue;
+            }
             let existed = match topic::split_share(&filter) {
                 Ok(split) => {
                     let removed = self

@@ -23,6 +23,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod hooks;
+pub mod im;
 pub mod message;
 pub mod persist;
 pub mod router;

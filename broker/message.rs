@@ -45,6 +45,16 @@ pub struct Message {
     pub expires_at_ms: Option<u64>,
     /// The client id of the publisher, for no-local; `None` for messages the broker makes.
     pub publisher: Option<Arc<str>>,
+    /// For IM messages: the conversation and sequence number, so that a connection knows which
+    /// messages its client has received (its cursors).
+    pub stamp: Option<Stamp>,
+}
+
+/// Where an IM message stands in its conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub conv: Arc<str>,
+    pub seq: u64,
 }
 
 impl Message {
@@ -58,6 +68,7 @@ impl Message {
             props: None,
             expires_at_ms: None,
             publisher: None,
+            stamp: None,
         }
     }
 
@@ -150,6 +161,7 @@ impl From<StoredMessage> for Message {
             },
             expires_at_ms: s.expires_at_ms,
             publisher: s.publisher.map(Arc::from),
+            stamp: None,
         }
     }
 }
@@ -174,6 +186,7 @@ mod tests {
             })),
             expires_at_ms: Some(42),
             publisher: Some(Arc::from("pub")),
+            stamp: None,
         };
         let stored = StoredMessage::from(&msg);
         let bytes = postcard::to_allocvec(&stored).unwrap();

@@ -42,6 +42,7 @@ pub async fn run(
         ));
     }
     tasks.spawn(flush_periodically(broker.clone()));
+    tasks.spawn(im_timers(broker.clone()));
 
     shutdown.await;
     tracing::info!("shutting down: no new connections, asking clients to go");
@@ -70,6 +71,24 @@ async fn flush_periodically(broker: Arc<Broker>) {
         ticker.tick().await;
         if let Err(err) = broker.durable().await {
             tracing::error!(cause = %err, "periodic flush failed");
+        }
+    }
+}
+
+/// Presence (away after pings only) and the recycle bin's purge, on timers.
+async fn im_timers(broker: Arc<Broker>) {
+    let away_after_ms = broker.config.im.away_after.saturating_mul(1000).max(1);
+    let tick = Duration::from_millis((away_after_ms / 4).clamp(100, 1000));
+    let purge_every = Duration::from_secs(broker.config.im.purge_interval.max(1));
+    let mut ticker = tokio::time::interval(tick);
+    let mut last_purge = tokio::time::Instant::now();
+    loop {
+        ticker.tick().await;
+        let now = crate::message::now_ms();
+        broker.gate.tick(now, &broker.limits);
+        if last_purge.elapsed() >= purge_every {
+            last_purge = tokio::time::Instant::now();
+            broker.gate.purge(now);
         }
     }
 }

@@ -281,6 +281,48 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Queue a delivery whatever the queue bound (the IM sync replay, which the IM log bounds),
+    /// and wake the connection.
+    pub fn force(&self, delivery: Delivery) {
+        self.lock().queue.push_back(delivery);
+        self.wake.notify_one();
+    }
+
+    /// Put deliveries at the front of the queue, in order, whatever the bound (the IM sync:
+    /// it must come before anything queued while it was being read), and wake the connection.
+    pub fn force_front(&self, deliveries: Vec<Delivery>) {
+        let mut state = self.lock();
+        for delivery in deliveries.into_iter().rev() {
+            state.queue.push_front(delivery);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Take every IM delivery (stamped) still queued or unacknowledged out of the session, and
+    /// return their stamps: the IM log, not the MQTT session, redelivers them at the next CONNECT.
+    pub fn take_im_unacked(&self) -> Vec<crate::message::Stamp> {
+        let mut state = self.lock();
+        let mut stamps: Vec<crate::message::Stamp> = Vec::new();
+        state.queue.retain(|d| match &d.msg.stamp {
+            Some(stamp) => {
+                stamps.push(stamp.clone());
+                false
+            }
+            None => true,
+        });
+        state.inflight.retain(|_, f| match &f.delivery.msg.stamp {
+            Some(stamp) => {
+                stamps.push(stamp.clone());
+                false
+            }
+            None => true,
+        });
+        stamps
+    }
+}
+
 /// The queue limits every session shares (from the configuration).
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {

@@ -126,10 +126,14 @@ pub enum Inbound {
         packet_id: u16,
         sub_id: Option<u32>,
         filters: Vec<(ByteString, SubOpts)>,
+        /// v5 user properties (the IM world reads `im-temporary`).
+        user_properties: Vec<(ByteString, ByteString)>,
     },
     Unsubscribe {
         packet_id: u16,
         filters: Vec<ByteString>,
+        /// v5 user properties (the IM world reads `im-retain-secs`).
+        user_properties: Vec<(ByteString, ByteString)>,
     },
     PingReq,
     Disconnect {
@@ -546,6 +550,7 @@ fn will_v3(will: v3::codec::LastWill) -> Will {
             props: None,
             expires_at_ms: None,
             publisher: None,
+            stamp: None,
         },
         delay_secs: 0,
     }
@@ -573,6 +578,7 @@ fn will_v5(will: v5::codec::LastWill) -> Will {
             // Stored as an interval until the will is published (see `Broker::publish_will`).
             expires_at_ms: will.message_expiry_interval.map(|s| u64::from(s.get())),
             publisher: None,
+            stamp: None,
         },
         delay_secs: will.will_delay_interval_sec.unwrap_or(0),
     }
@@ -619,6 +625,7 @@ fn from_v3(decoded: v3::codec::Decoded) -> Inbound {
             } => Inbound::Subscribe {
                 packet_id: packet_id.get(),
                 sub_id: None,
+                user_properties: Vec::new(),
                 filters: topic_filters
                     .into_iter()
                     .map(|(f, qos)| {
@@ -639,6 +646,7 @@ fn from_v3(decoded: v3::codec::Decoded) -> Inbound {
             } => Inbound::Unsubscribe {
                 packet_id: packet_id.get(),
                 filters: topic_filters,
+                user_properties: Vec::new(),
             },
             P::PingRequest => Inbound::PingReq,
             P::Disconnect => Inbound::Disconnect {
@@ -694,6 +702,7 @@ fn from_v5(decoded: v5::codec::Decoded) -> Inbound {
             P::PublishRelease(a) => Inbound::PubRel(a.packet_id.get()),
             P::PublishComplete(a) => Inbound::PubComp(a.packet_id.get()),
             P::Subscribe(s) => Inbound::Subscribe {
+                user_properties: s.user_properties.clone(),
                 packet_id: s.packet_id.get(),
                 sub_id: s.id.map(NonZeroU32::get),
                 filters: s
@@ -714,6 +723,7 @@ fn from_v5(decoded: v5::codec::Decoded) -> Inbound {
             P::Unsubscribe(u) => Inbound::Unsubscribe {
                 packet_id: u.packet_id.get(),
                 filters: u.topic_filters,
+                user_properties: u.user_properties,
             },
             P::PingRequest => Inbound::PingReq,
             P::Disconnect(d) => Inbound::Disconnect {

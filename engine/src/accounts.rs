@@ -131,6 +131,44 @@ impl Accounts {
         self.put(&id, &record)
     }
 
+    /// Create or update an account from a definitions file, with a ready argon2 hash.
+    pub fn define(
+        &self,
+        id: &str,
+        kind: AccountKind,
+        password_hash: &str,
+    ) -> Result<(), AuthError> {
+        let id = AccountId::parse(id)?;
+        if PasswordHash::new(password_hash).is_err() {
+            return Err(AuthError::Hash(format!(
+                "{} has no valid argon2 hash",
+                id.as_str()
+            )));
+        }
+        let created_ms = self.get(id.as_str())?.map_or_else(now_ms, |r| r.created_ms);
+        let record = AccountRecord {
+            kind,
+            password_hash: password_hash.to_owned(),
+            created_ms,
+        };
+        self.put(&id, &record)
+    }
+
+    /// Create an account from a definitions file with a plain password, or reset the stored
+    /// hash if the password no longer matches it.
+    pub fn define_with_password(
+        &self,
+        id: &str,
+        kind: AccountKind,
+        password: &str,
+    ) -> Result<(), AuthError> {
+        match self.verify(id, password.as_bytes())? {
+            Some(true) => Ok(()),
+            Some(false) => self.set_password(id, password),
+            None => self.add(id, kind, password),
+        }
+    }
+
     pub fn remove(&self, id: &str) -> Result<(), AuthError> {
         if self.get(id)?.is_none() {
             return Err(AuthError::Missing(id.to_owned()));

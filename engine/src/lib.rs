@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod commit;
+pub mod definitions;
 pub mod graph;
 pub mod im;
 pub mod sled_store;

@@ -23,7 +23,8 @@ use crate::store::{Batch, Space, Store, StoreError};
 
 pub use conversations::{Missed, Stamped, conv_direct, conv_group, parse_body};
 pub use envelope::notice;
-pub use groups::GroupRecord;
+pub use friends::FriendState;
+pub use groups::{GroupRecord, JoinState};
 pub use recycle::{RecycleEntry, RecycleKind};
 
 /// Limits and defaults of the IM world (from the daemon's `[im]` configuration).
@@ -312,6 +313,28 @@ impl Im {
         }
         self.store.apply(batch)?;
         Ok(())
+    }
+
+    /// Remember when an account was last seen (at DISCONNECT).
+    pub fn set_last_seen(&self, account: &str, ts: u64) -> ImResult<()> {
+        let mut batch = Batch::new();
+        batch.put(
+            Space::Meta,
+            key(&["seen", account]),
+            ts.to_be_bytes().to_vec(),
+        );
+        self.store.apply(batch)?;
+        Ok(())
+    }
+
+    pub fn last_seen(&self, account: &str) -> Option<u64> {
+        let value = self
+            .store
+            .get(Space::Meta, &key(&["seen", account]))
+            .ok()??;
+        <[u8; 8]>::try_from(value.as_slice())
+            .ok()
+            .map(u64::from_be_bytes)
     }
 
     /// Check an id for a new group or account.

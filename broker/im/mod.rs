@@ -1,0 +1,442 @@
+//! The IM gate: where MQTT packets on `person/`, `group/` and `$im/` become IM acts.
+//!
+//! Every PUBLISH and SUBSCRIBE there is authorised against the relationship graph (the ACL *is*
+//! the graph), stamped, stored and fanned out to the online devices the graph names; nothing in
+//! the IM world goes through the subscription trie, so no wildcard can reach another account's
+//! messages. The domain itself (friends, groups, conversations) is `mqtter_engine::im`; this
+//! module knows devices, presence and the wire shapes.
+//!
+//! - [`Gate`]: online devices per account, presence, delivery, effects.
+//! - `publish`: PUBLISH / SUBSCRIBE / UNSUBSCRIBE on IM topics.
+//! - `requests`: the `$im/req` operations.
+
+mod publish;
+mod requests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mqtter_engine::im::{Effect, Im, notice};
+use ntex_bytes::{ByteString, Bytes};
+use serde_json::{Value, json};
+
+use crate::config::ImSection;
+use crate::message::{Message, MessageProps, QoS, Stamp};
+use crate::session::{Delivery, Session};
+
+pub use publish::ImPublish;
+
+/// Does this topic (or filter) belong to the IM world?
+pub fn is_im_topic(topic: &str) -> bool {
+    topic.starts_with("person/")
+        || topic.starts_with("group/")
+        || topic.starts_with("$im/")
+        || topic == "person"
+        || topic == "group"
+        || topic == "$im"
+}
+
+pub fn inbox_topic(account: &str) -> String {
+    format!("person/{account}/inbox")
+}
+
+/// One connected device of a person: a client connection with its session.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// The connection's generation: unique per connection, even for one client id.
+    pub token: u64,
+    pub account: Arc<str>,
+    pub client_id: Arc<str>,
+    pub session: Arc<Session>,
+    pub v5: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Online,
+    Away,
+    Offline,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Away => "away",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Presence {
+    status: Status,
+    /// Last packet of any kind (PINGREQ included).
+    last_seen: u64,
+    /// Last packet other than PINGREQ.
+    last_active: u64,
+    /// Set by the person: `away` stays until they say `online` or publish.
+    away_by_choice: bool,
+    text: Option<String>,
+}
+
+/// The IM world of the running broker.
+pub struct Gate {
+    pub im: Im,
+    settings: ImSection,
+    devices: Mutex<HashMap<Arc<str>, Vec<Device>>>,
+    presence: Mutex<HashMap<Arc<str>, Presence>>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate").finish_non_exhaustive()
+    }
+}
+
+fn json_bytes(value: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+fn json_props() -> Option<Arc<MessageProps>> {
+    Some(Arc::new(MessageProps {
+        payload_is_utf8: true,
+        content_type: Some(ByteString::from_static("application/json")),
+        ..Default::default()
+    }))
+}
+
+impl Gate {
+    pub fn new(im: Im, settings: ImSection) -> Self {
+        Self {
+            im,
+            settings,
+            devices: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn devices(&self) -> MutexGuard<'_, HashMap<Arc<str>, Vec<Device>>> {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn presences(&self) -> MutexGuard<'_, HashMap<Arc<str>, Presence>> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The online devices of an account.
+    fn devices_of(&self, account: &str) -> Vec<Device> {
+        self.devices().get(account).cloned().unwrap_or_default()
+    }
+
+    pub fn is_online(&self, account: &str) -> bool {
+        self.devices().get(account).is_some_and(|d| !d.is_empty())
+    }
+
+    /// A message of the IM world, as devices receive it.
+    fn message(topic: &str, payload: Bytes, retain: bool, stamp: Option<Stamp>) -> Arc<Message> {
+        Arc::new(Message {
+            topic: ByteString::from(topic),
+            payload,
+            qos: QoS::AtLeastOnce,
+            retain,
+            props: json_props(),
+            expires_at_ms: None,
+            publisher: None,
+            stamp,
+        })
+    }
+
+    fn delivery(msg: &Arc<Message>) -> Delivery {
+        Delivery {
+            msg: msg.clone(),
+            qos: QoS::AtLeastOnce,
+            retain: msg.retain,
+            sub_ids: Vec::new(),
+            store_seq: None,
+        }
+    }
+
+    /// Queue `msg` for every online device of `account`, but `except` (the sending device).
+    fn deliver(
+        &self,
+        account: &str,
+        msg: &Arc<Message>,
+        except: Option<&str>,
+        limits: &crate::session::QueueLimits,
+    ) {
+        for device in self.devices_of(account) {
+            if except.is_some_and(|e| *e == *device.client_id) {
+                continue;
+            }
+            device.session.offer(Self::delivery(msg), limits);
+        }
+    }
+
+    /// Queue `msg` for one device whatever its queue bound (sync replay, answers).
+    fn deliver_to_device(device: &Device, msg: &Arc<Message>) {
+        device.session.force(Self::delivery(msg));
+    }
+
+    /// Send a notice envelope to every device of `to`.
+    pub fn notify(&self, to: &str, envelope: &Value, limits: &crate::session::QueueLimits) {
+        let msg = Self::message(&inbox_topic(to), json_bytes(envelope), false, None);
+        self.deliver(to, &msg, None, limits);
+    }
+
+    /// Send an envelope to one device's inbox.
+    pub fn tell_device(device: &Device, envelope: &Value) {
+        let msg = Self::message(
+            &inbox_topic(&device.account),
+            json_bytes(envelope),
+            false,
+            None,
+        );
+        Self::deliver_to_device(device, &msg);
+    }
+
+    /// Carry out what a domain operation asks.
+    pub fn apply(&self, effects: Vec<Effect>, limits: &crate::session::QueueLimits) {
+        for effect in effects {
+            match effect {
+                Effect::Notify { to, envelope } => self.notify(&to, &envelope, limits),
+                Effect::Grant { account, topic } => {
+                    // A new friend: show their current presence at once (retained).
+                    if let Some(friend) = topic
+                        .strip_prefix("person/")
+                        .and_then(|t| t.strip_suffix("/status"))
+                    {
+                        let msg = self.status_message(friend);
+                        for device in self.devices_of(&account) {
+                            Self::deliver_to_device(&device, &msg);
+                        }
+                    }
+                }
+                // Delivery follows the graph at send time: a revoked relation gets nothing more.
+                Effect::Revoke { .. } => {}
+            }
+        }
+    }
+
+    // ----- presence --------------------------------------------------------------------------
+
+    fn presence_json(&self, account: &str) -> Value {
+        let presences = self.presences();
+        match presences.get(account) {
+            Some(p) => {
+                json!({ "presence": p.status.as_str(), "last_seen": p.last_seen, "text": p.text })
+            }
+            None => {
+                json!({ "presence": "offline", "last_seen": self.im.last_seen(account), "text": Value::Null })
+            }
+        }
+    }
+
+    fn status_message(&self, account: &str) -> Arc<Message> {
+        let mut envelope = self.presence_json(account);
+        envelope["type"] = json!("presence");
+        envelope["id"] = json!(account);
+        Self::message(
+            &format!("person/{account}/status"),
+            json_bytes(&envelope),
+            true,
+            None,
+        )
+    }
+
+    /// Publish `account`'s presence to its friends and its own devices (retained).
+    fn publish_presence(&self, account: &str, limits: &crate::session::QueueLimits) {
+        let msg = self.status_message(account);
+        let friends = self.im.with_graph(|g| g.friends(account));
+        for friend in friends
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(account))
+        {
+            self.deliver(friend, &msg, None, limits);
+        }
+    }
+
+    fn set_status(
+        &self,
+        account: &str,
+        status: Status,
+        now: u64,
+        limits: &crate::session::QueueLimits,
+    ) {
+        let changed = {
+            let mut presences = self.presences();
+            let p = presences.entry(Arc::from(account)).or_insert(Presence {
+                status: Status::Offline,
+                last_seen: now,
+                last_active: now,
+                away_by_choice: false,
+                text: None,
+            });
+            p.last_seen = now;
+            let changed = p.status != status;
+            p.status = status;
+            changed
+        };
+        if changed {
+            self.publish_presence(account, limits);
+        }
+    }
+
+    /// A packet other than PINGREQ from a person: active, so online again if away by inactivity.
+    pub fn activity(&self, account: &str, now: u64, limits: &crate::session::QueueLimits) {
+        let back = {
+            let mut presences = self.presences();
+            match presences.get_mut(account) {
+                Some(p) => {
+                    p.last_seen = now;
+                    p.last_active = now;
+                    p.status == Status::Away && !p.away_by_choice
+                }
+                None => false,
+            }
+        };
+        if back {
+            self.set_status(account, Status::Online, now, limits);
+        }
+    }
+
+    /// PINGREQ: last seen, nothing else.
+    pub fn ping(&self, account: &str, now: u64) {
+        if let Some(p) = self.presences().get_mut(account) {
+            p.last_seen = now;
+        }
+    }
+
+    /// Persons online with only pings for `away_after` become away. Called on a timer.
+    pub fn tick(&self, now: u64, limits: &crate::session::QueueLimits) {
+        let away_after = self.settings.away_after.saturating_mul(1000);
+        let going_away: Vec<Arc<str>> = self
+            .presences()
+            .iter()
+            .filter(|(_, p)| {
+                p.status == Status::Online && now.saturating_sub(p.last_active) >= away_after
+            })
+            .map(|(a, _)| a.clone())
+            .collect();
+        for account in going_away {
+            self.set_status(&account, Status::Away, now, limits);
+        }
+    }
+
+    /// Purge the recycle bin of what has expired. Called on a timer.
+    pub fn purge(&self, now: u64) {
+        match self.im.purge(now) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "recycle bin entries expired"),
+            Err(err) => tracing::error!(cause = %err, "recycle bin purge failed"),
+        }
+    }
+
+    // ----- connect / disconnect --------------------------------------------------------------
+
+    /// A person's device connected: register it, mark them online, and send it the `sync`
+    /// envelope, every message it missed (oldest first per conversation), `sync.done`, and its
+    /// friends' presence.
+    pub fn connect(&self, device: Device, now: u64, limits: &crate::session::QueueLimits) {
+        let account = device.account.clone();
+        // Registered first, so that nothing sent from now on is missed; what arrives live while
+        // the sync is read queues behind it (the sync goes to the front), and a message in both
+        // is sent once (the connection skips what its cursor has passed).
+        self.devices()
+            .entry(account.clone())
+            .or_default()
+            .push(device.clone());
+        let mut sync = Vec::new();
+        let envelope = |value: &Value| {
+            Self::delivery(&Self::message(
+                &inbox_topic(&account),
+                json_bytes(value),
+                false,
+                None,
+            ))
+        };
+        match self
+            .im
+            .roster(&account, now, |friend| self.presence_json(friend))
+        {
+            Ok(roster) => sync.push(envelope(&roster)),
+            Err(err) => tracing::error!(cause = %err, %account, "cannot build the roster"),
+        }
+        let mut more = Vec::new();
+        match self.im.missed(&device.client_id, &account) {
+            Ok(missed) => {
+                for conv in missed {
+                    let conv_id: Arc<str> = Arc::from(conv.conv.as_str());
+                    for (seq, bytes) in conv.messages {
+                        let stamp = Stamp {
+                            conv: conv_id.clone(),
+                            seq,
+                        };
+                        let msg = Self::message(
+                            &inbox_topic(&account),
+                            Bytes::from(bytes),
+                            false,
+                            Some(stamp),
+                        );
+                        sync.push(Self::delivery(&msg));
+                    }
+                    if let Some(after) = conv.more_after {
+                        more.push(json!({ "conv": conv.conv, "after": after }));
+                    }
+                }
+            }
+            Err(err) => tracing::error!(cause = %err, %account, "cannot read missed messages"),
+        }
+        sync.push(envelope(&notice("sync.done", now, json!({ "more": more }))));
+        device.session.force_front(sync);
+
+        {
+            let mut presences = self.presences();
+            let p = presences.entry(account.clone()).or_insert(Presence {
+                status: Status::Offline,
+                last_seen: now,
+                last_active: now,
+                away_by_choice: false,
+                text: None,
+            });
+            p.last_active = now;
+        }
+        self.set_status(&account, Status::Online, now, limits);
+        for friend in self.im.with_graph(|g| g.friends(&account)) {
+            Self::deliver_to_device(&device, &self.status_message(&friend));
+        }
+    }
+
+    /// A device went away: save its cursors; the last device leaving makes the person offline.
+    pub fn disconnect(
+        &self,
+        device: &Device,
+        cursors: &[(String, u64)],
+        now: u64,
+        limits: &crate::session::QueueLimits,
+    ) {
+        if let Err(err) = self
+            .im
+            .save_cursors(&device.client_id, &device.account, cursors)
+        {
+            tracing::error!(cause = %err, account = %device.account, "cannot save cursors");
+        }
+        let last = {
+            let mut devices = self.devices();
+            let list = devices.entry(device.account.clone()).or_default();
+            list.retain(|d| d.token != device.token);
+            let empty = list.is_empty();
+            if empty {
+                devices.remove(&device.account);
+            }
+            empty
+        };
+        if last {
+            if let Err(err) = self.im.set_last_seen(&device.account, now) {
+                tracing::warn!(cause = %err, "cannot save last seen");
+            }
+            self.set_status(&device.account, Status::Offline, now, limits);
+        }
+    }
+}

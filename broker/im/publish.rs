@@ -1,0 +1,377 @@
+//! PUBLISH, SUBSCRIBE and UNSUBSCRIBE on IM topics: direct messages, group messages, status,
+//! requests; friend requests and joins by SUBSCRIBE; unfriending and leaving by UNSUBSCRIBE.
+
+use std::sync::Arc;
+
+use mqtter_engine::im::{ImError, conv_direct, conv_group, parse_body};
+use ntex_bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::{Device, Gate, Status, inbox_topic, json_bytes};
+use crate::broker::Broker;
+use crate::message::{MessageProps, QoS, Stamp};
+use crate::wire::reason;
+
+/// A PUBLISH on an IM topic.
+#[derive(Debug)]
+pub struct ImPublish<'a> {
+    pub topic: &'a str,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub props: Option<&'a MessageProps>,
+}
+
+/// What the connection answers: the v5 reason code, and whether to wait for durability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub code: u8,
+    pub needs_flush: bool,
+}
+
+fn user_property<'a>(props: Option<&'a MessageProps>, name: &str) -> Option<&'a str> {
+    props?
+        .user_properties
+        .iter()
+        .find(|(k, _)| &**k == name)
+        .map(|(_, v)| &**v)
+}
+
+/// The v5 reason code for a refused IM act.
+pub fn error_code(err: &ImError) -> u8 {
+    match err {
+        ImError::NotFound(_) | ImError::NotAuthorized(_) => reason::NOT_AUTHORIZED,
+        ImError::TooLarge(_) => reason::QUOTA_EXCEEDED,
+        ImError::Invalid(_) => 0x99,
+        ImError::Conflict(_) | ImError::Store(_) => reason::UNSPECIFIED,
+    }
+}
+
+/// `{"type":"error","code":...,"message":...}` for v3 clients, which cannot be refused a PUBLISH.
+pub fn error_envelope(err: &ImError, topic: &str, now: u64) -> Value {
+    mqtter_engine::im::notice(
+        "error",
+        now,
+        json!({ "code": err.code(), "message": err.to_string(), "topic": topic }),
+    )
+}
+
+impl Gate {
+    /// A PUBLISH on an IM topic by `device` (`None`: an anonymous client or a thing).
+    pub fn publish(
+        &self,
+        broker: &Broker,
+        device: Option<&Device>,
+        p: ImPublish<'_>,
+        now: u64,
+    ) -> Outcome {
+        let Some(device) = device else {
+            return Outcome {
+                code: reason::NOT_AUTHORIZED,
+                needs_flush: false,
+            };
+        };
+        self.activity(&device.account, now, &broker.limits);
+        match self.publish_as(broker, device, &p, now) {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                tracing::debug!(account = %device.account, topic = p.topic, cause = %err, "IM publish refused");
+                if !device.v5 {
+                    Self::tell_device(device, &error_envelope(&err, p.topic, now));
+                }
+                Outcome {
+                    code: error_code(&err),
+                    needs_flush: false,
+                }
+            }
+        }
+    }
+
+    fn publish_as(
+        &self,
+        broker: &Broker,
+        device: &Device,
+        p: &ImPublish<'_>,
+        now: u64,
+    ) -> Result<Outcome, ImError> {
+        let me: &str = &device.account;
+        let levels: Vec<&str> = p.topic.split('/').collect();
+        let durable = p.qos != QoS::AtMostOnce && broker.is_sync();
+        match levels.as_slice() {
+            ["person", peer, "inbox"] => {
+                if *peer == me {
+                    return Err(ImError::Invalid("a person cannot message themself".into()));
+                }
+                self.im.authorize_direct(me, peer)?;
+                let duplicate = self.send(
+                    broker,
+                    device,
+                    &conv_direct(me, peer),
+                    peer,
+                    p,
+                    now,
+                    |gate, msg_for| {
+                        gate.deliver(peer, &msg_for(&inbox_topic(peer)), None, &broker.limits);
+                    },
+                )?;
+                Ok(Outcome {
+                    code: reason::SUCCESS,
+                    needs_flush: durable && !duplicate,
+                })
+            }
+            ["group", group] => {
+                self.im.authorize_group(me, group)?;
+                let duplicate = self.send(
+                    broker,
+                    device,
+                    &conv_group(group),
+                    group,
+                    p,
+                    now,
+                    |gate, msg_for| {
+                        let msg = msg_for(&format!("group/{group}"));
+                        for (member, _) in gate.im.with_graph(|g| g.members(group)) {
+                            if member != me {
+                                gate.deliver(&member, &msg, None, &broker.limits);
+                            }
+                        }
+                    },
+                )?;
+                Ok(Outcome {
+                    code: reason::SUCCESS,
+                    needs_flush: durable && !duplicate,
+                })
+            }
+            ["person", who, "status"] if *who == me => {
+                self.set_own_status(broker, me, &p.payload, now)?;
+                Ok(Outcome {
+                    code: reason::SUCCESS,
+                    needs_flush: false,
+                })
+            }
+            ["$im", "req"] => {
+                self.request(broker, device, &p.payload, p.props, now);
+                Ok(Outcome {
+                    code: reason::SUCCESS,
+                    needs_flush: false,
+                })
+            }
+            _ => Err(ImError::NotAuthorized(format!(
+                "{} is not open to {me}",
+                p.topic
+            ))),
+        }
+    }
+
+    /// Stamp, store and fan out one message of `conv` (under its lock, so every member sees one
+    /// order). `fan_out` delivers to the recipients; the sender's other devices get a copy here.
+    /// Returns whether it was a duplicate (same `cid`), which is acknowledged but not delivered.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        broker: &Broker,
+        device: &Device,
+        conv: &str,
+        to: &str,
+        p: &ImPublish<'_>,
+        now: u64,
+        fan_out: impl FnOnce(&Gate, &dyn Fn(&str) -> Arc<crate::message::Message>),
+    ) -> Result<bool, ImError> {
+        let mut body = parse_body(&p.payload, self.settings.max_body_bytes)?;
+        let mut cid = user_property(p.props, "cid").map(str::to_owned);
+        if cid.is_none()
+            && let Some(Value::String(c)) = body.as_object_mut().and_then(|o| o.remove("cid"))
+        {
+            cid = Some(c);
+        }
+        let chain = user_property(p.props, "chain-id");
+        let _order = self.im.lock_conv(conv);
+        let stamped =
+            self.im
+                .append(conv, &device.account, to, body, cid.as_deref(), chain, now)?;
+        if stamped.duplicate {
+            return Ok(true);
+        }
+        let stamp = Stamp {
+            conv: Arc::from(conv),
+            seq: stamped.seq,
+        };
+        let payload = Bytes::from(stamped.envelope);
+        let msg_for =
+            |topic: &str| Gate::message(topic, payload.clone(), false, Some(stamp.clone()));
+        fan_out(self, &msg_for);
+        // A copy to the sender's other devices.
+        let own = msg_for(&inbox_topic(&device.account));
+        self.deliver(
+            &device.account,
+            &own,
+            Some(&device.client_id),
+            &broker.limits,
+        );
+        Ok(false)
+    }
+
+    fn set_own_status(
+        &self,
+        broker: &Broker,
+        me: &str,
+        payload: &[u8],
+        now: u64,
+    ) -> Result<(), ImError> {
+        let value: Value = serde_json::from_slice(payload).map_err(|_| {
+            ImError::Invalid(
+                r#"status must be JSON: {"presence": "away"|"online", "text": "..."}"#.into(),
+            )
+        })?;
+        let status = match value.get("presence").and_then(Value::as_str) {
+            Some("away") => Some(Status::Away),
+            Some("online") => Some(Status::Online),
+            Some(other) => return Err(ImError::Invalid(format!("unknown presence {other:?}"))),
+            None => None,
+        };
+        let text_changed = {
+            let mut presences = self.presences();
+            let Some(p) = presences.get_mut(me) else {
+                return Ok(());
+            };
+            if let Some(status) = status {
+                p.away_by_choice = status == Status::Away;
+            }
+            match value.get("text") {
+                Some(text) => {
+                    p.text = text.as_str().map(str::to_owned);
+                    true
+                }
+                None => false,
+            }
+        };
+        match status {
+            Some(status) => self.set_status(me, status, now, &broker.limits),
+            None if text_changed => self.publish_presence(me, &broker.limits),
+            None => {}
+        }
+        if text_changed && status.is_some() {
+            // `set_status` publishes only on a status change; a new text must show too.
+            self.publish_presence(me, &broker.limits);
+        }
+        Ok(())
+    }
+
+    /// A SUBSCRIBE to an IM filter. Returns the v5 reason code (granted QoS, or 0x87).
+    pub fn subscribe(
+        &self,
+        broker: &Broker,
+        device: Option<&Device>,
+        filter: &str,
+        qos: u8,
+        now: u64,
+    ) -> u8 {
+        let Some(device) = device else {
+            return reason::NOT_AUTHORIZED;
+        };
+        if filter.contains(['+', '#']) {
+            // The IM world cannot be read by wildcard: every IM topic is granted by the graph.
+            return reason::NOT_AUTHORIZED;
+        }
+        self.activity(&device.account, now, &broker.limits);
+        let granted = qos.min(1);
+        let me: &str = &device.account;
+        let levels: Vec<&str> = filter.split('/').collect();
+        let result = match levels.as_slice() {
+            ["person", who, "inbox" | "status"] if *who == me => Ok(Vec::new()),
+            ["person", peer, "status"] => self
+                .im
+                .friend_request(me, peer, now)
+                .map(|(_, effects)| effects),
+            ["group", group] => self
+                .im
+                .group_join(me, group, now)
+                .map(|(_, effects)| effects),
+            _ => Err(ImError::NotAuthorized(format!(
+                "{filter} is not open to {me}"
+            ))),
+        };
+        match result {
+            Ok(effects) => {
+                self.apply(effects, &broker.limits);
+                granted
+            }
+            Err(err) => {
+                tracing::debug!(account = me, filter, cause = %err, "IM subscribe refused");
+                if !device.v5 {
+                    Self::tell_device(device, &error_envelope(&err, filter, now));
+                }
+                reason::NOT_AUTHORIZED
+            }
+        }
+    }
+
+    /// An UNSUBSCRIBE from an IM filter: unfriend or leave, into the recycle bin for
+    /// `retain_secs` (default and cap from the configuration).
+    pub fn unsubscribe(
+        &self,
+        broker: &Broker,
+        device: Option<&Device>,
+        filter: &str,
+        retain_secs: Option<u64>,
+        now: u64,
+    ) -> u8 {
+        let Some(device) = device else {
+            return reason::NO_SUBSCRIPTION_EXISTED;
+        };
+        let me: &str = &device.account;
+        let levels: Vec<&str> = filter.split('/').collect();
+        let result = match levels.as_slice() {
+            ["person", who, "inbox" | "status"] if *who == me => return reason::SUCCESS,
+            ["person", peer, "status"] => self.im.friend_remove(me, peer, retain_secs, now),
+            ["group", group] => self.im.group_leave(me, group, retain_secs, now),
+            _ => return reason::NO_SUBSCRIPTION_EXISTED,
+        };
+        match result {
+            Ok(effects) => {
+                self.apply(effects, &broker.limits);
+                reason::SUCCESS
+            }
+            Err(ImError::NotFound(_)) | Err(ImError::NotAuthorized(_)) => {
+                reason::NO_SUBSCRIPTION_EXISTED
+            }
+            Err(err) => {
+                if !device.v5 {
+                    Self::tell_device(device, &error_envelope(&err, filter, now));
+                }
+                reason::UNSPECIFIED
+            }
+        }
+    }
+
+    /// Withdraw friend requests that were made with `im-temporary` and are still pending.
+    pub fn withdraw_temporary(&self, broker: &Broker, account: &str, peers: &[String], now: u64) {
+        for peer in peers {
+            let pending = self
+                .im
+                .with_graph(|g| g.get(account, peer, "freq").is_some());
+            if pending && let Ok(effects) = self.im.friend_remove(account, peer, None, now) {
+                self.apply(effects, &broker.limits);
+            }
+        }
+    }
+}
+
+/// The answer shape shared with requests.
+pub(super) fn res(id: &Value, result: Result<Value, ImError>, now: u64) -> Value {
+    match result {
+        Ok(mut fields) => {
+            fields["id"] = id.clone();
+            fields["ok"] = json!(true);
+            mqtter_engine::im::notice("res", now, fields)
+        }
+        Err(err) => mqtter_engine::im::notice(
+            "res",
+            now,
+            json!({ "id": id, "ok": false, "error": { "code": err.code(), "message": err.to_string() } }),
+        ),
+    }
+}
+
+pub(super) fn json_payload(value: &Value) -> Bytes {
+    json_bytes(value)
+}

@@ -1,0 +1,262 @@
+//! Definitions files: YAML in the watched folder declaring persons, things, groups and
+//! relations (docs/DEFINITIONS.md). Loading never stops at a bad file: each file is parsed on
+//! its own, and a file that fails is reported (file, line, column, message) and skipped.
+//!
+//! What a file declares is added to what runtime created; runtime relations are never removed by
+//! a file. `rules:` and the things relations (`bind`, `link`) belong to later stages: they are
+//! accepted and reported as not applied yet.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::accounts::{AccountKind, Accounts};
+use crate::im::{Im, PersonSettings};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definitions {
+    #[serde(default)]
+    pub persons: Vec<AccountDef>,
+    #[serde(default)]
+    pub things: Vec<AccountDef>,
+    #[serde(default)]
+    pub groups: Vec<GroupDef>,
+    #[serde(default)]
+    pub relations: Vec<RelationDef>,
+    /// Rules (the rules engine's stage): kept as YAML, not applied here.
+    #[serde(default)]
+    pub rules: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountDef {
+    pub id: String,
+    /// A plain secret (fine for examples; prefer `password_hash`).
+    #[serde(default, alias = "secret")]
+    pub password: Option<String>,
+    /// An argon2 PHC string (`mqtter account add` makes one; `$argon2id$...`).
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub auto_accept: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDef {
+    pub id: String,
+    pub owner: String,
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub open: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RelationDef {
+    Friends { friends: [String; 2] },
+    Bind { bind: String, to: String },
+    Link { link: [String; 2] },
+}
+
+/// A problem in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// What a load did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub files: Vec<PathBuf>,
+    pub diagnostics: Vec<Diagnostic>,
+    /// Declarations accepted but left to a later stage (rules, bind, link).
+    pub not_applied: usize,
+}
+
+/// Parse one file's text.
+pub fn parse(file: &Path, text: &str) -> Result<Definitions, Diagnostic> {
+    serde_saphyr::from_str::<Definitions>(text).map_err(|err| {
+        let location = err.location();
+        Diagnostic {
+            file: file.to_owned(),
+            line: location.map_or(0, |l| l.line()),
+            column: location.map_or(0, |l| l.column()),
+            message: err.to_string(),
+        }
+    })
+}
+
+/// Every `*.yaml` / `*.yml` file in `dir`, sorted.
+pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Load every file of `dir` into the accounts and the IM world.
+pub fn load_dir(dir: &Path, accounts: &Accounts, im: &Im, now: u64) -> Report {
+    let mut report = Report::default();
+    let files = match files_in(dir) {
+        Ok(files) => files,
+        Err(err) => {
+            report.diagnostics.push(Diagnostic {
+                file: dir.to_owned(),
+                line: 0,
+                column: 0,
+                message: err.to_string(),
+            });
+            return report;
+        }
+    };
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(err) => {
+                report.diagnostics.push(Diagnostic {
+                    file: file.clone(),
+                    line: 0,
+                    column: 0,
+                    message: err.to_string(),
+                });
+                continue;
+            }
+        };
+        match parse(&file, &text) {
+            Ok(defs) => {
+                apply(&file, &defs, accounts, im, now, &mut report);
+                report.files.push(file);
+            }
+            Err(diagnostic) => report.diagnostics.push(diagnostic),
+        }
+    }
+    report
+}
+
+fn apply(
+    file: &Path,
+    defs: &Definitions,
+    accounts: &Accounts,
+    im: &Im,
+    now: u64,
+    report: &mut Report,
+) {
+    let mut fail = |message: String| {
+        report.diagnostics.push(Diagnostic {
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+            message,
+        });
+    };
+    for (kind, list) in [
+        (AccountKind::Person, &defs.persons),
+        (AccountKind::Thing, &defs.things),
+    ] {
+        for def in list {
+            let result = match (&def.password_hash, &def.password) {
+                (Some(hash), _) => accounts.define(&def.id, kind, hash),
+                (None, Some(password)) => accounts.define_with_password(&def.id, kind, password),
+                (None, None) => {
+                    fail(format!("{} needs a password or a password_hash", def.id));
+                    continue;
+                }
+            };
+            match result {
+                Ok(()) => {
+                    im.account_added(&def.id, kind);
+                    if def.auto_accept
+                        && let Err(err) =
+                            im.set_settings(&def.id, PersonSettings { auto_accept: true })
+                    {
+                        fail(format!("{}: {err}", def.id));
+                    }
+                }
+                Err(err) => fail(format!("{}: {err}", def.id)),
+            }
+        }
+    }
+    for group in &defs.groups {
+        if let Err(err) = im.define_group(
+            &group.id,
+            &group.owner,
+            &group.members,
+            group.name.as_deref(),
+            group.open,
+            now,
+        ) {
+            fail(format!("group {}: {err}", group.id));
+        }
+    }
+    for relation in &defs.relations {
+        match relation {
+            RelationDef::Friends { friends: [a, b] } => {
+                if let Err(err) = im.define_friends(a, b, now) {
+                    fail(format!("friends {a}, {b}: {err}"));
+                }
+            }
+            RelationDef::Bind { .. } | RelationDef::Link { .. } => report.not_applied += 1,
+        }
+    }
+    report.not_applied += defs.rules.len();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_yaml_names_line_and_column() {
+        let err = parse(Path::new("x.yaml"), "persons:\n  - { id: a, pasword: x }\n").unwrap_err();
+        assert_eq!(err.line, 2, "{err}");
+        assert!(err.message.contains("pasword"), "{err}");
+        let err = parse(Path::new("x.yaml"), "persons: [\n").unwrap_err();
+        assert!(err.line >= 1, "{err}");
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let text = r#"
+persons: [{ id: alice, password: "pw" }]
+things:  [{ id: door, secret: "s" }, { id: hall-light, secret: "t" }]
+groups:  [{ id: family, owner: alice, members: [bob] }]
+relations:
+  - { bind: door, to: alice }
+  - { link: [door, hall-light] }
+  - { friends: [alice, bob] }
+rules:
+  - id: door-opens-light-on
+    when: { state: door, changed: open, to: true }
+    do: 'command("hall-light", #{ on: true })'
+"#;
+        let defs = parse(Path::new("home.yaml"), text).unwrap();
+        assert_eq!(defs.persons.len(), 1);
+        assert_eq!(defs.things.len(), 2);
+        assert_eq!(defs.relations.len(), 3);
+        assert_eq!(defs.rules.len(), 1);
+    }
+}
