@@ -350,10 +350,18 @@ impl Broker {
         if expiry_secs == u32::MAX {
             return; // never expires
         }
+        // The timer only ends the session if nothing attached it since (a reconnect and a new
+        // disconnect start a new timer with a new token).
+        let token = self.next_token();
+        session.lock().expiry_token = token;
         let broker = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(u64::from(expiry_secs))).await;
-            if session.lock().owner == 0 {
+            let due = {
+                let state = session.lock();
+                state.owner == 0 && state.expiry_token == token
+            };
+            if due {
                 broker.end_session(&session);
             }
         });

@@ -93,6 +93,8 @@ pub struct SessionState {
     pub next_store_seq: u64,
     /// Messages dropped because the queue was full (for `$SYS` and logs).
     pub dropped: u64,
+    /// The token of the pending expiry timer; a timer with another token is stale.
+    pub expiry_token: u64,
 }
 
 impl SessionState {
