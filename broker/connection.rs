@@ -504,8 +504,11 @@ impl Conn {
                                 tracing::info!(client_id = %self.client_id, ?err, "malformed packet");
                                 let code = match err {
                                     DecodeError::MaxSizeExceeded { .. } => reason::PACKET_TOO_LARGE,
+                                    // Reserved fixed-header flags (or type) are a Malformed
+                                    // Packet [MQTT-2.1.3-1] [MQTT-3.8.1-1].
                                     DecodeError::Utf8Error
                                     | DecodeError::MalformedPacket
+                                    | DecodeError::UnsupportedPacketType
                                     | DecodeError::InvalidLength => reason::MALFORMED,
                                     _ => reason::PROTOCOL_ERROR,
                                 };

@@ -199,6 +199,8 @@ pub struct Wire {
     /// Outbound topic aliases: topic -> alias, up to the client's Topic Alias Maximum.
     aliases: std::collections::HashMap<ByteString, u16>,
     alias_max: u16,
+    /// The largest Remaining Length accepted (0: no limit).
+    max_inbound: u32,
 }
 
 fn nz16(id: u16) -> NonZeroU16 {
@@ -222,7 +224,6 @@ impl Wire {
             Proto::V3 => {
                 let codec = v3::codec::Codec::new();
                 codec.set_max_size(max_inbound);
-                // Wait for whole PUBLISH payloads: the broker routes complete messages only.
                 codec.set_min_chunk_size(u32::MAX);
                 Inner::V3(codec)
             }
@@ -238,6 +239,7 @@ impl Wire {
             out: BytePages::new(BytePageSize::Size4),
             aliases: Default::default(),
             alias_max: 0,
+            max_inbound,
         }
     }
 
@@ -257,10 +259,23 @@ impl Wire {
     }
 
     /// Decode the next whole packet from `src`, if there is one.
+    ///
+    /// The codec is handed exactly one whole packet: ntex's codecs return a PUBLISH as soon as
+    /// its header is in (with an empty payload, the rest following as chunks), and read a field
+    /// past the end of its packet when the lengths inside disagree. The broker routes complete
+    /// messages only, and a packet that cannot be decoded from its own bytes is malformed.
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, DecodeError> {
-        match &self.inner {
-            Inner::V3(codec) => Ok(codec.decode(src)?.map(from_v3)),
-            Inner::V5(codec) => Ok(codec.decode(src)?.map(from_v5)),
+        let Some(total) = whole_packet_len(src, self.max_inbound)? else {
+            return Ok(None);
+        };
+        let mut packet = BytesMut::from(src.split_to(total));
+        let decoded = match &self.inner {
+            Inner::V3(codec) => codec.decode(&mut packet)?.map(from_v3),
+            Inner::V5(codec) => codec.decode(&mut packet)?.map(from_v5),
+        };
+        match decoded {
+            Some(inbound) if packet.is_empty() => Ok(Some(inbound)),
+            _ => Err(DecodeError::MalformedPacket),
         }
     }
 
@@ -518,6 +533,30 @@ impl Wire {
             self.put_v5(v5::codec::Packet::Disconnect(packet));
         }
     }
+}
+
+/// The length of the packet at the front of `src` once all of it is there. A Remaining Length
+/// over `max` (0: no limit) is refused before the packet arrives; one of more than four bytes
+/// is malformed [MQTT-1.5.5-1].
+fn whole_packet_len(src: &[u8], max: u32) -> Result<Option<usize>, DecodeError> {
+    let mut remaining: u32 = 0;
+    for (i, byte) in src.iter().skip(1).enumerate() {
+        if i == 4 {
+            return Err(DecodeError::InvalidLength);
+        }
+        remaining |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            if max != 0 && remaining > max {
+                return Err(DecodeError::MaxSizeExceeded {
+                    size: remaining,
+                    max_size: max,
+                });
+            }
+            let total = 2 + i + remaining as usize;
+            return Ok((src.len() >= total).then_some(total));
+        }
+    }
+    Ok(None)
 }
 
 fn v5_ack(packet_id: u16, code: u8) -> v5::codec::PublishAck {

@@ -514,3 +514,32 @@ fn offline_messages_are_queued_with_mqtt_v311() {
 fn offline_messages_are_queued_with_mqtt_v5() {
     offline_queue("mqttv5");
 }
+
+/// A large payload (300 kB, many TCP segments) arrives whole, in both protocol versions.
+#[test]
+fn a_large_payload_arrives_whole() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("payload.bin");
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&file, &payload).unwrap();
+    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    let file = file.to_str().unwrap();
+    for version in ["mqttv311", "mqttv5"] {
+        let sub = Sub::start(
+            &daemon,
+            &["-V", version, "-t", "big", "-q", "1", "-C", "1", "-F", "%x"],
+        );
+        mosquitto_pub(
+            &daemon,
+            &["-V", version, "-t", "big", "-q", "1", "-f", file],
+        );
+        let got = sub.lines(1);
+        assert_eq!(
+            got[0].len(),
+            hex.len(),
+            "payload length differs ({version})"
+        );
+        assert!(got[0] == hex, "payload differs ({version})");
+    }
+}

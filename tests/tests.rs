@@ -6,3 +6,4 @@ mod common;
 mod smoke;
 mod mosquitto;
 mod websocket;
+mod malformed;
