@@ -7,3 +7,4 @@ mod smoke;
 mod mosquitto;
 mod websocket;
 mod malformed;
+mod crash;

@@ -1,0 +1,229 @@
+//! The crash test: the daemon is killed with SIGKILL while a client streams QoS 1 (or QoS 2)
+//! messages to a persistent subscriber's topic. After a restart on the same store, every message
+//! the broker acknowledged reaches the subscriber (duplicates allowed for QoS 1, none missing),
+//! and acknowledged retained messages are still retained.
+//!
+//! With `durability = "sync"` (the default) an acknowledgement means "durable": that is the
+//! promise under test.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::common::raw::{self, Client, Connect, PUBACK, PUBCOMP, PUBREC};
+use crate::common::{Daemon, WAIT, eventually};
+
+/// Room for everything the streamer can send before the kill.
+const CONFIG: &str = "[limits]\nmax_queued = 1000000\n";
+
+/// Unacknowledged PUBLISHes the streamer keeps in flight.
+const WINDOW: usize = 16;
+
+/// Acknowledged messages to wait for before the kill.
+const BEFORE_KILL: usize = 300;
+
+/// Publish messages numbered 0, 1, 2, ... (the payload is the number) at `qos` on `topic`,
+/// keeping `WINDOW` in flight, until the connection breaks. Returns the numbers the broker
+/// acknowledged (PUBACK, or PUBREC for QoS 2, with a success code); `progress` counts them.
+fn stream_until_broken(
+    addr: SocketAddr,
+    v5: bool,
+    qos: u8,
+    topic: &str,
+    progress: Arc<AtomicUsize>,
+) -> BTreeSet<u32> {
+    let connect = if v5 {
+        Connect::v5("streamer")
+    } else {
+        Connect::v3("streamer")
+    };
+    let mut client = Client::session(addr, &connect);
+    let mut in_flight: HashMap<u16, u32> = HashMap::new();
+    let mut acked = BTreeSet::new();
+    let mut seq = 0u32;
+    loop {
+        while in_flight.len() < WINDOW {
+            let id = (seq % 65535) as u16 + 1;
+            let packet = raw::publish(v5, topic, qos, false, id, seq.to_string().as_bytes());
+            if client.send(&packet).is_err() {
+                return acked;
+            }
+            in_flight.insert(id, seq);
+            seq += 1;
+        }
+        let packet = match client.recv_within(WAIT) {
+            Ok(Some(packet)) => packet,
+            Ok(None) => return acked,
+            Err(()) => panic!("no acknowledgement within {WAIT:?}"),
+        };
+        match packet.kind {
+            PUBACK | PUBREC => {
+                let id = packet.packet_id();
+                let n = in_flight[&id];
+                if packet.code() < 0x80 {
+                    acked.insert(n);
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
+                if packet.kind == PUBACK || packet.code() >= 0x80 {
+                    in_flight.remove(&id);
+                } else if client.send(&raw::ack(raw::PUBREL, id)).is_err() {
+                    return acked;
+                }
+            }
+            PUBCOMP => {
+                in_flight.remove(&packet.packet_id());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Stream to `topic` in a thread, wait for `BEFORE_KILL` acknowledgements, SIGKILL the daemon
+/// mid-stream, and return what was acknowledged.
+fn stream_and_kill(daemon: &mut Daemon, v5: bool, qos: u8, topic: &'static str) -> BTreeSet<u32> {
+    let progress = Arc::new(AtomicUsize::new(0));
+    let addr = daemon.mqtt;
+    let counter = progress.clone();
+    let streamer = std::thread::spawn(move || stream_until_broken(addr, v5, qos, topic, counter));
+    eventually("acknowledged messages before the kill", || {
+        progress.load(Ordering::Relaxed) >= BEFORE_KILL || streamer.is_finished()
+    });
+    daemon.kill();
+    let acked = streamer.join().expect("streamer");
+    assert!(
+        acked.len() >= BEFORE_KILL,
+        "the stream broke before the kill: {} acknowledged",
+        acked.len()
+    );
+    acked
+}
+
+/// Reconnect the persistent session and read until every acknowledged number has arrived.
+/// Returns how many times each number arrived.
+fn receive_all(daemon: &Daemon, connect: &Connect, acked: &BTreeSet<u32>) -> HashMap<u32, usize> {
+    let (mut sub, connack) = Client::connect(daemon.mqtt, connect);
+    assert_eq!(connack.code(), 0);
+    // The session survived the crash [MQTT-3.2.2-2].
+    assert!(connack.session_present(), "session lost in the crash");
+    let mut seen: HashMap<u32, usize> = HashMap::new();
+    let mut missing = acked.len();
+    while missing > 0 {
+        let Some(msg) = sub.next_publish_within(WAIT) else {
+            let lost: Vec<u32> = acked
+                .iter()
+                .filter(|n| !seen.contains_key(n))
+                .copied()
+                .collect();
+            panic!(
+                "{} acknowledged messages lost in the crash (of {}), e.g. {:?}",
+                lost.len(),
+                acked.len(),
+                &lost[..lost.len().min(10)]
+            );
+        };
+        let n: u32 = msg.payload_str().parse().expect("a number");
+        let count = seen.entry(n).or_default();
+        *count += 1;
+        if *count == 1 && acked.contains(&n) {
+            missing -= 1;
+        }
+    }
+    seen
+}
+
+/// v3.1.1: the subscriber (clean session 0) is offline while the stream runs [MQTT-3.1.2-5];
+/// its queue must survive the crash.
+#[test]
+fn acknowledged_qos1_messages_survive_sigkill_for_an_offline_subscriber() {
+    let mut daemon = Daemon::start_with(&["--allow-anonymous"], Some(CONFIG));
+    let session = Connect::v3("keeper").clean(false);
+    let mut sub = Client::session(daemon.mqtt, &session);
+    assert_eq!(sub.subscribe(&[("crash/offline", 1)]), [1]);
+    sub.disconnect();
+
+    let acked = stream_and_kill(&mut daemon, false, 1, "crash/offline");
+    daemon.restart();
+    receive_all(&daemon, &session, &acked);
+}
+
+/// v5: the subscriber stays connected but never reads, so messages pile up in flight (sent,
+/// unacknowledged) and in its queue; both must survive the crash and be sent again
+/// [MQTT-4.4.0-1].
+#[test]
+fn acknowledged_qos1_messages_survive_sigkill_for_a_stalled_subscriber() {
+    let mut daemon = Daemon::start_with(&["--allow-anonymous"], Some(CONFIG));
+    let mut sub = Client::session(daemon.mqtt, &Connect::v5("stalled").session_expiry(300));
+    assert_eq!(sub.subscribe(&[("crash/stalled", 1)]), [1]);
+
+    let acked = stream_and_kill(&mut daemon, true, 1, "crash/stalled");
+    drop(sub);
+    daemon.restart();
+    let session = Connect::v5("stalled").clean(false).session_expiry(300);
+    receive_all(&daemon, &session, &acked);
+}
+
+/// QoS 2 end to end: every message whose PUBREC the publisher got arrives exactly once after
+/// the crash [MQTT-4.3.3-1].
+#[test]
+fn acknowledged_qos2_messages_survive_sigkill_exactly_once() {
+    let mut daemon = Daemon::start_with(&["--allow-anonymous"], Some(CONFIG));
+    let session = Connect::v3("keeper2").clean(false);
+    let mut sub = Client::session(daemon.mqtt, &session);
+    assert_eq!(sub.subscribe(&[("crash/qos2", 2)]), [2]);
+    sub.disconnect();
+
+    let acked = stream_and_kill(&mut daemon, false, 2, "crash/qos2");
+    daemon.restart();
+    let seen = receive_all(&daemon, &session, &acked);
+    let twice: Vec<u32> = seen
+        .iter()
+        .filter(|(_, count)| **count > 1)
+        .map(|(n, _)| *n)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "QoS 2 messages delivered twice: {twice:?}"
+    );
+}
+
+/// A retained QoS 1 message acknowledged before the SIGKILL is retained after the restart, and
+/// so is the clearing of another [MQTT-3.3.1-5] [MQTT-3.3.1-10].
+#[test]
+fn acknowledged_retained_messages_survive_sigkill() {
+    let mut daemon = Daemon::start();
+    let mut publisher = Client::session(daemon.mqtt, &Connect::v3("retainer"));
+    assert_eq!(publisher.publish("crash/kept/old", 1, true, b"to clear"), 0);
+    for i in 0..20 {
+        let topic = format!("crash/kept/{i}");
+        assert_eq!(
+            publisher.publish(&topic, 1, true, format!("value {i}").as_bytes()),
+            0
+        );
+    }
+    assert_eq!(publisher.publish("crash/kept/old", 1, true, b""), 0);
+    daemon.kill();
+    drop(publisher);
+    daemon.restart();
+
+    let mut sub = Client::session(daemon.mqtt, &Connect::v3("reader"));
+    assert_eq!(sub.subscribe(&[("crash/kept/#", 1)]), [1]);
+    let mut got: HashMap<String, String> = HashMap::new();
+    while got.len() < 20 {
+        let msg = sub.next_publish();
+        assert!(msg.retain, "RETAIN=1 on a retained message [MQTT-3.3.1-8]");
+        assert_ne!(
+            msg.topic, "crash/kept/old",
+            "a cleared retained message came back"
+        );
+        got.insert(msg.topic.clone(), msg.payload_str().to_owned());
+    }
+    for i in 0..20 {
+        assert_eq!(got[&format!("crash/kept/{i}")], format!("value {i}"));
+    }
+    // Nothing else is retained under the filter (the cleared topic stays cleared).
+    let mut marker = Client::session(daemon.mqtt, &Connect::v3("marker"));
+    marker.publish("crash/kept/zz-marker", 1, false, b"end");
+    let next = sub.next_publish();
+    assert_eq!(next.topic, "crash/kept/zz-marker");
+}
