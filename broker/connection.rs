@@ -91,7 +91,6 @@ where
         let _ = io.flush(&mut wire).await;
         return;
     };
-    broker.metrics.connected();
     let end = conn.run(&mut io, &mut wire).await;
     let _ = io.flush(&mut wire).await;
     let _ = io.writer.shutdown().await;
@@ -376,6 +375,11 @@ impl Conn {
             }
         }
 
+        // The place is taken here, atomically, after every other check (the early check above
+        // only spares refused clients the password hash); `serve` gives it back.
+        if !broker.metrics.try_connect(limits.max_connections) {
+            return refuse(wire, reason::QUOTA_EXCEEDED, "too many connections");
+        }
         let owner = broker.next_token();
         let (session, present) = broker.attach(&client_id, connect.clean_start, expiry, owner);
         wire.connack(present, reason::SUCCESS, props);

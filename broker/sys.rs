@@ -40,9 +40,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn connected(&self) {
-        let now = self.clients_connected.fetch_add(1, Ordering::Relaxed) + 1;
-        self.clients_maximum.fetch_max(now, Ordering::Relaxed);
+    /// Take a connection place if fewer than `max` are taken. Taken before the CONNACK is
+    /// written and in one atomic step, so that CONNECTs racing for the last place cannot all
+    /// have it. Given back with `disconnected`.
+    pub fn try_connect(&self, max: usize) -> bool {
+        let before = self.clients_connected.fetch_add(1, Ordering::Relaxed);
+        if before as usize >= max {
+            self.clients_connected.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.clients_maximum.fetch_max(before + 1, Ordering::Relaxed);
+        true
     }
 
     pub fn disconnected(&self) {

@@ -8,3 +8,4 @@ mod mosquitto;
 mod websocket;
 mod malformed;
 mod crash;
+mod access;
