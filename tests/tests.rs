@@ -9,3 +9,4 @@ mod websocket;
 mod malformed;
 mod crash;
 mod access;
+mod im_friends;

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod im;
 pub mod raw;
 
 use std::io::{BufRead, BufReader, Read, Write};
