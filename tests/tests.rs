@@ -10,3 +10,4 @@ mod malformed;
 mod crash;
 mod access;
 mod im_friends;
+mod im_messages;

@@ -99,7 +99,10 @@ impl Gate {
         match levels.as_slice() {
             ["person", peer, "inbox"] => {
                 if *peer == me {
-                    return Err(ImError::Invalid("a person cannot message themself".into()));
+                    // Not a friend of oneself: refused like any other non-friend (0x87).
+                    return Err(ImError::NotAuthorized(
+                        "a person cannot message themself".into(),
+                    ));
                 }
                 self.im.authorize_direct(me, peer)?;
                 let duplicate = self.send(
