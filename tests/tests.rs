@@ -11,3 +11,6 @@ mod crash;
 mod access;
 mod im_friends;
 mod im_messages;
+mod im_groups;
+mod im_presence;
+mod im_requests;
