@@ -108,9 +108,14 @@ fn main() {
         .init();
     let cli = Cli::parse();
     if let Err(err) = dispatch(cli) {
-        eprintln!("mqtter: {err}");
+        let message = err.to_string();
+        eprintln!("mqtter: {message}");
+        // Errors that already print their cause (a config file's parse error) say it once.
         for cause in err.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+            let cause = cause.to_string();
+            if !message.contains(&cause) {
+                eprintln!("  caused by: {cause}");
+            }
         }
         std::process::exit(1);
     }

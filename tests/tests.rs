@@ -21,3 +21,4 @@ mod im_messages;
 mod im_groups;
 mod im_presence;
 mod im_requests;
+mod daemon;
