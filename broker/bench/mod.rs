@@ -274,7 +274,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ScenarioResult>> {
     let timeout_secs = args
         .timeout_secs
         .unwrap_or(if quick { 10 } else { 60 })
-        .max(1);
+        .clamp(1, 24 * 3600);
     let broker = runner::resolve_loopback(&args.broker).await?;
     let sizes = Sizes {
         connections: args.connections,

@@ -70,6 +70,19 @@ pub struct Measured {
     pub errors: Vec<String>,
 }
 
+impl Measured {
+    /// Adds a finished publisher's figures; `first_ns` tracks the earliest publish.
+    fn absorb_publisher(&mut self, o: PubOutcome, first_ns: &mut Option<u64>) {
+        self.published += o.sent;
+        if let Some(f) = o.first_ns {
+            *first_ns = Some(first_ns.map_or(f, |x| x.min(f)));
+        }
+        if let Some(e) = o.error {
+            self.errors.push(format!("publisher: {e}"));
+        }
+    }
+}
+
 /// Nanoseconds since `epoch`.
 fn ns_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
@@ -233,6 +246,7 @@ async fn open(
                 } else {
                     TcpSocket::new_v6()?
                 };
+                sock.set_reuseaddr(true)?;
                 sock.bind(SocketAddr::new(ip, 0))?;
                 sock.connect(cfg.broker).await
             }
@@ -284,13 +298,27 @@ where
     Ok(all.into_iter().map(|(_, v)| v).collect())
 }
 
-/// Best-effort DISCONNECT before dropping a connection.
+/// Reads and discards until the broker closes the connection (or an error).
+async fn until_closed(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Best-effort DISCONNECT, then a short wait for the broker to close first, so that the
+/// TIME_WAIT state lands on its side and not on this side's ephemeral ports.
 async fn close(mut stream: TcpStream) {
-    let _ = timeout(
+    let sent = timeout(
         Duration::from_millis(200),
         stream.write_all(&packets::disconnect()),
     )
     .await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = timeout(Duration::from_millis(500), until_closed(&mut stream)).await;
+    }
 }
 
 /// Waits until the watch value is `true` (or its sender is gone).
@@ -494,7 +522,9 @@ impl Publisher {
             let window_open = self.qos == 0 || inflight < self.window;
             let wake = match self.rate {
                 Some(rate) if out.sent < self.messages && window_open => {
-                    Some(started + Duration::from_secs_f64(out.sent as f64 / rate))
+                    Duration::try_from_secs_f64(out.sent as f64 / rate)
+                        .ok()
+                        .and_then(|d| started.checked_add(d))
                 }
                 _ => None,
             };
@@ -557,7 +587,9 @@ pub async fn run_messaging(
             async move {
                 let (mut stream, mut rb) = open(&cfg, &id, None, ACTIVE_BUF, deadline).await?;
                 let sub = packets::subscribe(1, &subs[i].filter, qos)?;
-                stream.write_all(&sub).await?;
+                timeout_at(deadline, stream.write_all(&sub))
+                    .await
+                    .map_err(|_| anyhow!("timed out sending SUBSCRIBE"))??;
                 await_ack(&mut stream, &mut rb, true, deadline).await?;
                 Ok((stream, rb))
             }
@@ -626,14 +658,7 @@ pub async fn run_messaging(
             }
             Ok(None) => break,
             Ok(Some(joined)) => {
-                let o = joined.context("publisher task failed")?;
-                m.published += o.sent;
-                if let Some(f) = o.first_ns {
-                    first_ns = Some(first_ns.map_or(f, |x| x.min(f)));
-                }
-                if let Some(e) = o.error {
-                    m.errors.push(format!("publisher: {e}"));
-                }
+                m.absorb_publisher(joined.context("publisher task failed")?, &mut first_ns);
             }
         }
     }
@@ -661,14 +686,7 @@ pub async fn run_messaging(
 
     let mut last_ns: Option<u64> = None;
     while let Some(joined) = pub_tasks.join_next().await {
-        let o = joined.context("publisher task failed")?;
-        m.published += o.sent;
-        if let Some(f) = o.first_ns {
-            first_ns = Some(first_ns.map_or(f, |x| x.min(f)));
-        }
-        if let Some(e) = o.error {
-            m.errors.push(format!("publisher: {e}"));
-        }
+        m.absorb_publisher(joined.context("publisher task failed")?, &mut first_ns);
     }
     while let Some(joined) = sub_tasks.join_next().await {
         let o = joined.context("subscriber task failed")?;
@@ -723,7 +741,12 @@ pub async fn run_idle(cfg: &Arc<RunConfig>, sc: &Scenario, n: usize) -> anyhow::
     for s in &conns {
         let _ = s.try_write(&bye);
     }
-    drop(conns);
+    let closing = async {
+        for mut s in conns {
+            until_closed(&mut s).await;
+        }
+    };
+    let _ = timeout(Duration::from_secs(3), closing).await;
     Ok(m)
 }
 
@@ -762,6 +785,233 @@ mod tests {
         assert_eq!(ips, vec![ip(1), ip(2), ip(3), ip(1)]);
         let v6: SocketAddr = "[::1]:1883".parse().unwrap();
         assert_eq!(source_for(v6, 1, 50_000), None);
+    }
+
+    /// A stand-in broker that answers each CONNECT with a CONNACK and records the peer.
+    async fn fake_broker() -> (SocketAddr, tokio::sync::mpsc::Receiver<SocketAddr>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok((mut s, peer)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 256];
+                    let mut have = 0;
+                    loop {
+                        let n = s.read(&mut buf[have..]).await.unwrap();
+                        assert!(n > 0);
+                        have += n;
+                        if let Some((_, used)) = packets::parse_frame(&buf[..have]).unwrap() {
+                            assert_eq!(buf[0], packets::CONNECT);
+                            assert_eq!(used, have);
+                            break;
+                        }
+                    }
+                    s.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+                    let _ = tx.try_send(peer);
+                    // Close when the client sends DISCONNECT.
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    fn test_config(broker: SocketAddr) -> RunConfig {
+        RunConfig {
+            broker,
+            payload_size: 64,
+            timeout: Duration::from_secs(5),
+            drain: Duration::from_millis(100),
+            broker_pid: None,
+            connect_concurrency: 4,
+            window: 8,
+            keep_alive: 60,
+            run_id: "test".into(),
+            settle: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn open_binds_the_given_loopback_source() {
+        let (addr, mut peers) = fake_broker().await;
+        let cfg = test_config(addr);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+        let (stream, _) = open(&cfg, "c1", Some(src), 64, deadline).await.unwrap();
+        assert_eq!(peers.recv().await.unwrap().ip(), src);
+        close(stream).await;
+        probe(&cfg).await.unwrap();
+        assert_eq!(
+            peers.recv().await.unwrap().ip(),
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_scenario_against_stand_in() {
+        let (addr, _peers) = fake_broker().await;
+        let cfg = Arc::new(test_config(addr));
+        let sc = Scenario {
+            name: "conns".into(),
+            group: "conns",
+            plan: super::super::scenario::ConnectionPlan::Idle { connections: 20 },
+            load: LoadShape::Saturate { messages: 0 },
+            qos: 0,
+        };
+        let m = run_idle(&cfg, &sc, 20).await.unwrap();
+        assert_eq!(m.connections, 20);
+        assert!(m.setup_seconds.unwrap() > 0.0);
+        assert_eq!(m.rss_before, None);
+    }
+
+    type Routes =
+        Arc<std::sync::Mutex<Vec<(String, u8, tokio::sync::mpsc::UnboundedSender<Vec<u8>>)>>>;
+
+    /// Decodes the filter and QoS of a single-filter SUBSCRIBE packet.
+    fn subscribe_filter(packet: &[u8]) -> (String, u8) {
+        let (_, vlen) = packets::decode_remaining_length(&packet[1..])
+            .unwrap()
+            .unwrap();
+        let body = &packet[1 + vlen..];
+        let flen = usize::from(u16::from_be_bytes([body[2], body[3]]));
+        let filter = String::from_utf8(body[4..4 + flen].to_vec()).unwrap();
+        (filter, body[4 + flen])
+    }
+
+    async fn stand_in_connection(s: TcpStream, routes: Routes) {
+        let (mut rd, mut wr) = s.into_split();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            // An empty buffer asks to close the connection.
+            while let Some(b) = rx.recv().await {
+                if b.is_empty() || wr.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut rb = ReadBuf::new(4096);
+        loop {
+            match rd.read(rb.spare()).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => rb.filled(n),
+            }
+            while let Some((frame, used)) = packets::parse_frame(rb.data()).unwrap() {
+                match frame {
+                    Frame::Other { first_byte: 0x10 } => {
+                        let _ = tx.send(vec![0x20, 0x02, 0x00, 0x00]);
+                    }
+                    Frame::Other { first_byte: 0x82 } => {
+                        let (filter, qos) = subscribe_filter(&rb.data()[..used]);
+                        let pid = [rb.data()[2], rb.data()[3]];
+                        routes.lock().unwrap().push((filter, qos, tx.clone()));
+                        let _ = tx.send(vec![0x90, 0x03, pid[0], pid[1], qos]);
+                    }
+                    Frame::Other { first_byte: 0xE0 } => {
+                        let _ = tx.send(Vec::new());
+                        return;
+                    }
+                    Frame::Publish {
+                        qos,
+                        topic,
+                        packet_id,
+                        payload,
+                        ..
+                    } => {
+                        let topic = std::str::from_utf8(topic).unwrap();
+                        for (filter, sub_qos, out) in routes.lock().unwrap().iter() {
+                            if super::super::scenario::topic_matches(filter, topic) {
+                                let q = qos.min(*sub_qos);
+                                let t = PublishTemplate::new(topic, q, payload.len()).unwrap();
+                                let mut bytes = Vec::new();
+                                t.append(&mut bytes, 1, 0);
+                                let p = bytes.len() - payload.len();
+                                bytes[p..].copy_from_slice(payload);
+                                let _ = out.send(bytes);
+                            }
+                        }
+                        if let Some(id) = packet_id {
+                            let _ = tx.send(packets::puback(id).to_vec());
+                        }
+                    }
+                    _ => {}
+                }
+                rb.consume(used);
+            }
+        }
+    }
+
+    /// A stand-in broker that routes PUBLISH packets to matching subscriptions.
+    async fn routing_broker() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let routes: Routes = Arc::default();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(stand_in_connection(s, Arc::clone(&routes)));
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn messaging_scenarios_against_stand_in() {
+        use super::super::scenario::ConnectionPlan;
+        let addr = routing_broker().await;
+        let cfg = Arc::new(test_config(addr));
+        let plans = [
+            ConnectionPlan::Pairs { n: 3 },
+            ConnectionPlan::FanOut { subscribers: 4 },
+            ConnectionPlan::FanIn { publishers: 4 },
+        ];
+        let loads = [
+            LoadShape::Saturate { messages: 300 },
+            LoadShape::Rate {
+                per_sec: 500,
+                seconds: 0.2,
+            },
+        ];
+        for plan in &plans {
+            for load in loads {
+                for qos in [0, 1] {
+                    let sc = Scenario {
+                        name: "t".into(),
+                        group: "t",
+                        plan: plan.clone(),
+                        load,
+                        qos,
+                    };
+                    let prefix = format!("t/{plan:?}/{qos}/{}", load.describe());
+                    let topo = sc.topology(&prefix);
+                    let m = run_messaging(&cfg, &sc, topo).await.unwrap();
+                    let what = format!("{plan:?} {load:?} qos {qos}");
+                    assert!(m.errors.is_empty(), "{what}: {:?}", m.errors);
+                    assert!(!m.timed_out, "{what}");
+                    assert_eq!(m.published, load.total_messages(), "{what}");
+                    assert_eq!(m.delivered, m.expected, "{what}");
+                    assert_eq!(m.latency.count(), m.delivered, "{what}");
+                    assert!(m.seconds > 0.0, "{what}");
+                    if matches!(load, LoadShape::Rate { .. }) {
+                        assert!(m.seconds >= 0.15, "{what}: {}", m.seconds);
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_connack_is_an_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            s.write_all(&[0x20, 0x02, 0x00, 0x05]).await.unwrap();
+        });
+        let err = probe(&test_config(addr)).await.unwrap_err();
+        assert!(format!("{err:#}").contains("return code 5"), "{err:#}");
     }
 
     #[tokio::test]

@@ -268,11 +268,15 @@ pub fn select(all: Vec<Scenario>, names: &[String]) -> anyhow::Result<Vec<Scenar
     }
     for n in names {
         if !all.iter().any(|s| s.name == *n || s.group == n.as_str()) {
-            let known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
-            anyhow::bail!(
-                "unknown scenario {n:?}; known: pairs, fanout, fanin, conns, {}",
-                known.join(", ")
-            );
+            let mut known: Vec<&str> = Vec::new();
+            for s in &all {
+                for k in [s.group, s.name.as_str()] {
+                    if !known.contains(&k) {
+                        known.push(k);
+                    }
+                }
+            }
+            anyhow::bail!("unknown scenario {n:?}; known: {}", known.join(", "));
         }
     }
     Ok(all
@@ -368,7 +372,10 @@ mod tests {
         let sel = select(all.clone(), &["fanout".into(), "conns".into()]).unwrap();
         let names: Vec<&str> = sel.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, vec!["conns", "fanout-qos0", "fanout-qos1"]);
-        assert!(select(all.clone(), &["nope".into()]).is_err());
+        let err = select(all.clone(), &["nope".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("known: conns, pairs, pairs-qos0,"), "{err}");
         assert_eq!(select(all, &[]).unwrap().len(), 9);
         let quick = builtin(&Sizes {
             quick: true,

@@ -1,0 +1,413 @@
+#!/usr/bin/env bash
+# Benchmark comparison: runs the plain-MQTT `mqtter bench` scenarios against MQTTER, Mosquitto and rumqttd on loopback, alternating brokers, and prints the figures side by side.
+#
+# Usage: benches/compare.sh
+#
+# Environment (all optional):
+#   BROKERS       brokers to measure (default "mqtter mosquitto rumqttd")
+#   SCENARIOS     scenarios; each runs against every broker in turn before the next one
+#                 (default: every plain-MQTT scenario; `conns` always gets freshly started
+#                 brokers, which are restarted after it)
+#   ROUNDS        rounds (default 3); each round starts fresh brokers and rotates their order;
+#                 the table shows the median over rounds
+#   BENCH_ARGS    extra arguments for `mqtter bench`, e.g. "--quick" or "--connections 5000"
+#   TIMEOUT_SECS  bound for one scenario (default 60)
+#   MQTTER_BIN    the mqtter binary (default: target/release/mqtter, built by this script)
+#   BENCH_BIN     binary whose `bench` subcommand generates the load (default: $MQTTER_BIN)
+#   SKIP_BUILD=1  do not run `cargo build --release`
+#   OUT_DIR       where the JSON results, logs and summary go
+#                 (default: target/bench-compare/<timestamp>)
+#
+# Only loopback addresses are used. Every process this script starts is stopped on exit.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BROKERS="${BROKERS:-mqtter mosquitto rumqttd}"
+SCENARIOS="${SCENARIOS:-conns pairs-qos0 pairs-qos1 pairs-qos0-rate pairs-qos1-rate fanout-qos0 fanout-qos1 fanin-qos0 fanin-qos1}"
+ROUNDS="${ROUNDS:-3}"
+BENCH_ARGS="${BENCH_ARGS:-}"
+TIMEOUT_SECS="${TIMEOUT_SECS:-60}"
+MQTTER_BIN="${MQTTER_BIN:-$ROOT/target/release/mqtter}"
+BENCH_BIN="${BENCH_BIN:-$MQTTER_BIN}"
+SKIP_BUILD="${SKIP_BUILD:-0}"
+OUT_DIR="${OUT_DIR:-$ROOT/target/bench-compare/$(date +%Y%m%d-%H%M%S)}"
+RUMQTTD_VERSION="0.20.0"
+
+TMP="$(mktemp -d /tmp/mqtter-compare.XXXXXX)"
+declare -A PID=()
+declare -A PORT=()
+
+log() { printf '%s\n' "$*" >&2; }
+
+stop_brokers() {
+  local b
+  for b in "${!PID[@]}"; do
+    if kill -0 "${PID[$b]}" 2>/dev/null; then
+      kill "${PID[$b]}" 2>/dev/null || true
+      # Give it a moment, then insist.
+      for _ in $(seq 1 50); do
+        kill -0 "${PID[$b]}" 2>/dev/null || break
+        sleep 0.1
+      done
+      kill -9 "${PID[$b]}" 2>/dev/null || true
+    fi
+    wait "${PID[$b]}" 2>/dev/null || true
+    unset 'PID[$b]'
+  done
+}
+
+cleanup() {
+  stop_brokers
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- peers -----------------------------------------------------------------------------
+
+install_peers() {
+  if [[ " $BROKERS " == *" mosquitto "* ]] && ! command -v mosquitto >/dev/null; then
+    log "installing mosquitto (Debian package)"
+    apt-get update >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto >/dev/null
+  fi
+  if [[ " $BROKERS " == *" rumqttd "* ]]; then
+    RUMQTTD_BIN="$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")"
+    if ! [[ -x "$RUMQTTD_BIN" ]] || ! "$RUMQTTD_BIN" --version 2>/dev/null | grep -q " $RUMQTTD_VERSION\$"; then
+      log "installing rumqttd $RUMQTTD_VERSION with cargo install (outside the workspace)"
+      local build
+      build="$(mktemp -d /tmp/rumqttd-build.XXXXXX)"
+      # --locked pins metrics 0.22.1, which recent compilers reject; then fall back to
+      # the newest compatible dependencies.
+      if ! (cd "$HOME" && CARGO_TARGET_DIR="$build" cargo install rumqttd --version "$RUMQTTD_VERSION" --locked); then
+        (cd "$HOME" && CARGO_TARGET_DIR="$build" cargo install rumqttd --version "$RUMQTTD_VERSION")
+      fi
+      rm -rf "$build"
+      RUMQTTD_BIN="$HOME/.cargo/bin/rumqttd"
+    fi
+  fi
+  if ! command -v python3 >/dev/null; then
+    log "installing python3 (for the summary table)"
+    apt-get update >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y python3 >/dev/null
+  fi
+}
+
+build_mqtter() {
+  if [[ "$SKIP_BUILD" == 1 ]]; then
+    return
+  fi
+  if [[ " $BROKERS " == *" mqtter "* || "$BENCH_BIN" == "$ROOT/target/release/mqtter" ]]; then
+    log "building mqtter (release)"
+    (cd "$ROOT" && cargo build --release --bin mqtter)
+  fi
+}
+
+# ---- brokers ---------------------------------------------------------------------------
+
+# Sets FREE_PORT to a loopback port below the ephemeral range that nothing listens on.
+USED_PORTS=" "
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$((20000 + RANDOM % 10000))
+    [[ "$USED_PORTS" == *" $p "* ]] && continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      USED_PORTS+="$p "
+      FREE_PORT="$p"
+      return 0
+    fi
+  done
+  log "no free loopback port found"
+  return 1
+}
+
+wait_port() {
+  local name="$1" port="$2" pid="$3"
+  for _ in $(seq 1 200); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited during startup; its log:"
+      cat "$TMP/$name.log" >&2 || true
+      return 1
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "$name did not listen on 127.0.0.1:$port within 20 s"
+  return 1
+}
+
+start_broker() {
+  local b="$1" port
+  free_port
+  port="$FREE_PORT"
+  case "$b" in
+    mosquitto)
+      # Equivalent limits: no connection cap, 100 QoS 1 messages in flight per client,
+      # unbounded queues (no QoS 1 drops), TCP_NODELAY, no persistence.
+      cat >"$TMP/mosquitto.conf" <<EOF
+listener $port 127.0.0.1
+allow_anonymous true
+max_connections -1
+max_inflight_messages 100
+max_queued_messages 0
+set_tcp_nodelay true
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+EOF
+      mosquitto -c "$TMP/mosquitto.conf" >"$TMP/$b.log" 2>&1 &
+      ;;
+    rumqttd)
+      # No delay between accepted connections, limits well above what the scenarios use,
+      # 100 QoS 1 messages in flight per client. (rumqttd 0.20 has no TCP_NODELAY setting.)
+      cat >"$TMP/rumqttd.toml" <<EOF
+id = 0
+
+[router]
+id = 0
+max_connections = 60010
+max_outgoing_packet_count = 1000
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$port"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 1048576
+    max_inflight_count = 100
+    dynamic_filters = true
+EOF
+      "$RUMQTTD_BIN" -q -c "$TMP/rumqttd.toml" >"$TMP/$b.log" 2>&1 &
+      ;;
+    mqtter)
+      # A fresh, empty data directory on every start, like the peers' disabled persistence.
+      rm -rf "$TMP/mqtter-data"
+      mkdir -p "$TMP/mqtter-data"
+      "$MQTTER_BIN" serve --listen "127.0.0.1:$port" --allow-anonymous --data "$TMP/mqtter-data" \
+        >"$TMP/$b.log" 2>&1 &
+      ;;
+    *)
+      log "unknown broker $b (known: mqtter mosquitto rumqttd)"
+      return 1
+      ;;
+  esac
+  PID[$b]=$!
+  PORT[$b]=$port
+  wait_port "$b" "$port" "${PID[$b]}"
+  log "started $b (pid ${PID[$b]}) on 127.0.0.1:$port"
+}
+
+start_all() {
+  local b
+  for b in "$@"; do
+    start_broker "$b"
+  done
+  sleep 1
+}
+
+# Sum of user+system CPU ticks of the running brokers.
+broker_ticks() {
+  local total=0 b t
+  for b in "${!PID[@]}"; do
+    t="$(awk '{print $14 + $15}' "/proc/${PID[$b]}/stat" 2>/dev/null || echo 0)"
+    total=$((total + t))
+  done
+  echo "$total"
+}
+
+# Waits (at most 30 s) until no broker is still busy with the previous scenario.
+wait_idle() {
+  local before after
+  for _ in $(seq 1 60); do
+    before="$(broker_ticks)"
+    sleep 0.5
+    after="$(broker_ticks)"
+    if ((after - before <= 2)); then
+      return 0
+    fi
+  done
+  log "  brokers still busy after 30 s; going on"
+}
+
+# Percentage of CPU time the whole machine spent busy over one second (from /proc/stat).
+machine_busy_pct() {
+  local a b
+  read -r -a a < <(grep '^cpu ' /proc/stat)
+  sleep 1
+  read -r -a b < <(grep '^cpu ' /proc/stat)
+  local busy=0 total=0 i d
+  for i in 1 2 3 4 5 6 7 8; do
+    d=$((b[i] - a[i]))
+    total=$((total + d))
+    # idle (4) and iowait (5) are not busy.
+    if ((i != 4 && i != 5)); then
+      busy=$((busy + d))
+    fi
+  done
+  if ((total > 0)); then
+    echo $((100 * busy / total))
+  else
+    echo 0
+  fi
+}
+
+# ---- run -------------------------------------------------------------------------------
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+install_peers
+build_mqtter
+if ! [[ -x "$BENCH_BIN" ]]; then
+  log "no load generator at $BENCH_BIN (set BENCH_BIN or MQTTER_BIN)"
+  exit 1
+fi
+if [[ " $BROKERS " == *" mqtter "* ]] && ! [[ -x "$MQTTER_BIN" ]]; then
+  log "no mqtter binary at $MQTTER_BIN"
+  exit 1
+fi
+mkdir -p "$OUT_DIR"
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "cpus: $(nproc)"
+  echo "memory: $(free -h | awk '/^Mem:/ {print $2}')"
+  echo "kernel: $(uname -r)"
+  echo "open files limit: $(ulimit -n)"
+  command -v mosquitto >/dev/null && echo "mosquitto: $(mosquitto -h 2>/dev/null | head -1 || true)"
+  [[ -n "${RUMQTTD_BIN:-}" ]] && echo "rumqttd: $("$RUMQTTD_BIN" --version 2>/dev/null || true)"
+  echo "mqtter: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "bench args: $BENCH_ARGS"
+  echo "rounds: $ROUNDS"
+} >"$OUT_DIR/environment.txt"
+
+read -r -a broker_list <<<"$BROKERS"
+read -r -a scenario_list <<<"$SCENARIOS"
+started_at=$SECONDS
+for round in $(seq 1 "$ROUNDS"); do
+  # Rotate the order each round so that no broker always goes first.
+  n=${#broker_list[@]}
+  order=()
+  for i in $(seq 0 $((n - 1))); do
+    order+=("${broker_list[$(((i + round - 1) % n))]}")
+  done
+  log "round $round/$ROUNDS: ${order[*]}"
+  busy="$(machine_busy_pct)"
+  echo "round $round: machine busy ${busy}% before start" >>"$OUT_DIR/environment.txt"
+  if ((busy > 10)); then
+    log "warning: the machine is ${busy}% busy with other work; figures will be noisy"
+  fi
+  start_all "${order[@]}"
+  fresh=1
+  for s in "${scenario_list[@]}"; do
+    # `conns` reads the brokers' memory: it gets freshly started brokers, and the brokers
+    # are restarted after it, so that 10k closed connections do not weigh on what follows.
+    if [[ "$s" == conns && "$fresh" == 0 ]]; then
+      stop_brokers
+      start_all "${order[@]}"
+    fi
+    fresh=0
+    for b in "${order[@]}"; do
+      wait_idle
+      json="$OUT_DIR/$b--$s--r$round.json"
+      # shellcheck disable=SC2086 # BENCH_ARGS is a list of words on purpose
+      if "$BENCH_BIN" bench --broker "127.0.0.1:${PORT[$b]}" --scenario "$s" \
+        --broker-pid "${PID[$b]}" --timeout-secs "$TIMEOUT_SECS" --json "$json" $BENCH_ARGS \
+        >>"$OUT_DIR/bench.log" 2>&1; then
+        log "  $s on $b: $(tail -n 1 "$OUT_DIR/bench.log")"
+      else
+        log "  $s on $b: bench failed, see $OUT_DIR/bench.log"
+      fi
+      if ! kill -0 "${PID[$b]}" 2>/dev/null; then
+        log "  $b has exited; its log:"
+        tail -n 20 "$TMP/$b.log" >&2 || true
+        cp "$TMP/$b.log" "$OUT_DIR/$b-r$round.log" 2>/dev/null || true
+        start_broker "$b"
+      fi
+    done
+    if [[ "$s" == conns ]]; then
+      for b in "${order[@]}"; do
+        cp "$TMP/$b.log" "$OUT_DIR/$b-r$round-conns.log" 2>/dev/null || true
+      done
+      stop_brokers
+      start_all "${order[@]}"
+      fresh=1
+    fi
+  done
+  for b in "${order[@]}"; do
+    cp "$TMP/$b.log" "$OUT_DIR/$b-r$round.log" 2>/dev/null || true
+  done
+  stop_brokers
+done
+log "measured in $((SECONDS - started_at)) s; results in $OUT_DIR"
+
+python3 - "$OUT_DIR" "$BROKERS" "$SCENARIOS" <<'PY' | tee "$OUT_DIR/summary.md"
+import glob, json, os, statistics, sys
+
+out_dir, brokers, scenarios = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+runs = {}
+for path in glob.glob(os.path.join(out_dir, "*--*--r*.json")):
+    broker, _, _ = os.path.basename(path).split("--")
+    try:
+        with open(path) as f:
+            records = json.load(f)
+    except (OSError, ValueError):
+        continue
+    for r in records:
+        runs.setdefault((broker, r["name"]), []).append(r)
+
+IDLE = [("conn_per_sec", "conn/s"), ("rss_per_conn_bytes", "RSS bytes/conn")]
+MSG = [
+    ("msgs_per_sec", "msgs/s"),
+    ("p50_us", "p50 us"),
+    ("p99_us", "p99 us"),
+    ("p999_us", "p99.9 us"),
+    ("lost", "lost"),
+    ("broker_cpu_secs", "broker CPU s"),
+]
+
+def figure(broker, scenario, key):
+    vals = [r[key] for r in runs.get((broker, scenario), []) if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}"
+
+def errors(broker, scenario):
+    return [r["error"] for r in runs.get((broker, scenario), []) if r.get("error")]
+
+cols = ["scenario", "figure", "MQTTER", "Mosquitto", "rumqttd", "MQTTER/Mosquitto", "MQTTER/rumqttd"]
+rows = []
+for s in scenarios:
+    for key, label in (IDLE if s == "conns" else MSG):
+        m, q, r = (figure(b, s, key) for b in ("mqtter", "mosquitto", "rumqttd"))
+        rows.append([s, label, fmt(m), fmt(q), fmt(r), ratio(m, q), ratio(m, r)])
+
+print("Median over rounds. Ratio = MQTTER / peer: above 1 is better for msgs/s and conn/s,")
+print("worse for latency, memory, CPU and losses.")
+print()
+print("| " + " | ".join(cols) + " |")
+print("|" + "|".join("---" for _ in cols) + "|")
+for row in rows:
+    print("| " + " | ".join(row) + " |")
+problems = [(b, s, e) for b in brokers for s in scenarios for e in errors(b, s)]
+if problems:
+    print()
+    print("Errors:")
+    for b, s, e in problems:
+        print(f"- {b} {s}: {e}")
+PY
