@@ -410,9 +410,10 @@ impl Conn {
             temporary: Vec::new(),
         };
         if present {
-            // [MQTT-4.4.0-1]: resend what was in flight, with the original ids.
+            // [MQTT-4.4.0-1]: resend what was in flight, with the original ids, within the
+            // client's Receive Maximum [MQTT-4.9.0-2].
             let mut out = Vec::new();
-            conn.session.lock().resend_all(&mut out);
+            conn.session.lock().resend_all(conn.window, &mut out);
             conn.send(wire, out);
         }
         if let Some(account) = conn.username.as_deref()

@@ -50,6 +50,8 @@ pub struct Inflight {
     pub released: bool,
     /// Order of sending, so that a resend keeps it.
     pub order: u64,
+    /// To be resent (DUP) on this connection once the client's Receive Maximum leaves room.
+    pub resend: bool,
 }
 
 /// What the connection must send next, taken out of the session in one lock.
@@ -95,6 +97,8 @@ pub struct SessionState {
     pub dropped: u64,
     /// The token of the pending expiry timer; a timer with another token is stale.
     pub expiry_token: u64,
+    /// Some in-flight deliveries may still wait for their resend (see `resend_all`).
+    pending_resends: bool,
 }
 
 impl SessionState {
@@ -118,6 +122,7 @@ impl SessionState {
     /// Take what can be sent now: every queued QoS 0 message, and QoS 1/2 ones while fewer than
     /// `window` are in flight. Expired messages are dropped here [MQTT-3.3.2-5].
     pub fn take_sendable(&mut self, window: usize, now_ms: u64, out: &mut Vec<Outgoing>) {
+        self.take_resends(window, out);
         while let Some(front) = self.queue.front() {
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
                 break;
@@ -143,6 +148,7 @@ impl SessionState {
                         delivery: delivery.clone(),
                         released: false,
                         order: self.next_order,
+                        resend: false,
                     },
                 );
                 out.push(Outgoing::Publish {
@@ -155,21 +161,64 @@ impl SessionState {
     }
 
     /// Everything in flight, in the order it was first sent, to resend on a resumed session
-    /// [MQTT-4.4.0-1]: PUBLISH with DUP and the original id, or PUBREL.
-    pub fn resend_all(&self, out: &mut Vec<Outgoing>) {
-        let mut inflight: Vec<(&u16, &Inflight)> = self.inflight.iter().collect();
-        inflight.sort_by_key(|(_, f)| f.order);
-        for (id, f) in inflight {
+    /// [MQTT-4.4.0-1]: PUBLISH with DUP and the original id, or PUBREL. Resent PUBLISHes use up
+    /// the new connection's send quota like new ones [MQTT-4.9.0-1], [MQTT-4.9.0-2]: past
+    /// `window` (released deliveries hold their slot until PUBCOMP) they wait, marked `resend`,
+    /// for `take_sendable` as acknowledgements come in.
+    pub fn resend_all(&mut self, window: usize, out: &mut Vec<Outgoing>) {
+        let mut order: Vec<(u64, u16)> =
+            self.inflight.iter().map(|(id, f)| (f.order, *id)).collect();
+        order.sort_unstable();
+        let mut on_wire = self.inflight.values().filter(|f| f.released).count();
+        for (_, id) in order {
+            let Some(f) = self.inflight.get_mut(&id) else {
+                continue;
+            };
+            f.resend = false;
             if f.released {
-                out.push(Outgoing::Release { packet_id: *id });
-            } else {
+                out.push(Outgoing::Release { packet_id: id });
+            } else if on_wire < window {
+                on_wire += 1;
                 out.push(Outgoing::Publish {
-                    packet_id: Some(*id),
+                    packet_id: Some(id),
+                    delivery: f.delivery.clone(),
+                    dup: true,
+                });
+            } else {
+                f.resend = true;
+                self.pending_resends = true;
+            }
+        }
+    }
+
+    /// The resends `resend_all` held back, in order, while the window has room.
+    fn take_resends(&mut self, window: usize, out: &mut Vec<Outgoing>) {
+        if !self.pending_resends {
+            return;
+        }
+        let mut waiting: Vec<(u64, u16)> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.resend && !f.released)
+            .map(|(id, f)| (f.order, *id))
+            .collect();
+        waiting.sort_unstable();
+        let mut on_wire = self.inflight.len() - waiting.len();
+        for (_, id) in waiting {
+            if on_wire >= window {
+                return;
+            }
+            if let Some(f) = self.inflight.get_mut(&id) {
+                f.resend = false;
+                on_wire += 1;
+                out.push(Outgoing::Publish {
+                    packet_id: Some(id),
                     delivery: f.delivery.clone(),
                     dup: true,
                 });
             }
         }
+        self.pending_resends = false;
     }
 
     /// Put back a message taken with `take_sendable` that could not be written.
@@ -189,6 +238,7 @@ impl SessionState {
                 delivery,
                 released: true,
                 order: self.next_order,
+                resend: false,
             },
         );
     }
@@ -374,7 +424,7 @@ mod tests {
             f.released = true;
         }
         let mut again = Vec::new();
-        state.resend_all(&mut again);
+        state.resend_all(10, &mut again);
         let ids: Vec<String> = again
             .iter()
             .map(|o| match o {
@@ -385,6 +435,41 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, ["P1true", "R2", "P3true"]);
+    }
+
+    #[test]
+    fn resends_wait_for_room_in_the_window() {
+        let mut state = SessionState::default();
+        for _ in 0..3 {
+            state.queue.push_back(delivery(QoS::AtLeastOnce));
+        }
+        state.queue.push_back(delivery(QoS::AtLeastOnce));
+        let mut out = Vec::new();
+        state.take_sendable(3, 0, &mut out);
+        let ids = |out: &[Outgoing]| -> Vec<String> {
+            out.iter()
+                .map(|o| match o {
+                    Outgoing::Publish { packet_id, dup, .. } => {
+                        format!("P{}{}", packet_id.unwrap_or(0), dup)
+                    }
+                    Outgoing::Release { packet_id } => format!("R{packet_id}"),
+                })
+                .collect()
+        };
+        // Resumed with a window of 1: one resend now, the next once id 1 is acknowledged, and
+        // the queued message only after every resend.
+        let mut again = Vec::new();
+        state.resend_all(1, &mut again);
+        assert_eq!(ids(&again), ["P1true"]);
+        let mut more = Vec::new();
+        state.take_sendable(1, 0, &mut more);
+        assert!(more.is_empty());
+        for (acked, expect) in [(1, "P2true"), (2, "P3true"), (3, "P4false")] {
+            state.inflight.remove(&acked);
+            let mut more = Vec::new();
+            state.take_sendable(1, 0, &mut more);
+            assert_eq!(ids(&more), [expect]);
+        }
     }
 
     #[test]

@@ -359,3 +359,59 @@ async fn resumed_session_resends_pubrel_for_a_received_qos2() {
         other => panic!("expected PUBLISH, got {other:?}"),
     }
 }
+
+/// v5 [MQTT-4.9.0-1], [MQTT-4.9.0-2]: the send quota starts again from the client's Receive
+/// Maximum on every connection, and resent PUBLISHes use it up like new ones: a client resuming
+/// with a smaller Receive Maximum gets its unacknowledged messages again (DUP, original ids,
+/// [MQTT-4.4.0-1]) no more than that many at a time.
+#[tokio::test]
+async fn v5_resend_on_resume_respects_the_new_receive_maximum() {
+    use v5::QoS;
+    let daemon = Daemon::start();
+    let connect = |receive_maximum| {
+        let mut connect = raw::connect5("resume-window");
+        connect.clean_start = false;
+        let mut props = p5::ConnectProperties::new();
+        props.session_expiry_interval = Some(60);
+        props.receive_maximum = Some(receive_maximum);
+        connect.properties = Some(props);
+        connect
+    };
+    let next = |packet: p5::Packet| match packet {
+        p5::Packet::Publish(p) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    let (mut sub, _) = raw::open5(daemon.mqtt, connect(3), None).await;
+    sub.subscribe(1, vec![p5::Filter::new("resume/t", QoS::AtLeastOnce)], None)
+        .await;
+    let mut publisher = v5::connect(v5::options(&daemon, "resume-window-pub")).await;
+    for i in 0..3 {
+        publisher
+            .publish("resume/t", QoS::AtLeastOnce, false, format!("m{i}"))
+            .await;
+    }
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(next(sub.recv().await));
+    }
+    sub.send(p5::Packet::Disconnect(p5::Disconnect::new(
+        p5::DisconnectReasonCode::NormalDisconnection,
+    )))
+    .await;
+    sub.expect_closed().await;
+
+    let (mut sub, ack) = raw::open5(daemon.mqtt, connect(1), None).await;
+    assert!(ack.session_present);
+    for (i, original) in first.iter().enumerate() {
+        let resent = next(sub.recv().await);
+        assert!(resent.dup);
+        assert_eq!(resent.pkid, original.pkid);
+        assert_eq!(&resent.payload[..], format!("m{i}").as_bytes());
+        assert!(
+            sub.recv_within(QUIET).await.is_err(),
+            "more than Receive Maximum (1) resent at once"
+        );
+        sub.send(p5::Packet::PubAck(p5::PubAck::new(resent.pkid, None)))
+            .await;
+    }
+}
