@@ -267,6 +267,7 @@ impl Broker {
         clean_start: bool,
         expiry_secs: u32,
         owner: u64,
+        waker: Arc<tokio::sync::Notify>,
     ) -> (Arc<Session>, bool) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         // A new connection for this client id stops a delayed will [MQTT-3.1.3-9].
@@ -280,9 +281,13 @@ impl Broker {
             if state.owner != 0 {
                 state.eviction = Some(Eviction::TakenOver);
                 state.owner = 0;
+                let old_waker = state.waker.take();
                 drop(state);
                 old.set_online(false);
-                old.wake.notify_one();
+                // A permit is stored even if the old connection is busy: it will see it.
+                if let Some(old_waker) = old_waker {
+                    old_waker.notify_one();
+                }
             }
         }
         let (session, present) = match existing {
@@ -299,6 +304,7 @@ impl Broker {
             state.owner = owner;
             state.eviction = None;
             state.expiry_secs = expiry_secs;
+            state.waker = Some(waker);
         }
         session.set_online(true);
         sessions.insert(session.client_id.clone(), session.clone());
@@ -332,6 +338,7 @@ impl Broker {
                 return;
             }
             state.owner = 0;
+            state.waker = None;
             state.expiry_secs
         };
         session.set_online(false);
@@ -599,7 +606,7 @@ impl Broker {
             if state.owner != 0 {
                 state.eviction = Some(Eviction::Shutdown);
                 drop(state);
-                session.wake.notify_one();
+                session.wake();
             }
         }
     }

@@ -216,6 +216,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
 struct Conn {
     broker: Arc<Broker>,
     session: Arc<Session>,
+    /// This connection's own wake-up (see `SessionState::waker`).
+    waker: Arc<tokio::sync::Notify>,
     owner: u64,
     client_id: Arc<str>,
     /// The authenticated account, `None` for anonymous clients.
@@ -381,7 +383,9 @@ impl Conn {
             return refuse(wire, reason::QUOTA_EXCEEDED, "too many connections");
         }
         let owner = broker.next_token();
-        let (session, present) = broker.attach(&client_id, connect.clean_start, expiry, owner);
+        let waker = Arc::new(tokio::sync::Notify::new());
+        let (session, present) =
+            broker.attach(&client_id, connect.clean_start, expiry, owner, waker.clone());
         wire.connack(present, reason::SUCCESS, props);
         wire.set_client_limits(connect.max_packet_size, connect.topic_alias_max);
         let mut will = connect.will;
@@ -393,6 +397,7 @@ impl Conn {
         let mut conn = Conn {
             broker: broker.clone(),
             session,
+            waker,
             owner,
             client_id,
             username,
@@ -451,7 +456,7 @@ impl Conn {
                 return End::Abnormal;
             }
             let event = {
-                let session = self.session.clone();
+                let waker = self.waker.clone();
                 let waiting = &mut self.waiting;
                 let keepalive = async {
                     match deadline {
@@ -467,7 +472,7 @@ impl Conn {
                 };
                 tokio::select! {
                     biased;
-                    _ = session.wake.notified() => Event::Wake,
+                    _ = waker.notified() => Event::Wake,
                     result = durable => Event::Durable(result),
                     read = io.fill() => Event::Read(read),
                     _ = keepalive => Event::KeepaliveTimeout,
@@ -772,9 +777,17 @@ impl Conn {
         let Some(device) = self.device.take() else {
             return;
         };
-        for stamp in self.session.take_im_unacked() {
-            if let Some(cursor) = self.cursors.get_mut(&stamp.conv) {
-                *cursor = (*cursor).min(stamp.seq.saturating_sub(1));
+        // A persistent session taken over by a new connection keeps its queue and in-flight
+        // messages: the new connection delivers them (and its own sync is queued there too).
+        let taken_over = {
+            let owner = self.session.lock().owner;
+            owner != 0 && owner != self.owner
+        };
+        if !taken_over {
+            for stamp in self.session.take_im_unacked() {
+                if let Some(cursor) = self.cursors.get_mut(&stamp.conv) {
+                    *cursor = (*cursor).min(stamp.seq.saturating_sub(1));
+                }
             }
         }
         let cursors: Vec<(String, u64)> = self

@@ -97,6 +97,9 @@ pub struct SessionState {
     pub dropped: u64,
     /// The token of the pending expiry timer; a timer with another token is stale.
     pub expiry_token: u64,
+    /// Wakes the connection that owns the session. Each connection has its own, so that a
+    /// takeover wakes the old connection for sure and it never takes a wake-up meant for the new.
+    pub waker: Option<Arc<Notify>>,
     /// Some in-flight deliveries may still wait for their resend (see `resend_all`).
     pending_resends: bool,
 }
@@ -249,8 +252,6 @@ impl SessionState {
 pub struct Session {
     pub client_id: Arc<str>,
     state: Mutex<SessionState>,
-    /// Wakes the owning connection: new messages, or an eviction.
-    pub wake: Notify,
     /// True while a connection serves the session (read without the lock by the router, to
     /// prefer online members of a shared subscription).
     online: AtomicBool,
@@ -270,7 +271,6 @@ impl Session {
         Self {
             client_id,
             state: Mutex::new(SessionState::default()),
-            wake: Notify::new(),
             online: AtomicBool::new(false),
         }
     }
@@ -291,6 +291,14 @@ impl Session {
         self.online.store(online, Ordering::Relaxed);
     }
 
+    /// Wake the connection that owns the session, if any (new messages, or an eviction).
+    pub fn wake(&self) {
+        let waker = self.lock().waker.clone();
+        if let Some(waker) = waker {
+            waker.notify_one();
+        }
+    }
+
     /// Queue a delivery for the client and wake its connection.
     pub fn offer(&self, mut delivery: Delivery, limits: &QueueLimits) -> Offered {
         let online = self.is_online();
@@ -308,7 +316,7 @@ impl Session {
                     state.dropped += 1;
                     state.eviction = Some(Eviction::Overflow);
                     drop(state);
-                    self.wake.notify_one();
+                    self.wake();
                     return Offered::Dropped;
                 }
                 _ => {
@@ -327,7 +335,7 @@ impl Session {
         state.queue.push_back(delivery);
         drop(state);
         if online {
-            self.wake.notify_one();
+            self.wake();
         }
         Offered::Queued(store_seq)
     }
@@ -338,7 +346,7 @@ impl Session {
     /// and wake the connection.
     pub fn force(&self, delivery: Delivery) {
         self.lock().queue.push_back(delivery);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Put deliveries at the front of the queue, in order, whatever the bound (the IM sync:
@@ -349,7 +357,7 @@ impl Session {
             state.queue.push_front(delivery);
         }
         drop(state);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Take every IM delivery (stamped) still queued or unacknowledged out of the session, and
