@@ -587,6 +587,9 @@ impl Conn {
                             // Already sent (it was both in the sync and live).
                             if let Some(id) = packet_id {
                                 self.finish(id);
+                                // Its place in the window is free: drain again, or what is
+                                // queued behind it waits for the next unrelated wake-up.
+                                self.waker.notify_one();
                             }
                             continue;
                         }
@@ -612,6 +615,7 @@ impl Conn {
                             self.broker.metrics.dropped.fetch_add(1, Ordering::Relaxed);
                             if let Some(id) = packet_id {
                                 self.finish(id);
+                                self.waker.notify_one();
                             }
                         }
                     }

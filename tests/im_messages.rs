@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::im::{Peer, World, conv, friends, persons, with_user};
+use crate::common::im::{Ev, Opts, Peer, World, conv, friends, persons, with_user};
 use crate::common::raw;
 
 fn alice_and_bob() -> String {
@@ -485,4 +485,117 @@ fn a_client_id_naming_another_account_is_refused() {
     let (_, connack) =
         raw::Client::connect(addr, &raw::Connect::v3("alice").login("alice", "nope"));
     assert_eq!(connack.code(), 0x04);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_messages_count_as_missed() {
+    let world = World::with(&alice_and_bob(), "");
+    let mut alice = world.v5("alice").await;
+    alice.sync().await;
+    // bob's phone receives but never acknowledges.
+    let lazy = Opts {
+        manual_acks: true,
+        ..Opts::default()
+    };
+    let mut bob = Peer::connect_with(world.port(), "bob:phone", lazy).await;
+    bob.sync().await;
+    send_many(&mut alice, 1, 4).await;
+    for i in 1..4 {
+        bob.message("person/bob/inbox", |m| m["seq"] == i).await;
+    }
+    bob.disconnect().await;
+    alice.presence("bob", "offline").await;
+    send_many(&mut alice, 4, 6).await;
+    let mut bob = world.v3("bob:phone").await;
+    let (_, replayed, _) = bob.sync().await;
+    assert_replayed(&replayed, 1, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_gets_each_message_once() {
+    let world = World::with(&alice_and_bob(), "");
+    let mut alice = world.v5("alice").await;
+    alice.sync().await;
+    for v5 in [false, true] {
+        let device = if v5 { "bob:v5" } else { "bob:v3" };
+        let persistent = Opts {
+            v5,
+            clean: false,
+            ..Opts::default()
+        };
+        let mut bob = Peer::connect_with(world.port(), device, persistent).await;
+        bob.sync().await;
+        let first = alice
+            .ok("history", json!({ "conv": conv("alice", "bob") }))
+            .await["last_seq"]
+            .as_u64()
+            .unwrap();
+        send_many(&mut alice, first as u32 + 1, first as u32 + 2).await;
+        bob.message("person/bob/inbox", |m| m["seq"] == first + 1)
+            .await;
+        bob.disconnect().await;
+        alice.presence("bob", "offline").await;
+
+        send_many(&mut alice, first as u32 + 2, first as u32 + 5).await;
+        let mut bob = Peer::connect_with(world.port(), device, persistent).await;
+        let (_, replayed, _) = bob.sync().await;
+        assert_replayed(&replayed, first as u32 + 2, first as u32 + 5);
+        send_many(&mut alice, first as u32 + 5, first as u32 + 6).await;
+        bob.message("person/bob/inbox", |m| m["seq"] == first + 5)
+            .await;
+        let got: Vec<Value> = bob
+            .received_on("person/bob/inbox")
+            .into_iter()
+            .filter(|m| m["type"] == "msg")
+            .collect();
+        assert_eq!(
+            seqs(&got),
+            (first + 2..=first + 5).collect::<Vec<_>>(),
+            "{device}"
+        );
+        bob.disconnect().await;
+        alice.presence("bob", "offline").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_device_taken_over_still_gets_its_messages() {
+    // One message in flight at a time, so the old connection still has messages queued when
+    // the new one takes its session over.
+    let world = World::with(&alice_and_bob(), "[limits]\nmax_inflight = 1\n");
+    let mut alice = world.v5("alice").await;
+    alice.sync().await;
+    send_many(&mut alice, 1, 6).await;
+
+    let persistent = Opts {
+        clean: false,
+        ..Opts::default()
+    };
+    // The old connection acknowledges nothing: the sync stays in flight, the rest queued.
+    let mut old = Peer::connect_with(
+        world.port(),
+        "bob:phone",
+        Opts {
+            manual_acks: true,
+            ..persistent
+        },
+    )
+    .await;
+    old.notice("sync").await;
+    // The same device comes back on a new connection (its network changed, say).
+    let mut bob = Peer::connect_with(world.port(), "bob:phone", persistent).await;
+    old.wait("the old connection's end", |e| matches!(e, Ev::Closed(_)))
+        .await;
+    for i in 1..6 {
+        bob.message("person/bob/inbox", |m| m["seq"] == i).await;
+    }
+    // Live messages go on from there; each arrives once.
+    send_many(&mut alice, 6, 8).await;
+    bob.message("person/bob/inbox", |m| m["seq"] == 7).await;
+    let got: Vec<Value> = bob
+        .received_on("person/bob/inbox")
+        .into_iter()
+        .filter(|m| m["type"] == "msg")
+        .collect();
+    assert_eq!(seqs(&got), (1..8).collect::<Vec<_>>());
 }

@@ -236,16 +236,59 @@ fn from_v5(packet: p5::Packet) -> Option<Ev> {
     })
 }
 
+/// How a [`Peer`] connects.
+#[derive(Debug, Clone, Copy)]
+pub struct Opts {
+    pub v5: bool,
+    /// Seconds (v5: at least 5, rumqttc's floor).
+    pub keep_alive: u64,
+    /// Clean session (v3) / clean start with no session expiry (v5); else a persistent session.
+    pub clean: bool,
+    /// Leave incoming QoS 1 PUBLISHes unacknowledged.
+    pub manual_acks: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            v5: false,
+            keep_alive: 30,
+            clean: true,
+            manual_acks: false,
+        }
+    }
+}
+
 impl Peer {
     /// Connect as the account `client_id` names (clean session), and wait for the CONNACK.
     pub async fn connect(port: u16, client_id: &str, v5: bool, keep_alive: u64) -> Peer {
+        let opts = Opts {
+            v5,
+            keep_alive,
+            ..Opts::default()
+        };
+        Self::connect_with(port, client_id, opts).await
+    }
+
+    /// Connect with `opts` as the account `client_id` names, and wait for the CONNACK.
+    pub async fn connect_with(port: u16, client_id: &str, o: Opts) -> Peer {
+        let Opts {
+            v5,
+            keep_alive,
+            clean,
+            manual_acks,
+        } = o;
         let account = client_id.split(':').next().unwrap_or_default().to_owned();
         let (tx, rx) = mpsc::unbounded_channel();
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
         let (client, task) = if v5 {
             let mut opts = rumqttc::v5::MqttOptions::new(client_id, "127.0.0.1", port);
             opts.set_credentials(account.clone(), password(&account));
-            opts.set_clean_start(true);
+            opts.set_clean_start(clean);
+            if !clean {
+                opts.set_session_expiry_interval(Some(3600));
+            }
+            opts.set_manual_acks(manual_acks);
             opts.set_keep_alive(Duration::from_secs(keep_alive.max(5)));
             let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 512);
             let task = tokio::spawn(async move {
@@ -279,7 +322,8 @@ impl Peer {
         } else {
             let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
             opts.set_credentials(account.clone(), password(&account));
-            opts.set_clean_session(true);
+            opts.set_clean_session(clean);
+            opts.set_manual_acks(manual_acks);
             opts.set_keep_alive(Duration::from_secs(keep_alive));
             opts.set_max_packet_size(1 << 20, 1 << 20);
             let (client, mut el) = rumqttc::AsyncClient::new(opts, 512);
