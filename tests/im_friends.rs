@@ -289,3 +289,21 @@ async fn a_blocked_person_can_neither_ask_nor_message() {
     carol.notice("friend.pending").await;
     alice.notice("friend.request").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_asked_for_is_capped() {
+    let yaml = persons(&["alice", "bob"]) + &friends(&[("alice", "bob")]);
+    let world = World::with(&yaml, "[im]\nrecycle_max_secs = 100\n");
+    let mut alice = world.v5("alice").await;
+    alice.sync().await;
+    let code = alice
+        .unsubscribe_with("person/bob/status", user(&[("im-retain-secs", "999999")]))
+        .await;
+    assert_eq!(code, Some(0));
+    let list = alice.ok("recycle.list", json!({})).await;
+    let entry = &list["entries"][0];
+    assert_eq!(
+        entry["expires_at"].as_u64().unwrap() - entry["removed_at"].as_u64().unwrap(),
+        100_000
+    );
+}

@@ -599,3 +599,51 @@ async fn a_persistent_device_taken_over_still_gets_its_messages() {
         .collect();
     assert_eq!(seqs(&got), (1..8).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v5_client_may_continue_a_chain() {
+    let world = World::with(&alice_and_bob(), "");
+    let mut alice = world.v5("alice").await;
+    let mut bob = world.v5("bob").await;
+    alice.sync().await;
+    bob.sync().await;
+    assert_eq!(alice.publish("person/bob/inbox", "first").await, 0);
+    let first = bob.message("person/bob/inbox", |_| true).await;
+    assert_eq!(first["chain"], json!({ "id": first["id"], "hop": 0 }));
+    let code = alice
+        .publish_with(
+            "person/bob/inbox",
+            "second",
+            with_user(&[("chain-id", first["id"].as_str().unwrap())]),
+        )
+        .await;
+    assert_eq!(code, 0);
+    let second = bob.message("person/bob/inbox", |m| m["seq"] == 2).await;
+    assert_eq!(second["chain"], json!({ "id": first["id"], "hop": 0 }));
+    assert_ne!(second["id"], first["id"]);
+}
+
+#[test]
+fn anonymous_clients_and_things_are_kept_out() {
+    let yaml = alice_and_bob() + "things:\n  - { id: door, secret: door-secret }\n";
+    let world = World::with(&yaml, "allow_anonymous = true\n");
+    let addr = world.daemon.mqtt;
+    let anonymous = raw::Connect::v5("someone");
+    let stranger = raw::Connect::v5("stranger").login("stranger", "whatever");
+    let thing = raw::Connect::v5("door").login("door", "door-secret");
+    for connect in [anonymous, stranger, thing] {
+        let mut client = raw::Client::session(addr, &connect);
+        let codes = client.subscribe(&[
+            ("person/alice/status", 1),
+            ("person/alice/inbox", 1),
+            ("group/family", 1),
+            ("$im/req", 1),
+        ]);
+        assert_eq!(codes, [0x87; 4], "{}", connect.client_id);
+        for topic in ["person/alice/inbox", "group/family", "$im/req"] {
+            assert_eq!(client.publish(topic, 1, false, b"hi"), 0x87, "{topic}");
+            // QoS 2 is refused in the PUBREC.
+            assert_eq!(client.publish(topic, 2, false, b"hi"), 0x87, "{topic}");
+        }
+    }
+}

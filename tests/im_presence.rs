@@ -163,3 +163,29 @@ async fn status_text_and_chosen_away_reach_friends_only() {
     // carol, still only asking, saw nothing of it.
     saw_nothing_of_alice(&mut carol).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_is_offline_only_when_the_last_device_leaves() {
+    let world = world("");
+    let mut bob = world.v5("bob").await;
+    bob.sync().await;
+    bob.presence("alice", "offline").await;
+    let mut phone = world.v5("alice:phone").await;
+    let laptop = world.v3("alice:laptop").await;
+    phone.sync().await;
+    bob.presence("alice", "online").await;
+    laptop.disconnect().await;
+    // Still online: a presence published now (a new text) says so.
+    let code = phone
+        .publish("person/alice/status", r#"{"text":"on the phone"}"#)
+        .await;
+    assert_eq!(code, 0);
+    let status = bob
+        .wait_msg("alice's new text", |m| {
+            m.topic == "person/alice/status" && m.json["text"] == "on the phone"
+        })
+        .await;
+    assert_eq!(status.json["presence"], "online");
+    phone.disconnect().await;
+    bob.presence("alice", "offline").await;
+}
