@@ -339,3 +339,69 @@ async fn a_join_request_waits_for_an_admin() {
     );
     assert_eq!(dave.subscribe("group/nowhere").await, 0x87);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_survive_a_restart() {
+    let mut world = World::with(&persons(&["alice", "bob", "carol"]), "");
+    let mut alice = world.v5("alice").await;
+    let mut bob = world.v5("bob").await;
+    let mut carol = world.v5("carol").await;
+    for peer in [&mut alice, &mut bob, &mut carol] {
+        peer.sync().await;
+    }
+    team(&mut alice, "team", &mut [&mut bob, &mut carol]).await;
+    for i in 1..=3 {
+        assert_eq!(alice.publish("group/team", format!("t{i}")).await, 0);
+    }
+    alice
+        .ok("group.kick", json!({ "group": "team", "member": "carol" }))
+        .await;
+    let code = bob
+        .unsubscribe_with("group/team", user(&[("im-retain-secs", "600")]))
+        .await;
+    assert_eq!(code, Some(0));
+    alice.notice("group.left").await;
+    alice
+        .ok(
+            "group.create",
+            json!({ "group": "gone", "name": "Short-lived" }),
+        )
+        .await;
+    alice.ok("group.dissolve", json!({ "group": "gone" })).await;
+    drop((alice, bob, carol));
+    world.daemon.restart();
+
+    let mut alice = world.v5("alice").await;
+    let mut bob = world.v5("bob").await;
+    let mut carol = world.v5("carol").await;
+    let (roster, _, _) = alice.sync().await;
+    let groups: Vec<&str> = roster["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, ["team"]);
+    assert_eq!(roster["groups"][0]["last_seq"], 3);
+    let (roster, _, _) = bob.sync().await;
+    assert_eq!(roster["groups"], json!([]));
+    assert_eq!(roster["recycle"][0]["peer"], "team");
+    carol.sync().await;
+
+    // bob comes back from the bin; carol stays out; the sequence goes on.
+    bob.ok("group.restore", json!({ "group": "team" })).await;
+    assert_eq!(carol.publish("group/team", "me too").await, 0x87);
+    assert_eq!(alice.publish("group/gone", "hello?").await, 0x87);
+    assert_eq!(alice.publish("group/team", "t4").await, 0);
+    let t4 = bob.message("group/team", |_| true).await;
+    assert_eq!(t4["seq"], 4);
+    let members = alice.ok("group.members", json!({ "group": "team" })).await;
+    let mut ids: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["alice", "bob"]);
+}

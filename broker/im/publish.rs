@@ -153,9 +153,11 @@ impl Gate {
             }
             ["$im", "req"] => {
                 self.request(broker, device, &p.payload, p.props, now);
+                // A request may have written relations, the bin, cursors: acknowledged means
+                // durable, as for a message.
                 Ok(Outcome {
                     code: reason::SUCCESS,
-                    needs_flush: false,
+                    needs_flush: durable,
                 })
             }
             _ => Err(ImError::NotAuthorized(format!(
