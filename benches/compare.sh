@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Benchmark comparison: runs the plain-MQTT `mqtter bench` scenarios against MQTTER, Mosquitto and rumqttd on loopback, alternating brokers, and prints the figures side by side.
+# Benchmark comparison: runs the `mqtter bench` scenarios against MQTTER, Mosquitto and rumqttd on loopback, alternating brokers, and prints the figures side by side.
 #
 # Usage: benches/compare.sh
 #
 # Environment (all optional):
-#   BROKERS       brokers to measure (default "mqtter mosquitto rumqttd")
+#   BROKERS       brokers to measure (default "mqtter mqtter-async mosquitto rumqttd");
+#                 mqtter-async is MQTTER with `durability = "async"`, measured on the QoS 1
+#                 and IM scenarios only
 #   SCENARIOS     scenarios; each runs against every broker in turn before the next one
-#                 (default: every plain-MQTT scenario; `conns` always gets freshly started
-#                 brokers, which are restarted after it)
+#                 (default: every plain-MQTT scenario, then the IM ones, which run against
+#                 MQTTER only; `conns` always gets freshly started brokers, which are
+#                 restarted after it)
 #   ROUNDS        rounds (default 3); each round starts fresh brokers and rotates their order;
 #                 the table shows the median over rounds
 #   BENCH_ARGS    extra arguments for `mqtter bench`, e.g. "--quick" or "--connections 5000"
@@ -22,8 +25,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BROKERS="${BROKERS:-mqtter mosquitto rumqttd}"
-SCENARIOS="${SCENARIOS:-conns pairs-qos0 pairs-qos1 pairs-qos0-rate pairs-qos1-rate fanout-qos0 fanout-qos1 fanin-qos0 fanin-qos1}"
+BROKERS="${BROKERS:-mqtter mqtter-async mosquitto rumqttd}"
+SCENARIOS="${SCENARIOS:-conns pairs-qos0 pairs-qos1 pairs-qos0-rate pairs-qos1-rate fanout-qos0 fanout-qos1 fanin-qos0 fanin-qos1 im-direct im-group im-reconnect}"
 ROUNDS="${ROUNDS:-3}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 TIMEOUT_SECS="${TIMEOUT_SECS:-60}"
@@ -97,7 +100,7 @@ build_mqtter() {
   if [[ "$SKIP_BUILD" == 1 ]]; then
     return
   fi
-  if [[ " $BROKERS " == *" mqtter "* || "$BENCH_BIN" == "$ROOT/target/release/mqtter" ]]; then
+  if [[ " $BROKERS " == *" mqtter"* || "$BENCH_BIN" == "$ROOT/target/release/mqtter" ]]; then
     log "building mqtter (release)"
     (cd "$ROOT" && cargo build --release --bin mqtter)
   fi
@@ -124,19 +127,37 @@ free_port() {
 
 wait_port() {
   local name="$1" port="$2" pid="$3"
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 600); do
     if ! kill -0 "$pid" 2>/dev/null; then
       log "$name exited during startup; its log:"
       cat "$TMP/$name.log" >&2 || true
       return 1
     fi
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    if [[ "$name" == mqtter* ]]; then
+      # MQTTER binds before it loads the definitions; it says when it serves.
+      if grep -q "mqtter listening" "$TMP/$name.log" 2>/dev/null; then
+        return 0
+      fi
+    elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       return 0
     fi
     sleep 0.1
   done
-  log "$name did not listen on 127.0.0.1:$port within 20 s"
+  log "$name did not listen on 127.0.0.1:$port within 60 s"
   return 1
+}
+
+# Whether scenario $2 runs against broker $1: the IM world is MQTTER's alone, and
+# mqtter-async differs from mqtter only where acknowledgements wait for durability.
+applies() {
+  local b="$1" s="$2"
+  case "$b:$s" in
+    mqtter:*) return 0 ;;
+    mqtter-async:*qos1* | mqtter-async:im-*) return 0 ;;
+    mqtter-async:*) return 1 ;;
+    *:im-*) return 1 ;;
+    *) return 0 ;;
+  esac
 }
 
 start_broker() {
@@ -186,15 +207,21 @@ next_connection_delay_ms = 0
 EOF
       "$RUMQTTD_BIN" -q -c "$TMP/rumqttd.toml" >"$TMP/$b.log" 2>&1 &
       ;;
-    mqtter)
+    mqtter | mqtter-async)
       # A fresh, empty data directory on every start, like the peers' disabled persistence.
-      rm -rf "$TMP/mqtter-data"
-      mkdir -p "$TMP/mqtter-data"
-      "$MQTTER_BIN" serve --listen "127.0.0.1:$port" --allow-anonymous --data "$TMP/mqtter-data" \
+      # The configuration carries the IM scenarios' accounts (`mqtter bench --im-setup`) and
+      # queues as unbounded as the peers' (Mosquitto's max_queued_messages 0), so that a
+      # subscriber behind on QoS 0 is not dropped messages the peers would keep.
+      rm -rf "$TMP/$b-data"
+      mkdir -p "$TMP/$b-data"
+      local durability=sync
+      [[ "$b" == mqtter-async ]] && durability=async
+      "$MQTTER_BIN" serve --config "$TMP/im/mqtter.toml" --listen "127.0.0.1:$port" \
+        --ws-listen off --allow-anonymous --data "$TMP/$b-data" --durability "$durability" \
         >"$TMP/$b.log" 2>&1 &
       ;;
     *)
-      log "unknown broker $b (known: mqtter mosquitto rumqttd)"
+      log "unknown broker $b (known: mqtter mqtter-async mosquitto rumqttd)"
       return 1
       ;;
   esac
@@ -267,11 +294,20 @@ if ! [[ -x "$BENCH_BIN" ]]; then
   log "no load generator at $BENCH_BIN (set BENCH_BIN or MQTTER_BIN)"
   exit 1
 fi
-if [[ " $BROKERS " == *" mqtter "* ]] && ! [[ -x "$MQTTER_BIN" ]]; then
+if [[ " $BROKERS " == *" mqtter"* ]] && ! [[ -x "$MQTTER_BIN" ]]; then
   log "no mqtter binary at $MQTTER_BIN"
   exit 1
 fi
 mkdir -p "$OUT_DIR"
+# The IM scenarios' persons, friendships and group, for MQTTER's `rules_dir`.
+# shellcheck disable=SC2086 # BENCH_ARGS is a list of words on purpose
+"$BENCH_BIN" bench --im-setup "$TMP/im" $BENCH_ARGS 2>/dev/null
+cat >>"$TMP/im/mqtter.toml" <<EOF
+
+[limits]
+max_queued = 10000000
+EOF
+cp "$TMP/im/mqtter.toml" "$OUT_DIR/mqtter.toml"
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -313,6 +349,7 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     fresh=0
     for b in "${order[@]}"; do
+      applies "$b" "$s" || continue
       wait_idle
       json="$OUT_DIR/$b--$s--r$round.json"
       # shellcheck disable=SC2086 # BENCH_ARGS is a list of words on purpose
@@ -370,6 +407,12 @@ MSG = [
     ("lost", "lost"),
     ("broker_cpu_secs", "broker CPU s"),
 ]
+RECONNECT = [
+    ("seconds", "secs to sync.done"),
+    ("msgs_per_sec", "msgs/s"),
+    ("lost", "lost"),
+    ("broker_cpu_secs", "broker CPU s"),
+]
 
 def figure(broker, scenario, key):
     vals = [r[key] for r in runs.get((broker, scenario), []) if r.get(key) is not None]
@@ -390,12 +433,17 @@ def ratio(a, b):
 def errors(broker, scenario):
     return [r["error"] for r in runs.get((broker, scenario), []) if r.get("error")]
 
-cols = ["scenario", "figure", "MQTTER", "Mosquitto", "rumqttd", "MQTTER/Mosquitto", "MQTTER/rumqttd"]
+names = {"mqtter": "MQTTER", "mqtter-async": "MQTTER async", "mosquitto": "Mosquitto", "rumqttd": "rumqttd"}
+shown = [b for b in ("mqtter", "mqtter-async", "mosquitto", "rumqttd") if b in brokers]
+cols = ["scenario", "figure"] + [names[b] for b in shown] + ["MQTTER/Mosquitto", "MQTTER/rumqttd"]
 rows = []
 for s in scenarios:
-    for key, label in (IDLE if s == "conns" else MSG):
-        m, q, r = (figure(b, s, key) for b in ("mqtter", "mosquitto", "rumqttd"))
-        rows.append([s, label, fmt(m), fmt(q), fmt(r), ratio(m, q), ratio(m, r)])
+    keys = IDLE if s == "conns" else RECONNECT if s == "im-reconnect" else MSG
+    for key, label in keys:
+        vals = {b: figure(b, s, key) for b in shown}
+        m = vals.get("mqtter")
+        rows.append([s, label] + [fmt(vals[b]) for b in shown]
+                    + [ratio(m, vals.get("mosquitto")), ratio(m, vals.get("rumqttd"))])
 
 print("Median over rounds. Ratio = MQTTER / peer: above 1 is better for msgs/s and conn/s,")
 print("worse for latency, memory, CPU and losses.")
@@ -404,6 +452,25 @@ print("| " + " | ".join(cols) + " |")
 print("|" + "|".join("---" for _ in cols) + "|")
 for row in rows:
     print("| " + " | ".join(row) + " |")
+
+# The IM figures against MQTTER's own plain ones (the targets of docs/BENCHMARKS.md).
+im = []
+for b in ("mqtter", "mqtter-async"):
+    if b not in shown:
+        continue
+    d, q1 = figure(b, "im-direct", "msgs_per_sec"), figure(b, "pairs-qos1", "msgs_per_sec")
+    if q1 is None:
+        q1 = figure("mqtter", "pairs-qos1", "msgs_per_sec")
+    g, fo = figure(b, "im-group", "msgs_per_sec"), figure("mqtter", "fanout-qos1", "msgs_per_sec")
+    if d is not None:
+        im.append(f"| {names[b]} | im-direct / pairs-qos1 | {ratio(d, q1)} |")
+    if g is not None:
+        im.append(f"| {names[b]} | im-group / fanout-qos1 | {ratio(g, fo)} |")
+if im:
+    print()
+    print("| broker | IM figure / plain figure | ratio |")
+    print("|---|---|---|")
+    print("\n".join(im))
 problems = [(b, s, e) for b in brokers for s in scenarios for e in errors(b, s)]
 if problems:
     print()

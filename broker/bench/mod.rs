@@ -4,7 +4,8 @@
 //! measures. Scenarios are data ([`scenario::Scenario`]); the engine ([`runner`]) runs any of
 //! them. Throughput counts deliveries from the first publish to the last delivery; latency is
 //! read from a timestamp in each payload; `conns` reports the broker's resident memory per
-//! idle connection and the connection setup rate.
+//! idle connection and the connection setup rate. The IM scenarios (`--scenario im`) need a
+//! broker started with the accounts `--im-setup DIR` writes.
 
 pub mod packets;
 pub mod runner;
@@ -28,17 +29,18 @@ pub struct BenchArgs {
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub broker: String,
     /// Scenario or group to run (repeatable or comma-separated): pairs, fanout, fanin, conns,
-    /// or a single one such as pairs-qos1-rate. Default: all plain-MQTT scenarios.
+    /// im (MQTTER's IM world), or a single one such as pairs-qos1-rate or im-direct.
+    /// Default: all plain-MQTT scenarios.
     #[arg(long, value_delimiter = ',')]
     pub scenario: Vec<String>,
-    /// Connections of each scenario: pairs for `pairs`, subscribers for `fanout`,
-    /// publishers for `fanin`, idle connections for `conns`.
+    /// Connections of each scenario: pairs for `pairs` and `im-direct`, subscribers for
+    /// `fanout`, publishers for `fanin`, members for `im-group`, idle connections for `conns`.
     #[arg(long)]
     pub connections: Option<usize>,
     /// PUBLISH packets sent in total by a saturating scenario.
     #[arg(long)]
     pub messages: Option<u64>,
-    /// Messages per second (all publishers together) of the fixed-rate scenarios [default: 10000].
+    /// Messages per second (all publishers together) of the fixed-rate scenarios [default: 20000].
     #[arg(long)]
     pub rate: Option<u64>,
     /// Duration of the fixed-rate scenarios in seconds [default: 5].
@@ -59,6 +61,12 @@ pub struct BenchArgs {
     /// Tiny sizes for a smoke test (about a second per scenario).
     #[arg(long)]
     pub quick: bool,
+    /// Write what a broker needs for the IM scenarios of these sizes into this folder, and
+    /// run nothing: `definitions/bench.yaml` (persons, friendships, the group) and
+    /// `mqtter.toml` (`rules_dir` pointing there, `im.sync_max_per_conv` for `im-reconnect`).
+    /// Start the broker with `mqtter serve --config DIR/mqtter.toml`.
+    #[arg(long, value_name = "DIR")]
+    pub im_setup: Option<PathBuf>,
 }
 
 /// Figures of one scenario; absent figures are `null` in JSON and `-` in the table.
@@ -275,15 +283,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ScenarioResult>> {
         .timeout_secs
         .unwrap_or(if quick { 10 } else { 60 })
         .clamp(1, 24 * 3600);
-    let broker = runner::resolve_loopback(&args.broker).await?;
     let sizes = Sizes {
         connections: args.connections,
         messages: args.messages,
-        rate: args.rate.unwrap_or(if quick { 1_000 } else { 10_000 }),
+        rate: args.rate.unwrap_or(if quick { 1_000 } else { 20_000 }),
         seconds: args.seconds.unwrap_or(if quick { 1.0 } else { 5.0 }),
         quick,
     };
-    let scenarios = scenario::select(scenario::builtin(&sizes), &args.scenario)?;
+    if let Some(dir) = &args.im_setup {
+        write_im_setup(dir, &sizes)?;
+        return Ok(Vec::new());
+    }
+    let broker = runner::resolve_loopback(&args.broker).await?;
+    let mut all = scenario::builtin(&sizes);
+    all.extend(scenario::builtin_im(&sizes));
+    let scenarios = scenario::select(all, &args.scenario)?;
     let run_id = format!("{:08x}", rand::random::<u32>());
     let cfg = Arc::new(RunConfig {
         broker,
@@ -350,9 +364,45 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ScenarioResult>> {
     Ok(results)
 }
 
+/// Writes the definitions file and the configuration the IM scenarios need (see `--im-setup`).
+pub fn write_im_setup(dir: &std::path::Path, sizes: &Sizes) -> anyhow::Result<()> {
+    let defs = dir.join("definitions");
+    std::fs::create_dir_all(&defs).with_context(|| format!("cannot create {}", defs.display()))?;
+    let scenarios = scenario::builtin_im(sizes);
+    let yaml = defs.join("bench.yaml");
+    std::fs::write(&yaml, scenario::im_definitions(&scenarios))
+        .with_context(|| format!("cannot write {}", yaml.display()))?;
+    let missed = scenarios
+        .iter()
+        .filter(|s| matches!(s.plan, ConnectionPlan::ImReconnect))
+        .map(|s| s.load.total_messages())
+        .max()
+        .unwrap_or(0)
+        .max(1000);
+    let defs_str = defs
+        .to_str()
+        .context("the --im-setup folder must be a UTF-8 path")?;
+    let toml = format!(
+        "# Written by `mqtter bench --im-setup`: the IM scenarios' accounts and limits.\n\
+         rules_dir = {defs_str:?}\n\n[im]\n\
+         # `im-reconnect` replays this many missed messages before `sync.done`.\n\
+         sync_max_per_conv = {missed}\n"
+    );
+    let config = dir.join("mqtter.toml");
+    std::fs::write(&config, toml).with_context(|| format!("cannot write {}", config.display()))?;
+    eprintln!(
+        "bench: wrote {} and {}; start the broker with `mqtter serve --config {}`",
+        yaml.display(),
+        config.display(),
+        config.display()
+    );
+    Ok(())
+}
+
 async fn run_one(cfg: &Arc<RunConfig>, sc: &Scenario) -> anyhow::Result<Measured> {
     match sc.plan {
         ConnectionPlan::Idle { connections } => runner::run_idle(cfg, sc, connections).await,
+        ConnectionPlan::ImReconnect => runner::run_im_reconnect(cfg, sc).await,
         _ => {
             let prefix = format!("mqtter-bench/{}/{}", cfg.run_id, sc.name);
             runner::run_messaging(cfg, sc, sc.topology(&prefix)).await

@@ -87,19 +87,35 @@ fn push_str(s: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
 
 /// Encodes a CONNECT packet (protocol level 4, clean session, no will, no credentials).
 pub fn connect(client_id: &str, keep_alive_secs: u16) -> Result<Vec<u8>, EncodeError> {
+    connect_as(client_id, keep_alive_secs, None)
+}
+
+/// Encodes a CONNECT packet (protocol level 4, clean session, no will), with a username and
+/// password when `login` is given.
+pub fn connect_as(
+    client_id: &str,
+    keep_alive_secs: u16,
+    login: Option<(&str, &str)>,
+) -> Result<Vec<u8>, EncodeError> {
     let id = client_id.as_bytes();
     if id.len() > usize::from(u16::MAX) {
         return Err(EncodeError::StringTooLong(id.len()));
     }
-    let body_len = 10 + 2 + id.len();
+    let creds = login.map_or(0, |(u, p)| 4 + u.len() + p.len());
+    let body_len = 10 + 2 + id.len() + creds;
     let mut out = Vec::with_capacity(body_len + 5);
     out.push(CONNECT);
     encode_remaining_length(body_len, &mut out)?;
     push_str(b"MQTT", &mut out)?;
     out.push(4); // protocol level 3.1.1
-    out.push(0x02); // clean session
+    // Clean session, and the username and password flags with a login.
+    out.push(if login.is_some() { 0xC2 } else { 0x02 });
     out.extend_from_slice(&keep_alive_secs.to_be_bytes());
     push_str(id, &mut out)?;
+    if let Some((user, password)) = login {
+        push_str(user.as_bytes(), &mut out)?;
+        push_str(password.as_bytes(), &mut out)?;
+    }
     Ok(out)
 }
 
@@ -130,6 +146,21 @@ pub fn disconnect() -> [u8; 2] {
     [DISCONNECT, 0x00]
 }
 
+/// The key of the timestamp in IM payloads: `{"mqb":"<20 digits>",...}`. The broker keeps a JSON
+/// body as it is inside its envelope, so the receiver finds the stamp by this key.
+pub const IM_STAMP_KEY: &[u8] = b"\"mqb\":\"";
+/// Decimal digits of an IM timestamp (fixed, so the template's length never changes).
+const IM_STAMP_DIGITS: usize = 20;
+
+/// How a template carries the send time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StampAt {
+    /// 8 little-endian bytes at the start of the payload (plain MQTT).
+    Binary,
+    /// 20 ASCII digits at this offset of the payload, inside a JSON string (IM).
+    Ascii(usize),
+}
+
 /// A pre-encoded PUBLISH packet whose packet id and payload timestamp are patched per message.
 #[derive(Debug, Clone)]
 pub struct PublishTemplate {
@@ -138,11 +169,38 @@ pub struct PublishTemplate {
     pid_offset: Option<usize>,
     /// Offset of the payload.
     payload_offset: usize,
+    stamp: StampAt,
 }
 
 impl PublishTemplate {
     /// Builds a template for `topic` with a zero-filled payload of `payload_len` bytes.
     pub fn new(topic: &str, qos: u8, payload_len: usize) -> Result<Self, EncodeError> {
+        Self::with_payload(topic, qos, vec![0; payload_len], StampAt::Binary)
+    }
+
+    /// Builds a template for an IM message: a JSON object `{"mqb":"<stamp>","pad":"..."}` of
+    /// `payload_len` bytes (or the least that holds the stamp).
+    pub fn im(topic: &str, qos: u8, payload_len: usize) -> Result<Self, EncodeError> {
+        let mut payload = Vec::with_capacity(payload_len.max(48));
+        payload.push(b'{');
+        payload.extend_from_slice(IM_STAMP_KEY);
+        let at = payload.len();
+        payload.resize(at + IM_STAMP_DIGITS, b'0');
+        payload.extend_from_slice(b"\",\"pad\":\"");
+        while payload.len() + 2 < payload_len {
+            payload.push(b'x');
+        }
+        payload.extend_from_slice(b"\"}");
+        Self::with_payload(topic, qos, payload, StampAt::Ascii(at))
+    }
+
+    fn with_payload(
+        topic: &str,
+        qos: u8,
+        payload: Vec<u8>,
+        stamp: StampAt,
+    ) -> Result<Self, EncodeError> {
+        let payload_len = payload.len();
         let t = topic.as_bytes();
         if t.len() > usize::from(u16::MAX) {
             return Err(EncodeError::StringTooLong(t.len()));
@@ -162,11 +220,12 @@ impl PublishTemplate {
             None
         };
         let payload_offset = bytes.len();
-        bytes.resize(payload_offset + payload_len, 0);
+        bytes.extend_from_slice(&payload);
         Ok(Self {
             bytes,
             pid_offset,
             payload_offset,
+            stamp,
         })
     }
 
@@ -189,8 +248,20 @@ impl PublishTemplate {
             out[start + off..start + off + 2].copy_from_slice(&packet_id.to_be_bytes());
         }
         let p = start + self.payload_offset;
-        if out.len() >= p + 8 {
-            out[p..p + 8].copy_from_slice(&stamp_ns.to_le_bytes());
+        match self.stamp {
+            StampAt::Binary => {
+                if out.len() >= p + 8 {
+                    out[p..p + 8].copy_from_slice(&stamp_ns.to_le_bytes());
+                }
+            }
+            StampAt::Ascii(at) => {
+                let digits = &mut out[p + at..p + at + IM_STAMP_DIGITS];
+                let mut v = stamp_ns;
+                for d in digits.iter_mut().rev() {
+                    *d = b'0' + (v % 10) as u8;
+                    v /= 10;
+                }
+            }
         }
     }
 }
@@ -199,6 +270,25 @@ impl PublishTemplate {
 pub fn payload_stamp(payload: &[u8]) -> Option<u64> {
     let b: [u8; 8] = payload.get(..8)?.try_into().ok()?;
     Some(u64::from_le_bytes(b))
+}
+
+/// Where `needle` first occurs in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads the timestamp of an IM message (made by [`PublishTemplate::im`]) from the envelope the
+/// broker delivers; `None` for anything else (roster, notices, presence).
+pub fn im_stamp(payload: &[u8]) -> Option<u64> {
+    let at = find(payload, IM_STAMP_KEY)? + IM_STAMP_KEY.len();
+    let digits = payload.get(at..at + IM_STAMP_DIGITS)?;
+    digits.iter().try_fold(0u64, |v, d| {
+        d.is_ascii_digit()
+            .then(|| v.wrapping_mul(10).wrapping_add(u64::from(d - b'0')))
+    })
 }
 
 /// One decoded packet from the broker, borrowing from the read buffer.
@@ -432,6 +522,52 @@ mod tests {
                 0x00, 0x02, b'a', b'b', // client id
             ]
         );
+    }
+
+    #[test]
+    fn connect_with_login_layout() {
+        let p = connect_as("ab", 60, Some(("u", "pw"))).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                0x10, 21, // fixed header, remaining length 10 + 4 + 7
+                0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name
+                0x04, // level
+                0xC2, // username, password, clean session
+                0x00, 0x3C, // keep alive 60
+                0x00, 0x02, b'a', b'b', // client id
+                0x00, 0x01, b'u', // username
+                0x00, 0x02, b'p', b'w', // password
+            ]
+        );
+    }
+
+    #[test]
+    fn im_template_carries_an_ascii_stamp_in_json() {
+        let t = PublishTemplate::im("person/b/inbox", 1, 64).unwrap();
+        let mut out = Vec::new();
+        t.append(&mut out, 3, 1_234_567_890_123);
+        let Some((Frame::Publish { payload, .. }, used)) = parse_frame(&out).unwrap() else {
+            panic!("not a PUBLISH");
+        };
+        assert_eq!(used, out.len());
+        assert_eq!(payload.len(), 64);
+        let json = std::str::from_utf8(payload).unwrap();
+        assert!(
+            json.starts_with(r#"{"mqb":"00000001234567890123","pad":"x"#),
+            "{json}"
+        );
+        assert!(json.ends_with(r#"x"}"#), "{json}");
+        // The broker's envelope keeps the body as it is.
+        let envelope = format!(r#"{{"body":{json},"conv":"c","type":"msg"}}"#);
+        assert_eq!(im_stamp(envelope.as_bytes()), Some(1_234_567_890_123));
+        assert_eq!(im_stamp(br#"{"type":"sync.done","more":[]}"#), None);
+        assert_eq!(im_stamp(br#"{"mqb":"12x"}"#), None);
+        // Small sizes still hold the stamp.
+        let t = PublishTemplate::im("t", 0, 8).unwrap();
+        assert!(t.len() > 30);
+        assert_eq!(find(b"abcabd", b"abd"), Some(3));
+        assert_eq!(find(b"ab", b"abc"), None);
     }
 
     #[test]

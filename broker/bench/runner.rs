@@ -19,7 +19,9 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 
 use super::packets::{self, Frame, PublishTemplate, ReadBuf};
-use super::scenario::{LoadShape, PublisherSpec, Scenario, SubscriberSpec, Topology};
+use super::scenario::{
+    IM_PASSWORD, LoadShape, PublisherSpec, Scenario, SubscriberSpec, Topology, World,
+};
 use super::stats::Histogram;
 
 /// At most this many PUBLISH packets go into one write.
@@ -229,10 +231,89 @@ async fn await_ack(
     }
 }
 
+/// Reads (acknowledging every QoS 1 PUBLISH) until the `sync.done` envelope a person's device
+/// gets after CONNACK. Returns the envelope's bytes and how many bench messages (stamped by
+/// [`PublishTemplate::im`]) came before it.
+async fn await_sync_done(
+    stream: &mut TcpStream,
+    rb: &mut ReadBuf,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<(Vec<u8>, u64)> {
+    let mut acks: Vec<u8> = Vec::new();
+    let mut stamped = 0u64;
+    loop {
+        let mut done = None;
+        while let Some((frame, used)) = packets::parse_frame(rb.data())? {
+            if let Frame::Publish {
+                qos,
+                packet_id,
+                payload,
+                ..
+            } = frame
+            {
+                if let (1, Some(id)) = (qos, packet_id) {
+                    acks.extend_from_slice(&packets::puback(id));
+                }
+                if packets::im_stamp(payload).is_some() {
+                    stamped += 1;
+                } else if packets::find(payload, b"\"sync.done\"").is_some() {
+                    done = Some(payload.to_vec());
+                }
+            }
+            rb.consume(used);
+            if done.is_some() {
+                break;
+            }
+        }
+        if !acks.is_empty() {
+            timeout_at(deadline, stream.write_all(&acks))
+                .await
+                .map_err(|_| anyhow!("timed out acknowledging the sync"))??;
+            acks.clear();
+        }
+        if let Some(envelope) = done {
+            return Ok((envelope, stamped));
+        }
+        timeout_at(deadline, read_some(stream, rb))
+            .await
+            .map_err(|_| anyhow!("timed out waiting for sync.done"))??;
+    }
+}
+
 /// Connects, sends CONNECT and waits for a successful CONNACK.
 async fn open(
     cfg: &RunConfig,
     client_id: &str,
+    source: Option<IpAddr>,
+    buf: usize,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<(TcpStream, ReadBuf)> {
+    open_as(cfg, client_id, None, source, buf, deadline).await
+}
+
+/// [`open`] as a person of the IM world when `account` is given: logs in with username and
+/// client id = the account, then waits for the `sync.done` that follows CONNACK.
+async fn open_as(
+    cfg: &RunConfig,
+    client_id: &str,
+    account: Option<&str>,
+    source: Option<IpAddr>,
+    buf: usize,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<(TcpStream, ReadBuf)> {
+    let (mut stream, mut rb) = login(cfg, client_id, account, source, buf, deadline).await?;
+    if account.is_some() {
+        await_sync_done(&mut stream, &mut rb, deadline).await?;
+    }
+    Ok((stream, rb))
+}
+
+/// Connects, sends CONNECT (with the account's credentials, if any) and waits for a
+/// successful CONNACK.
+async fn login(
+    cfg: &RunConfig,
+    client_id: &str,
+    account: Option<&str>,
     source: Option<IpAddr>,
     buf: usize,
     deadline: tokio::time::Instant,
@@ -257,7 +338,8 @@ async fn open(
         .map_err(|_| anyhow!("timed out connecting to {}", cfg.broker))?
         .with_context(|| format!("cannot connect to {}", cfg.broker))?;
     stream.set_nodelay(true)?;
-    let hello = packets::connect(client_id, cfg.keep_alive)?;
+    let login = account.map(|a| (a, IM_PASSWORD));
+    let hello = packets::connect_as(client_id, cfg.keep_alive, login)?;
     timeout_at(deadline, stream.write_all(&hello))
         .await
         .map_err(|_| anyhow!("timed out sending CONNECT"))??;
@@ -336,6 +418,7 @@ struct SubOutcome {
 struct Subscriber {
     stream: TcpStream,
     rb: ReadBuf,
+    world: World,
     expected: u64,
     epoch: Instant,
     delivered: Arc<AtomicU64>,
@@ -387,20 +470,27 @@ impl Subscriber {
                             ..
                         },
                         used,
-                    )) => (
-                        used,
-                        Some((qos, packet_id, packets::payload_stamp(payload))),
-                    ),
+                    )) => {
+                        // Plain MQTT: every PUBLISH counts. IM: only the bench's messages
+                        // (presence and notices arrive on the same connection).
+                        let counted = match self.world {
+                            World::Mqtt => Some(packets::payload_stamp(payload)),
+                            World::Im => packets::im_stamp(payload).map(Some),
+                        };
+                        (used, Some((qos, packet_id, counted)))
+                    }
                     Some((_, used)) => (used, None),
                 };
                 self.rb.consume(used);
-                if let Some((qos, packet_id, stamp)) = publish {
-                    batch += 1;
-                    if let Some(stamp) = stamp {
-                        out.latency.record(now.saturating_sub(stamp));
-                    }
+                if let Some((qos, packet_id, counted)) = publish {
                     if let (1, Some(id)) = (qos, packet_id) {
                         acks.extend_from_slice(&packets::puback(id));
+                    }
+                    if let Some(stamp) = counted {
+                        batch += 1;
+                        if let Some(stamp) = stamp {
+                            out.latency.record(now.saturating_sub(stamp));
+                        }
                     }
                 }
             }
@@ -440,6 +530,8 @@ struct Publisher {
     epoch: Instant,
     start: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
+    /// PUBACKs owed for QoS 1 PUBLISHes the broker sent this client (IM presence, notices).
+    owed: Vec<u8>,
 }
 
 impl Publisher {
@@ -467,8 +559,14 @@ impl Publisher {
                 Err(e) => return Err(e.into()),
             }
             while let Some((frame, used)) = packets::parse_frame(self.rb.data())? {
-                if matches!(frame, Frame::PubAck { .. }) {
-                    acks += 1;
+                match frame {
+                    Frame::PubAck { .. } => acks += 1,
+                    Frame::Publish {
+                        qos: 1,
+                        packet_id: Some(id),
+                        ..
+                    } => self.owed.extend_from_slice(&packets::puback(id)),
+                    _ => {}
                 }
                 self.rb.consume(used);
             }
@@ -501,6 +599,7 @@ impl Publisher {
             allowed = allowed.min(BATCH);
             if allowed > 0 {
                 wbuf.clear();
+                wbuf.append(&mut self.owed);
                 let now = ns_since(self.epoch);
                 out.first_ns.get_or_insert(now);
                 for _ in 0..allowed {
@@ -529,6 +628,14 @@ impl Publisher {
                 _ => None,
             };
             let wait_acks = self.qos > 0 && inflight > 0;
+            if !self.owed.is_empty() {
+                let owed = std::mem::take(&mut self.owed);
+                tokio::select! {
+                    biased;
+                    _ = flagged(&mut self.stop) => return Ok(()),
+                    r = self.stream.write_all(&owed) => r?,
+                }
+            }
             tokio::select! {
                 biased;
                 _ = flagged(&mut self.stop) => return Ok(()),
@@ -583,14 +690,22 @@ pub async fn run_messaging(
         parallel(subs.len(), cfg.connect_concurrency, move |i| {
             let cfg = Arc::clone(&cfg);
             let subs = Arc::clone(&subs);
-            let id = client_id(&cfg, "s", &name, i);
+            let spec = subs[i].clone();
+            let id = spec
+                .account
+                .clone()
+                .unwrap_or_else(|| client_id(&cfg, "s", &name, i));
             async move {
-                let (mut stream, mut rb) = open(&cfg, &id, None, ACTIVE_BUF, deadline).await?;
-                let sub = packets::subscribe(1, &subs[i].filter, qos)?;
-                timeout_at(deadline, stream.write_all(&sub))
-                    .await
-                    .map_err(|_| anyhow!("timed out sending SUBSCRIBE"))??;
-                await_ack(&mut stream, &mut rb, true, deadline).await?;
+                let account = spec.account.as_deref();
+                let (mut stream, mut rb) =
+                    open_as(&cfg, &id, account, None, ACTIVE_BUF, deadline).await?;
+                if let Some(filter) = &spec.filter {
+                    let sub = packets::subscribe(1, filter, qos)?;
+                    timeout_at(deadline, stream.write_all(&sub))
+                        .await
+                        .map_err(|_| anyhow!("timed out sending SUBSCRIBE"))??;
+                    await_ack(&mut stream, &mut rb, true, deadline).await?;
+                }
                 Ok((stream, rb))
             }
         })
@@ -599,11 +714,15 @@ pub async fn run_messaging(
     };
     let pub_conns = {
         let cfg = Arc::clone(cfg);
+        let pubs = Arc::clone(&pubs);
         let name = sc.name.clone();
         parallel(pubs.len(), cfg.connect_concurrency, move |i| {
             let cfg = Arc::clone(&cfg);
-            let id = client_id(&cfg, "p", &name, i);
-            async move { open(&cfg, &id, None, 4096, deadline).await }
+            let account = pubs[i].account.clone();
+            let id = account
+                .clone()
+                .unwrap_or_else(|| client_id(&cfg, "p", &name, i));
+            async move { open_as(&cfg, &id, account.as_deref(), None, 4096, deadline).await }
         })
         .await
         .context("setting up publishers")?
@@ -618,6 +737,7 @@ pub async fn run_messaging(
         let s = Subscriber {
             stream,
             rb,
+            world: sc.world(),
             expected: spec.expected,
             epoch,
             delivered: Arc::clone(&delivered),
@@ -636,7 +756,10 @@ pub async fn run_messaging(
         let p = Publisher {
             stream,
             rb,
-            template: PublishTemplate::new(&spec.topic, qos, cfg.payload_size)?,
+            template: match sc.world() {
+                World::Mqtt => PublishTemplate::new(&spec.topic, qos, cfg.payload_size)?,
+                World::Im => PublishTemplate::im(&spec.topic, qos, cfg.payload_size)?,
+            },
             qos,
             messages: spec.messages,
             rate: per_pub_rate,
@@ -644,6 +767,7 @@ pub async fn run_messaging(
             epoch,
             start: start_rx.clone(),
             stop: stop_rx.clone(),
+            owed: Vec::new(),
         };
         pub_tasks.spawn(p.run());
     }
@@ -702,6 +826,72 @@ pub async fn run_messaging(
     if let (Some(f), Some(l)) = (first_ns, last_ns) {
         m.seconds = l.saturating_sub(f) as f64 / 1e9;
     }
+    Ok(m)
+}
+
+/// Runs `im-reconnect`: the receiver connects once (so the broker knows how far it got) and
+/// leaves; its friend sends it the scenario's messages (QoS 1, each acknowledged once durable);
+/// the receiver reconnects. The figure is the time from its TCP connect to `sync.done`, with
+/// every missed message read and acknowledged on the way.
+pub async fn run_im_reconnect(cfg: &Arc<RunConfig>, sc: &Scenario) -> anyhow::Result<Measured> {
+    let deadline = tokio::time::Instant::now() + cfg.timeout;
+    let epoch = Instant::now();
+    let (sender, receiver) = super::scenario::im_reconnect_pair();
+    let missed = sc.load.total_messages();
+    let mut m = Measured {
+        connections: 2,
+        expected: missed,
+        ..Measured::default()
+    };
+    // 1. The receiver is up to date and goes offline.
+    let (stream, _) = open_as(cfg, &receiver, Some(&receiver), None, 4096, deadline)
+        .await
+        .context("first connect of the receiver")?;
+    close(stream).await;
+    // 2. Its friend sends while it is away.
+    let (stream, rb) = open_as(cfg, &sender, Some(&sender), None, 4096, deadline)
+        .await
+        .context("connecting the sender")?;
+    let (start_tx, start_rx) = watch::channel(true);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let publisher = Publisher {
+        stream,
+        rb,
+        template: PublishTemplate::im(&format!("person/{receiver}/inbox"), 1, cfg.payload_size)?,
+        qos: 1,
+        messages: missed,
+        rate: None,
+        window: cfg.window.max(1),
+        epoch,
+        start: start_rx,
+        stop: stop_rx,
+        owed: Vec::new(),
+    };
+    let sent = timeout_at(deadline, publisher.run())
+        .await
+        .map_err(|_| anyhow!("timed out sending the messages to be missed"))?;
+    drop(start_tx);
+    m.published = sent.sent;
+    if let Some(e) = sent.error {
+        bail!("sender: {e}");
+    }
+    // 3. The receiver comes back: time to `sync.done`, every missed message on the way.
+    let started = Instant::now();
+    let (mut stream, mut rb) = login(cfg, &receiver, Some(&receiver), None, ACTIVE_BUF, deadline)
+        .await
+        .context("reconnecting the receiver")?;
+    let (done, got) = await_sync_done(&mut stream, &mut rb, deadline)
+        .await
+        .context("reading the missed messages")?;
+    m.seconds = started.elapsed().as_secs_f64();
+    m.delivered = got;
+    if packets::find(&done, b"\"after\"").is_some() {
+        m.errors.push(format!(
+            "sync.done left messages to page with `history` ({}); raise im.sync_max_per_conv",
+            String::from_utf8_lossy(&done)
+        ));
+    }
+    close(stream).await;
     Ok(m)
 }
 

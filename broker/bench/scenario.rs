@@ -1,7 +1,9 @@
 //! Benchmark scenarios as plain data: who connects, who publishes where, and how fast.
 //!
 //! The runner only understands [`Topology`] and [`LoadShape`]; adding a scenario means adding
-//! data here, not changing the engine.
+//! data here, not changing the engine. The IM scenarios (`im-*`) also name the accounts,
+//! friendships and group they need; [`im_definitions`] writes them as a definitions file for
+//! `rules_dir` (docs/DEFINITIONS.md), so that a broker started with it has them.
 
 /// Which connections a scenario opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +16,23 @@ pub enum ConnectionPlan {
     FanIn { publishers: usize },
     /// `connections` connections that only connect and stay idle.
     Idle { connections: usize },
+    /// IM world: `pairs` pairs of friends (persons); in each pair one sends direct messages to
+    /// the other (`person/<peer>/inbox`).
+    ImDirect { pairs: usize },
+    /// IM world: one group of `members` persons; one member sends to `group/<id>`, every other
+    /// member receives.
+    ImGroup { members: usize },
+    /// IM world: a person is offline while a friend sends it the scenario's messages; then it
+    /// reconnects, and the figure is the time from its CONNECT to `sync.done`.
+    ImReconnect,
+}
+
+/// The world a scenario runs in: plain MQTT (anonymous clients, SUBSCRIBE), or the IM world
+/// (persons log in, get `sync` ... `sync.done` after CONNACK, and receive JSON envelopes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    Mqtt,
+    Im,
 }
 
 /// How the publishers send.
@@ -55,18 +74,115 @@ pub struct Scenario {
     pub qos: u8,
 }
 
-/// A publisher: its topic and how many messages it sends.
+impl Scenario {
+    pub fn world(&self) -> World {
+        match self.plan {
+            ConnectionPlan::ImDirect { .. }
+            | ConnectionPlan::ImGroup { .. }
+            | ConnectionPlan::ImReconnect => World::Im,
+            _ => World::Mqtt,
+        }
+    }
+}
+
+/// A publisher: its topic, how many messages it sends, and the person it logs in as (IM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublisherSpec {
     pub topic: String,
     pub messages: u64,
+    pub account: Option<String>,
 }
 
-/// A subscriber: its filter and how many deliveries it should see.
+/// A subscriber: its filter (none in the IM world, where the graph decides what arrives), how
+/// many deliveries it should see, and the person it logs in as (IM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberSpec {
-    pub filter: String,
+    pub filter: Option<String>,
     pub expected: u64,
+    pub account: Option<String>,
+}
+
+/// The password of every bench person.
+pub const IM_PASSWORD: &str = "mqtter-bench";
+/// An argon2id hash of [`IM_PASSWORD`] with the smallest parameters (8 KiB, 1 pass): the broker
+/// verifies thousands of bench logins in milliseconds instead of minutes. Only for benchmarks.
+pub const IM_PASSWORD_HASH: &str =
+    "$argon2id$v=19$m=8,t=1,p=1$bXF0dGVyYmVuY2hzYWx0$S/JxgQXtozbIowfwEsLWkxeH1CPScidwxlWVADW7jSI";
+/// The group of `im-group`.
+pub const IM_GROUP: &str = "mqb-group";
+
+/// Sender and receiver of direct-message pair `i`.
+pub fn im_direct_pair(i: usize) -> (String, String) {
+    (format!("mqb-d{i}a"), format!("mqb-d{i}b"))
+}
+
+/// Member `i` of the bench group; member 0 (the owner) sends.
+pub fn im_member(i: usize) -> String {
+    format!("mqb-g{i}")
+}
+
+/// Sender and receiver of `im-reconnect`.
+pub fn im_reconnect_pair() -> (String, String) {
+    ("mqb-r-sender".to_string(), "mqb-r-receiver".to_string())
+}
+
+/// The definitions file (YAML) declaring every person, friendship and group the IM scenarios
+/// among `scenarios` use.
+pub fn im_definitions(scenarios: &[Scenario]) -> String {
+    let mut persons: Vec<String> = Vec::new();
+    let mut friends: Vec<(String, String)> = Vec::new();
+    let mut groups = String::new();
+    for sc in scenarios {
+        match sc.plan {
+            ConnectionPlan::ImDirect { pairs } => {
+                for i in 0..pairs {
+                    let (a, b) = im_direct_pair(i);
+                    persons.push(a.clone());
+                    persons.push(b.clone());
+                    friends.push((a, b));
+                }
+            }
+            ConnectionPlan::ImGroup { members } => {
+                let members: Vec<String> = (0..members.max(2)).map(im_member).collect();
+                persons.extend(members.iter().cloned());
+                groups.push_str(&format!(
+                    "  - {{ id: {IM_GROUP}, owner: {}, members: [{}], name: \"bench\" }}\n",
+                    members[0],
+                    members[1..].join(", ")
+                ));
+            }
+            ConnectionPlan::ImReconnect => {
+                let (a, b) = im_reconnect_pair();
+                persons.push(a.clone());
+                persons.push(b.clone());
+                friends.push((a, b));
+            }
+            _ => {}
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    persons.retain(|p| seen.insert(p.clone()));
+    let mut out = String::from(
+        "# Written by `mqtter bench --im-setup`: the persons, friendships and group of the IM\n\
+         # scenarios. The password hash uses the smallest argon2 parameters: benchmarks only.\n",
+    );
+    out.push_str("persons:\n");
+    for p in &persons {
+        out.push_str(&format!(
+            "  - {{ id: {p}, password_hash: \"{IM_PASSWORD_HASH}\" }}\n"
+        ));
+    }
+    if !groups.is_empty() {
+        out.push_str("groups:\n");
+        out.push_str(&groups);
+    }
+    if !friends.is_empty() {
+        out.push_str("relations:\n");
+        for (a, b) in &friends {
+            out.push_str(&format!("  - {{ friends: [{a}, {b}] }}\n"));
+        }
+    }
+    out
 }
 
 /// Concrete connections of a scenario, derived from its plan and load.
@@ -112,59 +228,91 @@ fn split(total: u64, parts: usize, i: usize) -> u64 {
 }
 
 impl Scenario {
-    /// Publishers and subscribers of this scenario, with topics under `prefix`.
+    /// Publishers and subscribers of this scenario, with topics under `prefix` (plain MQTT).
     pub fn topology(&self, prefix: &str) -> Topology {
         let total = self.load.total_messages();
         let mut topo = Topology::default();
+        let plain_pub = |topic: String, messages: u64| PublisherSpec {
+            topic,
+            messages,
+            account: None,
+        };
+        let plain_sub = |filter: String| SubscriberSpec {
+            filter: Some(filter),
+            expected: 0,
+            account: None,
+        };
         match self.plan {
             ConnectionPlan::Pairs { n } => {
                 for i in 0..n {
                     let topic = format!("{prefix}/pair/{i}");
-                    topo.publishers.push(PublisherSpec {
-                        topic: topic.clone(),
-                        messages: split(total, n, i),
-                    });
-                    topo.subscribers.push(SubscriberSpec {
-                        filter: topic,
-                        expected: 0,
-                    });
+                    topo.publishers
+                        .push(plain_pub(topic.clone(), split(total, n, i)));
+                    topo.subscribers.push(plain_sub(topic));
                 }
             }
             ConnectionPlan::FanOut { subscribers } => {
                 let topic = format!("{prefix}/fanout");
-                topo.publishers.push(PublisherSpec {
-                    topic: topic.clone(),
-                    messages: total,
-                });
+                topo.publishers.push(plain_pub(topic.clone(), total));
                 for _ in 0..subscribers {
-                    topo.subscribers.push(SubscriberSpec {
-                        filter: topic.clone(),
-                        expected: 0,
-                    });
+                    topo.subscribers.push(plain_sub(topic.clone()));
                 }
             }
             ConnectionPlan::FanIn { publishers } => {
                 for i in 0..publishers {
-                    topo.publishers.push(PublisherSpec {
-                        topic: format!("{prefix}/fanin/{i}"),
-                        messages: split(total, publishers, i),
-                    });
+                    topo.publishers.push(plain_pub(
+                        format!("{prefix}/fanin/{i}"),
+                        split(total, publishers, i),
+                    ));
                 }
-                topo.subscribers.push(SubscriberSpec {
-                    filter: format!("{prefix}/fanin/+"),
-                    expected: 0,
-                });
+                topo.subscribers
+                    .push(plain_sub(format!("{prefix}/fanin/+")));
             }
             ConnectionPlan::Idle { connections } => topo.idle = connections,
+            ConnectionPlan::ImDirect { pairs } => {
+                for i in 0..pairs {
+                    let (a, b) = im_direct_pair(i);
+                    let messages = split(total, pairs, i);
+                    topo.publishers.push(PublisherSpec {
+                        topic: format!("person/{b}/inbox"),
+                        messages,
+                        account: Some(a),
+                    });
+                    topo.subscribers.push(SubscriberSpec {
+                        filter: None,
+                        expected: messages,
+                        account: Some(b),
+                    });
+                }
+            }
+            ConnectionPlan::ImGroup { members } => {
+                topo.publishers.push(PublisherSpec {
+                    topic: format!("group/{IM_GROUP}"),
+                    messages: total,
+                    account: Some(im_member(0)),
+                });
+                for i in 1..members.max(2) {
+                    topo.subscribers.push(SubscriberSpec {
+                        filter: None,
+                        expected: total,
+                        account: Some(im_member(i)),
+                    });
+                }
+            }
+            // Run by its own sequence (`runner::run_im_reconnect`).
+            ConnectionPlan::ImReconnect => {}
         }
         topo.publishers.retain(|p| p.messages > 0);
-        for s in &mut topo.subscribers {
-            s.expected = topo
-                .publishers
-                .iter()
-                .filter(|p| topic_matches(&s.filter, &p.topic))
-                .map(|p| p.messages)
-                .sum();
+        if self.world() == World::Mqtt {
+            for s in &mut topo.subscribers {
+                let filter = s.filter.as_deref().unwrap_or_default();
+                s.expected = topo
+                    .publishers
+                    .iter()
+                    .filter(|p| topic_matches(filter, &p.topic))
+                    .map(|p| p.messages)
+                    .sum();
+            }
         }
         topo
     }
@@ -176,6 +324,9 @@ impl Scenario {
             ConnectionPlan::FanOut { subscribers } => subscribers + 1,
             ConnectionPlan::FanIn { publishers } => publishers + 1,
             ConnectionPlan::Idle { connections } => connections,
+            ConnectionPlan::ImDirect { pairs } => 2 * pairs,
+            ConnectionPlan::ImGroup { members } => members.max(2),
+            ConnectionPlan::ImReconnect => 2,
         }
     }
 }
@@ -261,10 +412,55 @@ pub fn builtin(s: &Sizes) -> Vec<Scenario> {
     out
 }
 
-/// Picks scenarios by exact name or group name; an empty selection means all of them.
+/// The IM scenarios (MQTTER only: they need the accounts of [`im_definitions`]), QoS 1 as
+/// persons' clients use it. Not part of the default selection; `--scenario im` runs them.
+pub fn builtin_im(s: &Sizes) -> Vec<Scenario> {
+    let q = s.quick;
+    let conns = |full: usize, quick: usize| s.connections.unwrap_or(if q { quick } else { full });
+    let msgs = |full: u64, quick: u64| s.messages.unwrap_or(if q { quick } else { full });
+    vec![
+        Scenario {
+            name: "im-direct".to_string(),
+            group: "im",
+            plan: ConnectionPlan::ImDirect {
+                pairs: conns(1000, 20),
+            },
+            load: LoadShape::Saturate {
+                messages: msgs(100_000, 2_000),
+            },
+            qos: 1,
+        },
+        Scenario {
+            name: "im-group".to_string(),
+            group: "im",
+            plan: ConnectionPlan::ImGroup {
+                members: conns(1000, 20),
+            },
+            load: LoadShape::Saturate {
+                messages: msgs(200, 50),
+            },
+            qos: 1,
+        },
+        Scenario {
+            name: "im-reconnect".to_string(),
+            group: "im",
+            plan: ConnectionPlan::ImReconnect,
+            load: LoadShape::Saturate {
+                messages: msgs(100_000, 2_000),
+            },
+            qos: 1,
+        },
+    ]
+}
+
+/// Picks scenarios by exact name or group name; an empty selection means every plain-MQTT
+/// scenario (the IM ones run only when named).
 pub fn select(all: Vec<Scenario>, names: &[String]) -> anyhow::Result<Vec<Scenario>> {
     if names.is_empty() {
-        return Ok(all);
+        return Ok(all
+            .into_iter()
+            .filter(|s| s.world() == World::Mqtt)
+            .collect());
     }
     for n in names {
         if !all.iter().any(|s| s.name == *n || s.group == n.as_str()) {
@@ -364,6 +560,50 @@ mod tests {
     }
 
     #[test]
+    fn im_topologies_and_definitions() {
+        let all = builtin_im(&Sizes {
+            connections: Some(3),
+            messages: Some(10),
+            ..sizes()
+        });
+        let direct = all[0].topology("ignored");
+        assert_eq!(all[0].world(), World::Im);
+        assert_eq!(direct.publishers.len(), 3);
+        assert_eq!(direct.publishers[0].topic, "person/mqb-d0b/inbox");
+        assert_eq!(direct.publishers[0].account.as_deref(), Some("mqb-d0a"));
+        assert_eq!(direct.subscribers[0].account.as_deref(), Some("mqb-d0b"));
+        assert_eq!(direct.subscribers[0].filter, None);
+        assert_eq!(direct.expected_total(), 10);
+        let group = all[1].topology("ignored");
+        assert_eq!(group.publishers[0].topic, "group/mqb-group");
+        assert_eq!(group.subscribers.len(), 2);
+        assert_eq!(group.expected_total(), 20);
+        assert_eq!(all[1].connection_count(), 3);
+        let yaml = im_definitions(&all);
+        assert!(
+            yaml.contains("  - { id: mqb-d2b, password_hash: \"$argon2id$"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("  - { friends: [mqb-d0a, mqb-d0b] }"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("  - { friends: [mqb-r-sender, mqb-r-receiver] }"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains(
+                "  - { id: mqb-group, owner: mqb-g0, members: [mqb-g1, mqb-g2], name: \"bench\" }"
+            ),
+            "{yaml}"
+        );
+        assert_eq!(yaml.matches("password_hash").count(), 3 * 2 + 3 + 2);
+        let sel = select(all, &["im".into()]).unwrap();
+        assert_eq!(sel.len(), 3);
+    }
+
+    #[test]
     fn builtin_and_selection() {
         let all = builtin(&sizes());
         assert_eq!(all.len(), 9);
@@ -376,7 +616,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("known: conns, pairs, pairs-qos0,"), "{err}");
-        assert_eq!(select(all, &[]).unwrap().len(), 9);
+        assert_eq!(select(all.clone(), &[]).unwrap().len(), 9);
+        let mut with_im = all;
+        with_im.extend(builtin_im(&sizes()));
+        assert_eq!(select(with_im, &[]).unwrap().len(), 9);
         let quick = builtin(&Sizes {
             quick: true,
             connections: Some(7),
