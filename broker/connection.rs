@@ -57,6 +57,10 @@ enum Event {
 enum HeldAck {
     PubAck(u16, u8),
     PubRec(u16, u8),
+    /// A SUBACK / UNSUBACK whose IM changes (friend requests, joins, unfriending, leaving) must be
+    /// durable before the client is told.
+    SubAck(u16, Vec<u8>),
+    UnsubAck(u16, Vec<u8>),
 }
 
 type Durable = Pin<Box<dyn Future<Output = Result<(), Arc<StoreError>>> + Send>>;
@@ -655,6 +659,8 @@ impl Conn {
             match ack {
                 HeldAck::PubAck(id, code) => wire.puback(id, code),
                 HeldAck::PubRec(id, code) => wire.pubrec(id, code),
+                HeldAck::SubAck(id, codes) => wire.suback(id, &codes),
+                HeldAck::UnsubAck(id, codes) => wire.unsuback(id, &codes),
             }
         }
     }
@@ -1000,6 +1006,7 @@ impl Conn {
     ) -> Result<(), Violation> {
         let mut codes = Vec::with_capacity(filters.len());
         let mut retained: Vec<Delivery> = Vec::new();
+        let mut im_changed = false;
         let temporary = user_properties
             .iter()
             .any(|(k, v)| k == "im-temporary" && v == "true");
@@ -1037,6 +1044,7 @@ impl Conn {
                 {
                     self.temporary.push(peer.to_owned());
                 }
+                im_changed |= code < 0x80;
                 codes.push(self.suback_code(code));
                 continue;
             }
@@ -1095,7 +1103,13 @@ impl Conn {
             }
         }
         self.broker.save_session(&self.session, None);
-        wire.suback(packet_id, &codes);
+        if im_changed && self.broker.is_sync() {
+            self.held.push(HeldAck::SubAck(packet_id, codes));
+        } else {
+            // SUBACKs are not ordered with PUBACKs: no need to wait behind held ones, and the
+            // retained messages queued below must follow it.
+            wire.suback(packet_id, &codes);
+        }
         for delivery in retained {
             // The session is online: queued now, written after the SUBACK by `drain`.
             self.session.offer(delivery, &self.broker.limits);
@@ -1111,6 +1125,7 @@ impl Conn {
         user_properties: &[(ByteString, ByteString)],
     ) {
         let mut codes = Vec::with_capacity(filters.len());
+        let mut im_changed = false;
         let retain_secs = user_properties
             .iter()
             .find(|(k, _)| k == "im-retain-secs")
@@ -1124,6 +1139,7 @@ impl Conn {
                     retain_secs,
                     now_ms(),
                 );
+                im_changed |= code == reason::SUCCESS;
                 codes.push(code);
                 continue;
             }
@@ -1147,6 +1163,10 @@ impl Conn {
             });
         }
         self.broker.save_session(&self.session, None);
-        wire.unsuback(packet_id, &codes);
+        if im_changed && self.broker.is_sync() {
+            self.held.push(HeldAck::UnsubAck(packet_id, codes));
+        } else {
+            wire.unsuback(packet_id, &codes);
+        }
     }
 }
