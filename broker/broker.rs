@@ -24,7 +24,7 @@ use crate::router::Router;
 use crate::session::{Delivery, Eviction, Offered, QueueLimits, Session};
 use crate::sys::Metrics;
 use crate::wire::Will;
-use mqtter_engine::im::{Im, ImConfig};
+use mqtter_engine::im::Im;
 
 /// What publishing one message did.
 #[derive(Debug, Default)]
@@ -73,16 +73,7 @@ impl Broker {
             overflow: config.limits.queue_overflow,
             qos0_offline: config.limits.queue_qos0_offline,
         };
-        let im = Im::open(
-            store.clone(),
-            ImConfig {
-                recycle_default_secs: config.im.recycle_default_secs,
-                recycle_max_secs: config.im.recycle_max_secs,
-                max_body_bytes: config.im.max_body_bytes,
-                sync_max_per_conv: config.im.sync_max_per_conv,
-                history_max: config.im.history_max,
-            },
-        )?;
+        let im = Im::open(store.clone(), config.im.engine())?;
         let gate = Gate::new(im, config.im.clone());
         let broker = Arc::new(Self {
             gate,

@@ -185,14 +185,28 @@ pub struct ImSection {
 
 impl Default for ImSection {
     fn default() -> Self {
+        let engine = mqtter_engine::im::ImConfig::default();
         Self {
-            recycle_default_secs: 7 * 24 * 3600,
-            recycle_max_secs: 30 * 24 * 3600,
-            max_body_bytes: 64 * 1024,
-            sync_max_per_conv: 1000,
-            history_max: 100,
+            recycle_default_secs: engine.recycle_default_secs,
+            recycle_max_secs: engine.recycle_max_secs,
+            max_body_bytes: engine.max_body_bytes,
+            sync_max_per_conv: engine.sync_max_per_conv,
+            history_max: engine.history_max,
             away_after: 300,
             purge_interval: 60,
+        }
+    }
+}
+
+impl ImSection {
+    /// The part the engine's IM domain reads.
+    pub fn engine(&self) -> mqtter_engine::im::ImConfig {
+        mqtter_engine::im::ImConfig {
+            recycle_default_secs: self.recycle_default_secs,
+            recycle_max_secs: self.recycle_max_secs,
+            max_body_bytes: self.max_body_bytes,
+            sync_max_per_conv: self.sync_max_per_conv,
+            history_max: self.history_max,
         }
     }
 }

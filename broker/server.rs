@@ -94,39 +94,36 @@ async fn im_timers(broker: Arc<Broker>) {
 }
 
 async fn accept_tcp(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>) {
+    accept_loop(broker, listener, alive, |broker, stream, peer| {
+        connection::serve(broker, stream, peer)
+    })
+    .await
+}
+
+async fn accept_ws(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>) {
+    accept_loop(broker, listener, alive, serve_ws).await
+}
+
+/// Accept connections for ever, each served by its own task holding an `alive` guard (so the
+/// shutdown can wait for them).
+async fn accept_loop<F, Fut>(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>, serve: F)
+where
+    F: Fn(Arc<Broker>, TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let broker = broker.clone();
                 let guard = alive.clone();
+                let served = serve(broker.clone(), stream, peer);
                 tokio::spawn(async move {
-                    connection::serve(broker, stream, peer).await;
+                    served.await;
                     drop(guard);
                 });
             }
             Err(err) => {
                 // Out of file descriptors and the like: wait a moment rather than spin.
-                tracing::warn!(cause = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn accept_ws(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let broker = broker.clone();
-                let guard = alive.clone();
-                tokio::spawn(async move {
-                    serve_ws(broker, stream, peer).await;
-                    drop(guard);
-                });
-            }
-            Err(err) => {
                 tracing::warn!(cause = %err, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
