@@ -87,6 +87,15 @@ impl Im {
             _ => "member",
         };
         self.put_relation(batch, account, group, relation);
+        // A new member's devices start from now: what was said before is history (pageable
+        // with `history`), not missed messages.
+        let conv = super::conv_group(group);
+        let last = self.last_seq(&conv).unwrap_or(0);
+        batch.put(
+            Space::Cursors,
+            super::key(&["a", account, &conv]),
+            last.to_be_bytes().to_vec(),
+        );
         effects.push(Effect::Grant {
             account: account.to_owned(),
             topic: group_topic(group),
@@ -546,5 +555,44 @@ mod tests {
         assert_eq!(notices(&effects, "b"), ["group.dissolved"]);
         assert!(im.group("g").is_none());
         assert!(im.group_join("b", "g", 13).is_err());
+    }
+
+    #[test]
+    fn a_new_member_misses_nothing_said_before_it_joined() {
+        let (_dir, im) = im_with(&["a", "b"]);
+        im.group_create("a", "g", None, true, 1).unwrap();
+        let conv = crate::im::conv_group("g");
+        for _ in 0..3 {
+            im.append(
+                &conv,
+                "a",
+                "g",
+                serde_json::json!({"text": "x"}),
+                None,
+                None,
+                2,
+            )
+            .unwrap();
+        }
+        im.group_join("b", "g", 3).unwrap();
+        assert!(
+            im.missed("b", "b")
+                .unwrap()
+                .iter()
+                .all(|m| m.messages.is_empty())
+        );
+        im.append(
+            &conv,
+            "a",
+            "g",
+            serde_json::json!({"text": "y"}),
+            None,
+            None,
+            4,
+        )
+        .unwrap();
+        let missed = im.missed("b", "b").unwrap();
+        assert_eq!(missed[0].messages.len(), 1);
+        assert_eq!(im.history("b", &conv, None, None, 10).unwrap().len(), 4);
     }
 }
