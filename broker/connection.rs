@@ -298,6 +298,8 @@ struct Conn {
     cursors: HashMap<Arc<str>, u64>,
     /// Friend requests made with `im-temporary`, withdrawn at the end if still pending.
     temporary: Vec<String>,
+    /// Packet ids of PUBACKs read and not yet completed (see `finish_acked`).
+    acked: Vec<u16>,
 }
 
 /// A protocol violation: the connection is closed, with this reason for v5 clients.
@@ -473,6 +475,7 @@ impl Conn {
             device: None,
             cursors: HashMap::new(),
             temporary: Vec::new(),
+            acked: Vec::new(),
         };
         if present {
             // [MQTT-4.4.0-1]: resend what was in flight, with the original ids, within the
@@ -563,20 +566,24 @@ impl Conn {
                     // PUBLISH could be routed before another client's SUBSCRIBE that reached
                     // the broker earlier, and that subscriber would miss it.
                     tokio::task::yield_now().await;
-                    loop {
+                    let mut received = 0u64;
+                    let ended = loop {
                         match wire.decode(&mut io.buf) {
-                            Ok(Some(packet)) => match self.handle(wire, packet) {
-                                Ok(None) => {}
-                                Ok(Some(end)) => return end,
-                                Err(Violation(code, why)) => {
-                                    tracing::info!(client_id = %self.client_id, code, why, "protocol violation");
-                                    wire.disconnect(code, Some(why));
-                                    return End::Abnormal;
+                            Ok(Some(packet)) => {
+                                received += 1;
+                                match self.handle(wire, packet) {
+                                    Ok(None) => {}
+                                    Ok(Some(end)) => break Some(end),
+                                    Err(Violation(code, why)) => {
+                                        tracing::info!(client_id = %self.client_id, code, why, "protocol violation");
+                                        wire.disconnect(code, Some(why));
+                                        break Some(End::Abnormal);
+                                    }
                                 }
-                            },
+                            }
                             Ok(None) => {
                                 io.release_buf();
-                                break;
+                                break None;
                             }
                             Err(err) => {
                                 tracing::info!(client_id = %self.client_id, ?err, "malformed packet");
@@ -591,9 +598,17 @@ impl Conn {
                                     _ => reason::PROTOCOL_ERROR,
                                 };
                                 wire.disconnect(code, Some("malformed packet"));
-                                return End::Abnormal;
+                                break Some(End::Abnormal);
                             }
                         }
+                    };
+                    self.finish_acked();
+                    self.broker
+                        .metrics
+                        .messages_received
+                        .fetch_add(received, Ordering::Relaxed);
+                    if let Some(end) = ended {
+                        return end;
                     }
                     self.start_waiting();
                 }
@@ -641,6 +656,8 @@ impl Conn {
 
     fn send(&mut self, wire: &mut wire::Wire, out: Vec<Outgoing>) {
         let now = now_ms();
+        // Counted here and added once: the shared counters are contended by every connection.
+        let mut sent = 0u64;
         for item in out {
             match item {
                 Outgoing::Release { packet_id } => wire.pubrel(packet_id),
@@ -664,16 +681,7 @@ impl Conn {
                         *cursor = stamp.seq;
                     }
                     match wire.publish(packet_id, &delivery, dup, now) {
-                        Ok(()) => {
-                            self.broker
-                                .metrics
-                                .publish_sent
-                                .fetch_add(1, Ordering::Relaxed);
-                            self.broker
-                                .metrics
-                                .messages_sent
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
+                        Ok(()) => sent += 1,
                         Err(err) => {
                             // Too big for the client's Maximum Packet Size: dropped for this
                             // client as if delivered [MQTT-3.1.2-25].
@@ -689,6 +697,11 @@ impl Conn {
                     }
                 }
             }
+        }
+        if sent > 0 {
+            let metrics = &self.broker.metrics;
+            metrics.publish_sent.fetch_add(sent, Ordering::Relaxed);
+            metrics.messages_sent.fetch_add(sent, Ordering::Relaxed);
         }
     }
 
@@ -707,6 +720,34 @@ impl Conn {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Complete the deliveries acknowledged by the PUBACKs of one read: one session lock and one
+    /// store batch for all of them, instead of one each.
+    fn finish_acked(&mut self) {
+        if self.acked.is_empty() {
+            return;
+        }
+        let mut done = Vec::with_capacity(self.acked.len());
+        {
+            let mut state = self.session.lock();
+            for id in self.acked.drain(..) {
+                if let Some(flight) = state.inflight.remove(&id) {
+                    done.push(flight);
+                }
+            }
+        }
+        let mut batch = Batch::new();
+        for flight in &done {
+            if let Some(seq) = flight.delivery.store_seq {
+                batch.remove(Space::Queue, persist::queue_key(&self.client_id, seq));
+            }
+        }
+        if !batch.is_empty()
+            && let Err(err) = self.broker.store.apply(batch)
+        {
+            tracing::error!(cause = %err, "cannot remove acknowledged messages");
         }
     }
 
@@ -743,17 +784,18 @@ impl Conn {
             + self.session.lock().inbound_qos2.len()
     }
 
+    /// One packet from the client (counted in `messages_received` by the caller).
     fn handle(&mut self, wire: &mut wire::Wire, packet: Inbound) -> Result<Option<End>, Violation> {
-        self.broker
-            .metrics
-            .messages_received
-            .fetch_add(1, Ordering::Relaxed);
+        if let Inbound::PubAck(id) = packet {
+            // Completed together after the read (`finish_acked`), under one session lock.
+            self.acked.push(id);
+            return Ok(None);
+        }
+        self.finish_acked();
         match packet {
             Inbound::Connect(_) => return Err(Violation(reason::PROTOCOL_ERROR, "second CONNECT")),
             Inbound::Publish(publish) => self.on_publish(wire, *publish)?,
-            Inbound::PubAck(id) => {
-                self.finish(id);
-            }
+            Inbound::PubAck(_) => {}
             Inbound::PubRec(id, failed) => {
                 let mut state = self.session.lock();
                 match state.inflight.get_mut(&id) {

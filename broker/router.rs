@@ -135,11 +135,27 @@ impl Router {
         let mut hits: Vec<&Entry> = Vec::new();
         let levels: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
-        collect(&self.root, &levels, 0, dollar, &mut hits);
-        self.aggregate(hits)
+        let mut lists = 0;
+        collect(&self.root, &levels, 0, dollar, &mut hits, &mut lists);
+        self.aggregate(hits, lists)
     }
 
-    fn aggregate(&self, hits: Vec<&Entry>) -> Vec<Target> {
+    /// `lists`: how many subscription lists (matching filters) the hits come from.
+    fn aggregate(&self, hits: Vec<&Entry>, lists: usize) -> Vec<Target> {
+        // One matching filter and no shared subscription (the common case, and every fan-out):
+        // a list holds a session once per group, so there is nothing to merge or choose.
+        if lists <= 1 && hits.iter().all(|e| e.group.is_none()) {
+            return hits
+                .into_iter()
+                .map(|entry| Target {
+                    session: entry.session.clone(),
+                    qos: entry.opts.qos,
+                    retain_as_published: entry.opts.retain_as_published,
+                    no_local: entry.opts.no_local,
+                    sub_ids: entry.opts.sub_id.into_iter().collect(),
+                })
+                .collect();
+        }
         let mut targets: Vec<Target> = Vec::with_capacity(hits.len());
         let mut index: HashMap<*const Session, usize> = HashMap::new();
         let mut groups: HashMap<&str, Vec<&Entry>> = HashMap::new();
@@ -188,20 +204,25 @@ fn collect<'a>(
     depth: usize,
     dollar: bool,
     hits: &mut Vec<&'a Entry>,
+    lists: &mut usize,
 ) {
     let wildcards_allowed = !(dollar && depth == 0);
-    if wildcards_allowed {
+    if wildcards_allowed && !node.hash.is_empty() {
         hits.extend(node.hash.iter());
+        *lists += 1;
     }
     let Some((level, rest)) = levels.split_first() else {
-        hits.extend(node.here.iter());
+        if !node.here.is_empty() {
+            hits.extend(node.here.iter());
+            *lists += 1;
+        }
         return;
     };
     if let Some(child) = node.children.get(*level) {
-        collect(child, rest, depth + 1, dollar, hits);
+        collect(child, rest, depth + 1, dollar, hits, lists);
     }
     if wildcards_allowed && let Some(plus) = &node.plus {
-        collect(plus, rest, depth + 1, dollar, hits);
+        collect(plus, rest, depth + 1, dollar, hits, lists);
     }
 }
 
