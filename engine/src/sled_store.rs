@@ -62,7 +62,25 @@ impl Store for SledStore {
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        let ops = batch.into_ops();
+        let mut ops = batch.into_ops();
+        if ops.len() == 1 {
+            // One write is atomic by itself. A sled batch seals an I/O buffer of its own (a write
+            // per batch), which made each later `flush` cost about 55 us per batch applied since
+            // the last one; a plain insert costs about 0.3 us of flush.
+            return match ops.pop() {
+                Some(Op::Put { space, key, value }) => self
+                    .tree
+                    .insert(prefixed(space, &key), value)
+                    .map(|_| ())
+                    .map_err(map_err),
+                Some(Op::Remove { space, key }) => self
+                    .tree
+                    .remove(prefixed(space, &key))
+                    .map(|_| ())
+                    .map_err(map_err),
+                None => Ok(()),
+            };
+        }
         if ops.is_empty() {
             return Ok(());
         }

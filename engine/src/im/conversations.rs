@@ -107,11 +107,25 @@ impl Im {
         if let Some(seq) = self.last_seq_map().get(conv) {
             return Ok(*seq);
         }
-        let seq = self
+        // The conversation record is written with the first message only; the stored messages
+        // (never deleted) say how far it went since.
+        let recorded = self
             .store
             .get(Space::Conversations, conv.as_bytes())?
             .map(|v| read_u64(&v))
             .unwrap_or(0);
+        let newest = self
+            .store
+            .scan_range(
+                Space::Messages,
+                &message_key(conv, 0),
+                &message_key(conv, u64::MAX),
+                1,
+                true,
+            )?
+            .first()
+            .map_or(0, |(k, _)| read_u64(&k[k.len().saturating_sub(8)..]));
+        let seq = recorded.max(newest);
         self.last_seq_map().insert(conv.to_owned(), seq);
         Ok(seq)
     }
@@ -184,21 +198,23 @@ impl Im {
             envelope["cid"] = json!(cid);
         }
         let bytes = serde_json::to_vec(&envelope).unwrap_or_default();
+        // Usually one write (the message): the store applies a lone write much faster than a
+        // batch, and `last_seq` finds the newest message by itself.
         let mut batch = Batch::new();
         batch.put(Space::Messages, message_key(conv, seq), bytes.clone());
-        batch.put(
-            Space::Conversations,
-            conv.as_bytes().to_vec(),
-            seq.to_be_bytes().to_vec(),
-        );
         if let Some(dk) = dedup_key {
             batch.put(Space::Dedup, dk, seq.to_be_bytes().to_vec());
         }
-        if seq == 1
-            && let Some(Parties::Direct(a, b)) = parties(conv)
-        {
-            for party in [a, b] {
-                batch.put(Space::Inboxes, key(&[party, conv]), Vec::new());
+        if seq == 1 {
+            batch.put(
+                Space::Conversations,
+                conv.as_bytes().to_vec(),
+                seq.to_be_bytes().to_vec(),
+            );
+            if let Some(Parties::Direct(a, b)) = parties(conv) {
+                for party in [a, b] {
+                    batch.put(Space::Inboxes, key(&[party, conv]), Vec::new());
+                }
             }
         }
         self.store.apply(batch)?;
