@@ -561,11 +561,6 @@ impl Conn {
                         Ok(false) | Err(_) => return End::Abnormal,
                     }
                     deadline = self.keep_alive.map(|k| Instant::now() + k);
-                    // Let connections whose packets arrived in the same wakeup run first: the
-                    // runtime starts the most recently woken task first, so without this a
-                    // PUBLISH could be routed before another client's SUBSCRIBE that reached
-                    // the broker earlier, and that subscriber would miss it.
-                    tokio::task::yield_now().await;
                     let mut received = 0u64;
                     let ended = loop {
                         match wire.decode(&mut io.buf) {
@@ -667,7 +662,14 @@ impl Conn {
                     dup,
                 } => {
                     if let Some(stamp) = &delivery.msg.stamp {
-                        let cursor = self.cursors.entry(stamp.conv.clone()).or_insert(0);
+                        // Looked up before inserting: `conv` is shared by every recipient of the
+                        // message, and cloning it per delivery contends on its count.
+                        if !self.cursors.contains_key(&*stamp.conv) {
+                            self.cursors.insert(stamp.conv.clone(), 0);
+                        }
+                        let Some(cursor) = self.cursors.get_mut(&*stamp.conv) else {
+                            continue;
+                        };
                         if stamp.seq <= *cursor {
                             // Already sent (it was both in the sync and live).
                             if let Some(id) = packet_id {

@@ -173,6 +173,27 @@ impl Gate {
         }
     }
 
+    /// Queue `msg` for every online device of each of `accounts` (a group's members): the device
+    /// table is locked once, and the queues are filled after it is released.
+    fn deliver_to_accounts<'a>(
+        &self,
+        accounts: impl Iterator<Item = &'a str>,
+        msg: &Arc<Message>,
+        limits: &crate::session::QueueLimits,
+    ) {
+        let sessions: Vec<Arc<Session>> = {
+            let devices = self.devices();
+            accounts
+                .filter_map(|account| devices.get(account))
+                .flatten()
+                .map(|device| device.session.clone())
+                .collect()
+        };
+        for session in sessions {
+            session.offer(Self::delivery(msg), limits);
+        }
+    }
+
     /// Queue `msg` for one device whatever its queue bound (sync replay, answers).
     fn deliver_to_device(device: &Device, msg: &Arc<Message>) {
         device.session.force(Self::delivery(msg));

@@ -132,11 +132,9 @@ impl Gate {
                     now,
                     |gate, msg_for| {
                         let msg = msg_for(&format!("group/{group}"));
-                        for (member, _) in gate.im.with_graph(|g| g.members(group)) {
-                            if member != me {
-                                gate.deliver(&member, &msg, None, &broker.limits);
-                            }
-                        }
+                        let members = gate.im.with_graph(|g| g.members(group));
+                        let others = members.iter().map(|(m, _)| m.as_str()).filter(|m| *m != me);
+                        gate.deliver_to_accounts(others, &msg, &broker.limits);
                     },
                 )?;
                 Ok(Outcome {
