@@ -33,6 +33,31 @@ pub mod sys;
 pub mod topic;
 pub mod wire;
 
+/// mimalloc rather than the system allocator: messages, deliveries and the store allocate on
+/// every hop, and glibc's malloc and free were about a sixth of a worker's time under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(target_os = "linux")]
+unsafe extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_arena_eager_commit` (option 4 of the mimalloc 3 that libmimalloc-sys 0.1.49
+/// builds): off, as with `MIMALLOC_ARENA_EAGER_COMMIT=0`. Committed eagerly, the store's large
+/// zeroed tables became resident at start: 48 MiB instead of 9 MiB for an empty broker.
+#[cfg(target_os = "linux")]
+extern "C" fn lazy_arena_commit() {
+    // SAFETY: sets a plain option of the allocator; callable at any time, also before `main`.
+    unsafe { mi_option_set(4, 0) };
+}
+
+/// Runs before `main` (and before the store's first large allocation).
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static LAZY_ARENA_COMMIT: extern "C" fn() = lazy_arena_commit;
+
 pub use broker::Broker;
 pub use config::Config;
 pub use server::{Listeners, run};
