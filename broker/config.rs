@@ -26,6 +26,11 @@ allow_anonymous = false
 # rather than 0x87 "Not authorized", not revealing why (MQTT 5.0 allows either).
 hide_denial_reason = false
 
+# Threads that run the connections. 0: one per CPU core. 1: a single event loop that handles
+# packets in the order they arrive, across all connections (as Mosquitto does); with more
+# threads, packets that arrive together on different connections are handled in any order.
+worker_threads = 0
+
 # "sync": a QoS 1/2 PUBLISH is acknowledged only once durable (group commit).
 # "async": acknowledged from memory, flushed every `flush_interval_ms` (faster, may lose the
 # last moments of messages on a crash).
@@ -220,6 +225,7 @@ pub struct Config {
     pub data: PathBuf,
     pub allow_anonymous: bool,
     pub hide_denial_reason: bool,
+    pub worker_threads: usize,
     pub durability: Durability,
     pub flush_interval_ms: u64,
     pub sys_interval: u64,
@@ -238,6 +244,7 @@ impl Default for Config {
             data: PathBuf::from("./data"),
             allow_anonymous: false,
             hide_denial_reason: false,
+            worker_threads: 0,
             durability: Durability::Sync,
             flush_interval_ms: 1000,
             sys_interval: 10,

@@ -169,7 +169,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.check()?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = if config.worker_threads == 1 {
+        // One event loop: the tasks of connections whose packets arrive together run in
+        // arrival order (the multi-thread scheduler runs the most recently woken first).
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        if config.worker_threads > 1 {
+            runtime.worker_threads(config.worker_threads);
+        }
+        runtime
+    };
+    let runtime = runtime
         .enable_all()
         .thread_name("mqtter-worker")
         .build()
