@@ -887,6 +887,7 @@ impl Conn {
                     "packet a client may not send",
                 ));
             }
+            Inbound::Invalid(code, why) => return Err(Violation(code, why)),
         }
         Ok(None)
     }

@@ -65,9 +65,12 @@ pub fn detect(buf: &[u8]) -> Detected {
     match (name, level) {
         (b"MQTT", 4) => Detected::Proto(Proto::V3),
         (b"MQTT", 5) => Detected::Proto(Proto::V5),
-        _ => Detected::Unsupported {
+        // MQTT (or 3.1's MQIsdp) at a level this broker does not speak: answered with a CONNACK
+        // [MQTT-3.1.2-2]. Any other name is not MQTT at all: closed without one [MQTT-3.1.2-1].
+        (b"MQTT" | b"MQIsdp", _) => Detected::Unsupported {
             level: Some(*level),
         },
+        _ => Detected::Unsupported { level: None },
     }
 }
 
@@ -143,6 +146,8 @@ pub enum Inbound {
     Auth,
     /// A packet only a server sends (CONNACK, SUBACK, ...): a protocol error from a client.
     Unexpected(&'static str),
+    /// A packet the codec cannot represent, refused with this v5 reason code.
+    Invalid(u8, &'static str),
 }
 
 /// v5 reason codes the broker uses (v3 maps them to its fewer codes).
@@ -268,6 +273,15 @@ impl Wire {
         let Some(total) = whole_packet_len(src, self.max_inbound)? else {
             return Ok(None);
         };
+        if matches!(self.inner, Inner::V5(_)) && v5_publish_alias_is_zero(&src[..total]) {
+            let _ = src.split_to(total);
+            // ntex-mqtt fails such a PUBLISH as malformed (its Topic Alias is a NonZeroU16);
+            // the specification makes it a Topic Alias invalid error [MQTT-3.3.2-8].
+            return Ok(Some(Inbound::Invalid(
+                reason::TOPIC_ALIAS_INVALID,
+                "topic alias 0",
+            )));
+        }
         let mut packet = BytesMut::from(src.split_to(total));
         let decoded = match &self.inner {
             Inner::V3(codec) => codec.decode(&mut packet)?.map(from_v3),
@@ -538,6 +552,68 @@ impl Wire {
 /// The length of the packet at the front of `src` once all of it is there. A Remaining Length
 /// over `max` (0: no limit) is refused before the packet arrives; one of more than four bytes
 /// is malformed [MQTT-1.5.5-1].
+/// A Variable Byte Integer at the start of `buf`: its value and its length in bytes.
+fn var_int(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, byte) in buf.iter().take(4).enumerate() {
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Whether a whole v5 packet is a PUBLISH carrying a Topic Alias of 0. Anything else, or a
+/// packet too broken to tell, is `false` (the codec then judges it).
+fn v5_publish_alias_is_zero(packet: &[u8]) -> bool {
+    const TOPIC_ALIAS: u8 = 0x23;
+    let Some(&first) = packet.first() else {
+        return false;
+    };
+    if first >> 4 != 3 {
+        return false;
+    }
+    let Some((_, header)) = packet.get(1..).and_then(var_int) else {
+        return false;
+    };
+    let mut pos = 1 + header;
+    let Some(topic_len) = packet.get(pos..pos + 2) else {
+        return false;
+    };
+    pos += 2 + usize::from(u16::from_be_bytes([topic_len[0], topic_len[1]]));
+    if (first >> 1) & 0x03 != 0 {
+        pos += 2; // packet identifier
+    }
+    let Some((props_len, used)) = packet.get(pos..).and_then(var_int) else {
+        return false;
+    };
+    pos += used;
+    let Some(mut props) = packet.get(pos..pos + props_len) else {
+        return false;
+    };
+    let string_len = |p: &[u8]| {
+        p.get(..2)
+            .map(|l| 2 + usize::from(u16::from_be_bytes([l[0], l[1]])))
+    };
+    while let Some((&id, rest)) = props.split_first() {
+        let len = match id {
+            TOPIC_ALIAS => return rest.get(..2) == Some(&[0, 0][..]),
+            0x01 => Some(1),
+            0x02 => Some(4),
+            0x03 | 0x08 | 0x09 => string_len(rest),
+            0x0B => var_int(rest).map(|(_, used)| used),
+            0x26 => string_len(rest).and_then(|k| Some(k + string_len(rest.get(k..)?)?)),
+            _ => None,
+        };
+        let Some(next) = len.and_then(|len| rest.get(len..)) else {
+            return false;
+        };
+        props = next;
+    }
+    false
+}
+
 fn whole_packet_len(src: &[u8], max: u32) -> Result<Option<usize>, DecodeError> {
     let mut remaining: u32 = 0;
     for (i, byte) in src.iter().skip(1).enumerate() {
@@ -794,5 +870,34 @@ mod tests {
         let mut old = v3.to_vec();
         old[8] = 3;
         assert_eq!(detect(&old), Detected::Unsupported { level: Some(3) });
+        let mut wrong_name = v3.to_vec();
+        wrong_name[4..8].copy_from_slice(b"MQTX");
+        assert_eq!(detect(&wrong_name), Detected::Unsupported { level: None });
+    }
+
+    #[test]
+    fn a_v5_topic_alias_of_0_is_topic_alias_invalid() {
+        // QoS 1 PUBLISH to "t", packet id 1, properties: a user property ("a", "b"), a Payload
+        // Format Indicator, then a Topic Alias; payload "x".
+        let publish = |alias: u8| {
+            let mut p = vec![0x32, 0x13, 0x00, 0x01, b't', 0x00, 0x01, 0x0c];
+            p.extend_from_slice(&[0x26, 0x00, 0x01, b'a', 0x00, 0x01, b'b']);
+            p.extend_from_slice(&[0x01, 0x00, 0x23, 0x00, alias, b'x']);
+            p
+        };
+        assert!(v5_publish_alias_is_zero(&publish(0)));
+        assert!(!v5_publish_alias_is_zero(&publish(1)));
+        let mut wire = Wire::new(Proto::V5, 0);
+        let mut buf = BytesMut::from(&publish(0)[..]);
+        match wire.decode(&mut buf) {
+            Ok(Some(Inbound::Invalid(code, _))) => assert_eq!(code, reason::TOPIC_ALIAS_INVALID),
+            other => panic!("expected Topic Alias invalid, got {other:?}"),
+        }
+        assert!(buf.is_empty());
+        let mut buf = BytesMut::from(&publish(1)[..]);
+        match wire.decode(&mut buf) {
+            Ok(Some(Inbound::Publish(p))) => assert_eq!(p.topic_alias, Some(1)),
+            other => panic!("expected a PUBLISH, got {other:?}"),
+        }
     }
 }
