@@ -296,7 +296,7 @@ struct Conn {
     /// Set when the client is a person: its device in the IM world.
     device: Option<Device>,
     /// The last IM sequence number sent per conversation (saved as cursors at the end).
-    cursors: HashMap<Arc<str>, u64>,
+    cursors: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
     /// Friend requests made with `im-temporary`, withdrawn at the end if still pending.
     temporary: Vec<String>,
     /// Packet ids of PUBACKs read and not yet completed (see `finish_acked`).
@@ -474,7 +474,7 @@ impl Conn {
             held: Vec::new(),
             waiting: None,
             device: None,
-            cursors: HashMap::new(),
+            cursors: HashMap::default(),
             temporary: Vec::new(),
             acked: Vec::new(),
         };

@@ -80,11 +80,16 @@ struct Presence {
     text: Option<String>,
 }
 
+/// Online devices by account. Looked up once per recipient of every message: hashed with
+/// foldhash, which costs a fraction of SipHash on these short ids (the accounts are the
+/// registry's, not a client's choice).
+type DeviceMap = HashMap<Arc<str>, Vec<Device>, foldhash::fast::RandomState>;
+
 /// The IM world of the running broker.
 pub struct Gate {
     pub im: Im,
     settings: ImSection,
-    devices: Mutex<HashMap<Arc<str>, Vec<Device>>>,
+    devices: Mutex<DeviceMap>,
     presence: Mutex<HashMap<Arc<str>, Presence>>,
 }
 
@@ -111,12 +116,12 @@ impl Gate {
         Self {
             im,
             settings,
-            devices: Mutex::new(HashMap::new()),
+            devices: Mutex::new(DeviceMap::default()),
             presence: Mutex::new(HashMap::new()),
         }
     }
 
-    fn devices(&self) -> MutexGuard<'_, HashMap<Arc<str>, Vec<Device>>> {
+    fn devices(&self) -> MutexGuard<'_, DeviceMap> {
         self.devices.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -173,22 +178,28 @@ impl Gate {
         }
     }
 
-    /// Queue `msg` for every online device of each of `accounts` (a group's members): the device
-    /// table is locked once, and the queues are filled after it is released.
-    fn deliver_to_accounts<'a>(
+    /// Queue `msg` for every online device of every member of `group` but `sender`: the graph
+    /// and the device table are read once (in that order), and the queues are filled after both
+    /// are released.
+    fn deliver_to_members(
         &self,
-        accounts: impl Iterator<Item = &'a str>,
+        group: &str,
+        sender: &str,
         msg: &Arc<Message>,
         limits: &crate::session::QueueLimits,
     ) {
-        let sessions: Vec<Arc<Session>> = {
+        let sessions: Vec<Arc<Session>> = self.im.with_graph(|graph| {
             let devices = self.devices();
-            accounts
-                .filter_map(|account| devices.get(account))
-                .flatten()
-                .map(|device| device.session.clone())
-                .collect()
-        };
+            let mut sessions = Vec::new();
+            graph.for_each_member(group, |member| {
+                if member != sender
+                    && let Some(list) = devices.get(member)
+                {
+                    sessions.extend(list.iter().map(|device| device.session.clone()));
+                }
+            });
+            sessions
+        });
         for session in sessions {
             session.offer(Self::delivery(msg), limits);
         }

@@ -132,9 +132,7 @@ impl Gate {
                     now,
                     |gate, msg_for| {
                         let msg = msg_for(&format!("group/{group}"));
-                        let members = gate.im.with_graph(|g| g.members(group));
-                        let others = members.iter().map(|(m, _)| m.as_str()).filter(|m| *m != me);
-                        gate.deliver_to_accounts(others, &msg, &broker.limits);
+                        gate.deliver_to_members(group, me, &msg, &broker.limits);
                     },
                 )?;
                 Ok(Outcome {

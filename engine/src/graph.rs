@@ -289,6 +289,19 @@ impl Graph {
         out
     }
 
+    /// Calls `f` with every member of group `id` (any role), in no particular order: a group
+    /// message's fan-out, without building and sorting the member list for every message.
+    pub fn for_each_member(&self, id: &str, mut f: impl FnMut(&str)) {
+        let Some(index) = self.node(id, true) else {
+            return;
+        };
+        for edge in self.graph.edges_directed(index, Direction::Incoming) {
+            if let Relation::Member { .. } = edge.weight() {
+                f(self.id_of(edge.source()));
+            }
+        }
+    }
+
     /// Members of group `id` with their roles.
     pub fn members(&self, id: &str) -> Vec<(String, Role)> {
         let Some(index) = self.node(id, true) else {
