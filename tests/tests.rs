@@ -2,23 +2,25 @@
 //!
 //! One test binary (faster builds); each file below is one area.
 
-mod common;
-mod smoke;
-mod mosquitto;
-mod websocket;
-mod malformed;
-mod crash;
-mod access;
 mod clients;
+mod common;
+
+mod access;
+mod bench;
+mod crash;
+mod daemon;
+mod im_friends;
+mod im_groups;
+mod im_messages;
+mod im_presence;
+mod im_requests;
+mod malformed;
+mod mosquitto;
 mod qos;
 mod retained;
 mod sessions;
+mod smoke;
 mod topics;
 mod v5_features;
+mod websocket;
 mod will;
-mod im_friends;
-mod im_messages;
-mod im_groups;
-mod im_presence;
-mod im_requests;
-mod daemon;

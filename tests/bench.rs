@@ -1,0 +1,118 @@
+//! A short smoke run of every `mqtter bench` scenario against the real daemon, so the load
+//! generator never rots. It checks that each scenario completes and delivers what it sent; it
+//! asserts no speed (figures belong in docs/BENCHMARKS.md).
+
+use std::process::Command;
+
+use crate::common::Daemon;
+
+/// Run `mqtter bench ARGS --json FILE` and return the records.
+fn bench(args: &[&str]) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("results.json");
+    let output = Command::new(Daemon::binary())
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run mqtter bench");
+    assert!(
+        output.status.success(),
+        "mqtter bench failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("the JSON results");
+    serde_json::from_str::<Vec<serde_json::Value>>(&text).expect("a JSON array")
+}
+
+fn check(records: &[serde_json::Value], expected_names: &[&str]) {
+    let names: Vec<&str> = records.iter().filter_map(|r| r["name"].as_str()).collect();
+    for name in expected_names {
+        assert!(
+            names.contains(name),
+            "scenario {name} did not run: {names:?}"
+        );
+    }
+    for record in records {
+        let name = record["name"].as_str().unwrap_or("?");
+        assert!(
+            record["error"].is_null(),
+            "{name} failed: {}",
+            record["error"]
+        );
+        assert_eq!(record["timed_out"], false, "{name} timed out");
+        if name == "conns" {
+            assert!(
+                record["conn_per_sec"].as_f64().unwrap_or(0.0) > 0.0,
+                "{name}: {record}"
+            );
+            continue;
+        }
+        let delivered = record["messages"].as_u64().unwrap_or(0);
+        assert!(delivered > 0, "{name} delivered nothing: {record}");
+        if record["qos"].as_u64() == Some(1) {
+            // QoS 1 loses nothing; QoS 0 may, by design, under overload.
+            assert_eq!(
+                record["lost"].as_u64().unwrap_or(0),
+                0,
+                "{name} lost messages: {record}"
+            );
+        }
+    }
+}
+
+/// Queues as unbounded as the compared brokers' (benches/compare.sh), so that QoS 1 bursts from
+/// many publishers to one subscriber are queued, not dropped by the default `max_queued`.
+const UNBOUNDED: &str = "[limits]\nmax_queued = 10000000\n";
+
+#[test]
+fn every_plain_scenario_runs_against_the_daemon() {
+    let daemon = Daemon::start_with(&["--allow-anonymous"], Some(UNBOUNDED));
+    let broker = daemon.mqtt.to_string();
+    let pid = daemon.pid().expect("pid").to_string();
+    let records = bench(&[
+        "--broker",
+        &broker,
+        "--broker-pid",
+        &pid,
+        "--quick",
+        "--scenario",
+        "conns,pairs,fanout,fanin",
+    ]);
+    check(
+        &records,
+        &[
+            "conns",
+            "pairs-qos0",
+            "pairs-qos1",
+            "pairs-qos0-rate",
+            "pairs-qos1-rate",
+            "fanout-qos0",
+            "fanout-qos1",
+            "fanin-qos0",
+            "fanin-qos1",
+        ],
+    );
+}
+
+#[test]
+fn every_im_scenario_runs_against_the_daemon() {
+    let setup = tempfile::tempdir().expect("temp dir");
+    let status = Command::new(Daemon::binary())
+        .args(["bench", "--quick", "--im-setup"])
+        .arg(setup.path())
+        .status()
+        .expect("mqtter bench --im-setup");
+    assert!(status.success());
+    let config = std::fs::read_to_string(setup.path().join("mqtter.toml")).expect("config");
+    // The bench checks that the broker answers MQTT with an anonymous probe first.
+    let daemon = Daemon::start_with(
+        &["--allow-anonymous"],
+        Some(&format!("{config}\n{UNBOUNDED}")),
+    );
+    let broker = daemon.mqtt.to_string();
+    let records = bench(&["--broker", &broker, "--quick", "--scenario", "im"]);
+    check(&records, &["im-direct", "im-group", "im-reconnect"]);
+}
