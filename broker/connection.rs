@@ -494,6 +494,10 @@ impl Conn {
                 client_id: conn.client_id.clone(),
                 session: conn.session.clone(),
                 v5: proto == Proto::V5,
+                sync: !connect
+                    .user_properties
+                    .iter()
+                    .any(|(k, v)| k == "im-sync" && v == "false"),
             };
             // After CONNACK: the roster, every missed message, `sync.done`.
             broker

@@ -97,6 +97,8 @@ pub struct ConnectIn {
     pub topic_alias_max: u16,
     pub request_problem_info: bool,
     pub auth_method: Option<ByteString>,
+    /// v5 user properties (the IM world reads `im-sync`).
+    pub user_properties: Vec<(ByteString, ByteString)>,
 }
 
 /// A PUBLISH from the client, version-neutral.
@@ -729,6 +731,7 @@ fn from_v3(decoded: v3::codec::Decoded) -> Inbound {
                 topic_alias_max: 0,
                 request_problem_info: true,
                 auth_method: None,
+                user_properties: Vec::new(),
             })),
             P::PublishAck { packet_id } => Inbound::PubAck(packet_id.get()),
             P::PublishReceived { packet_id } => Inbound::PubRec(packet_id.get(), false),
@@ -808,6 +811,7 @@ fn from_v5(decoded: v5::codec::Decoded) -> Inbound {
                     topic_alias_max: c.topic_alias_max,
                     request_problem_info: c.request_problem_info,
                     auth_method: c.auth_method,
+                    user_properties: c.user_properties,
                 }))
             }
             P::PublishAck(a) => Inbound::PubAck(a.packet_id.get()),

@@ -321,3 +321,50 @@ async fn a_broken_definitions_file_does_not_stop_the_daemon() {
         assert_eq!(connack.code(), 0x86, "{who}");
     }
 }
+
+/// The README's request from the command line: `mosquitto_rr` connects with the v5 user property
+/// `im-sync: false`, so the first message it gets is the answer on its response topic, not the
+/// sync; the answer carries the history.
+#[test]
+fn mosquitto_rr_request_without_sync_gets_the_answer() {
+    let yaml = format!(
+        "{}{}",
+        persons(&["alice", "bob"]),
+        friends(&[("alice", "bob")])
+    );
+    let world = World::with(&yaml, "");
+    let port = world.port().to_string();
+    let publish = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "alice",
+            "-P",
+            "alice-pw",
+            "-i",
+            "alice",
+        ])
+        .args(["-t", "person/bob/inbox", "-m", "hi bob", "-q", "1"])
+        .status()
+        .expect("run mosquitto_pub (apt-get install mosquitto-clients)");
+    assert!(publish.success());
+    let request = r#"{"id":"r1","op":"history","conv":"person:alice|person:bob","limit":10}"#;
+    let output = std::process::Command::new("timeout")
+        .args(["20", "mosquitto_rr", "-h", "127.0.0.1", "-p", &port])
+        .args(["-u", "bob", "-P", "bob-pw", "-i", "bob:cli"])
+        .args(["-D", "connect", "user-property", "im-sync", "false"])
+        .args(["-t", "$im/req", "-e", "replies/bob", "-m", request])
+        .output()
+        .expect("run mosquitto_rr");
+    assert!(output.status.success(), "mosquitto_rr: {output:?}");
+    let answer: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON answer");
+    assert_eq!(answer["type"], "res");
+    assert_eq!(answer["id"], "r1");
+    assert_eq!(answer["ok"], true);
+    assert_eq!(answer["messages"][0]["body"]["text"], "hi bob");
+    assert_eq!(answer["messages"][0]["from"], "alice");
+}

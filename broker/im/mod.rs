@@ -49,6 +49,10 @@ pub struct Device {
     pub client_id: Arc<str>,
     pub session: Arc<Session>,
     pub v5: bool,
+    /// Sent the sync at CONNECT. A device that connects with the v5 user property
+    /// `im-sync: false` (a script that only makes requests) gets no sync and no presence of its
+    /// own coming online; live messages still reach it.
+    pub sync: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,6 +376,11 @@ impl Gate {
     /// friends' presence.
     pub fn connect(&self, device: Device, now: u64, limits: &crate::session::QueueLimits) {
         let account = device.account.clone();
+        if !device.sync {
+            self.mark_online(&account, now, limits);
+            self.devices().entry(account).or_default().push(device);
+            return;
+        }
         // Registered first, so that nothing sent from now on is missed; what arrives live while
         // the sync is read queues behind it (the sync goes to the front), and a message in both
         // is sent once (the connection skips what its cursor has passed).
@@ -422,7 +431,14 @@ impl Gate {
         }
         sync.push(envelope(&notice("sync.done", now, json!({ "more": more }))));
         device.session.force_front(sync);
+        self.mark_online(&account, now, limits);
+        for friend in self.im.with_graph(|g| g.friends(&account)) {
+            Self::deliver_to_device(&device, &self.status_message(&friend));
+        }
+    }
 
+    /// A device of `account` connected: active now, and online.
+    fn mark_online(&self, account: &Arc<str>, now: u64, limits: &crate::session::QueueLimits) {
         {
             let mut presences = self.presences();
             let p = presences.entry(account.clone()).or_insert(Presence {
@@ -434,10 +450,7 @@ impl Gate {
             });
             p.last_active = now;
         }
-        self.set_status(&account, Status::Online, now, limits);
-        for friend in self.im.with_graph(|g| g.friends(&account)) {
-            Self::deliver_to_device(&device, &self.status_message(&friend));
-        }
+        self.set_status(account, Status::Online, now, limits);
     }
 
     /// A device went away: save its cursors; the last device leaving makes the person offline.
