@@ -447,8 +447,13 @@ impl Conn {
         }
         let owner = broker.next_token();
         let waker = Arc::new(tokio::sync::Notify::new());
-        let (session, present) =
-            broker.attach(&client_id, connect.clean_start, expiry, owner, waker.clone());
+        let (session, present) = broker.attach(
+            &client_id,
+            connect.clean_start,
+            expiry,
+            owner,
+            waker.clone(),
+        );
         wire.connack(present, reason::SUCCESS, props);
         wire.set_client_limits(connect.max_packet_size, connect.topic_alias_max);
         let mut will = connect.will;

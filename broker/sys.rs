@@ -49,7 +49,8 @@ impl Metrics {
             self.clients_connected.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
-        self.clients_maximum.fetch_max(before + 1, Ordering::Relaxed);
+        self.clients_maximum
+            .fetch_max(before + 1, Ordering::Relaxed);
         true
     }
 
