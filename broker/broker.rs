@@ -19,7 +19,7 @@ use crate::config::{Config, Durability};
 use crate::hooks::PublishHook;
 use crate::im::Gate;
 use crate::message::{Message, QoS, StoredMessage, now_ms};
-use crate::persist::{self, QueuedHeader, SessionRecord};
+use crate::persist::{self, QueuedHeader, SessionRecord, WillRecord};
 use crate::router::Router;
 use crate::session::{Delivery, Eviction, Offered, QueueLimits, Session};
 use crate::sys::Metrics;
@@ -312,6 +312,7 @@ impl Broker {
     /// A connection of generation `owner` has ended. Publishes or schedules the will, and ends
     /// the session or keeps it for its expiry.
     pub fn detach(self: &Arc<Self>, session: &Arc<Session>, owner: u64, will: Option<Will>) {
+        self.forget_will(&session.client_id, owner);
         let expiry = {
             let mut state = session.lock();
             if state.owner != owner {
@@ -575,12 +576,70 @@ impl Broker {
             }
             restored += 1;
         }
+        // Wills of the clients that were connected when the broker stopped without a goodbye
+        // (a crash): their connections closed abnormally, so their wills go out now, or after
+        // their delay if the session lives on and nobody comes back [MQTT-3.1.2-8].
+        let mut wills = 0;
+        for (key, value) in self.store.scan_prefix(Space::Wills, b"")? {
+            let client_id: Arc<str> = Arc::from(String::from_utf8_lossy(&key).as_ref());
+            let mut batch = Batch::new();
+            batch.remove(Space::Wills, key);
+            self.store.apply(batch)?;
+            let Some(record) = persist::decode::<WillRecord>(&value) else { continue };
+            let expiry = self
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&client_id)
+                .map_or(0, |s| s.lock().expiry_secs);
+            let will = Will { msg: Message::from(record.msg), delay_secs: record.delay_secs };
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.schedule_will(&client_id, will, expiry);
+                wills += 1;
+            }
+        }
         tracing::info!(
             sessions = restored,
             retained = self.retained_count(),
+            wills,
             "store restored"
         );
         Ok(())
+    }
+
+    /// Keep a new connection's will in the store (or drop an older connection's) so that a crash
+    /// does not lose it. Durable with the next flush.
+    pub fn remember_will(&self, client_id: &str, owner: u64, will: Option<&Will>) {
+        let mut batch = Batch::new();
+        match will {
+            Some(will) => {
+                let record = WillRecord {
+                    owner,
+                    msg: StoredMessage::from(&will.msg),
+                    delay_secs: will.delay_secs,
+                };
+                batch.put(Space::Wills, client_id.as_bytes().to_vec(), persist::encode(&record));
+            }
+            None => match self.store.get(Space::Wills, client_id.as_bytes()) {
+                Ok(Some(_)) => batch.remove(Space::Wills, client_id.as_bytes().to_vec()),
+                _ => return,
+            },
+        }
+        if let Err(err) = self.store.apply(batch) {
+            tracing::error!(cause = %err, client_id, "cannot store a will");
+        }
+    }
+
+    /// The connection `owner` ended: its stored will (if still its own) is no longer needed.
+    fn forget_will(&self, client_id: &str, owner: u64) {
+        let Ok(Some(value)) = self.store.get(Space::Wills, client_id.as_bytes()) else { return };
+        if persist::decode::<WillRecord>(&value).is_some_and(|r| r.owner == owner) {
+            let mut batch = Batch::new();
+            batch.remove(Space::Wills, client_id.as_bytes().to_vec());
+            if let Err(err) = self.store.apply(batch) {
+                tracing::error!(cause = %err, client_id, "cannot remove a will");
+            }
+        }
     }
 
     /// Tell every connection to go (shutdown); they flush what they owe and close.

@@ -460,6 +460,7 @@ impl Conn {
         if let Some(will) = will.as_mut() {
             will.msg.publisher = Some(client_id.clone());
         }
+        broker.remember_will(&client_id, owner, will.as_ref());
         tracing::debug!(%peer, %client_id, ?proto, present, expiry, keep_alive, "client connected");
         let window = usize::from(connect.receive_max.min(limits.max_inflight).max(1));
         let mut conn = Conn {

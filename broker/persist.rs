@@ -24,6 +24,17 @@ pub struct SessionRecord {
     pub disconnected_at_ms: Option<u64>,
 }
 
+/// The last will of a connected client, kept so that a broker crash does not lose it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WillRecord {
+    /// The connection that set it (a takeover's new will is not removed by the old connection).
+    pub owner: u64,
+    /// The will message; `expires_at_ms` holds its Message Expiry Interval in seconds until it
+    /// is published.
+    pub msg: StoredMessage,
+    pub delay_secs: u32,
+}
+
 /// What is particular to one session in a queued entry.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct QueuedHeader {

@@ -227,3 +227,46 @@ fn acknowledged_retained_messages_survive_sigkill() {
     let next = sub.next_publish();
     assert_eq!(next.topic, "crash/kept/zz-marker");
 }
+
+/// A client connected with a will when the broker crashes closed its connection abnormally: its
+/// will is published after the restart [MQTT-3.1.2-8]. A client that connected without one, or
+/// left with a normal DISCONNECT, leaves none behind.
+#[test]
+fn wills_of_clients_connected_at_the_crash_are_published_after_the_restart() {
+    let mut daemon = Daemon::start();
+    let session = Connect::v3("will-watcher").clean(false);
+    let mut watcher = Client::session(daemon.mqtt, &session);
+    assert_eq!(watcher.subscribe(&[("crash/will/#", 1)]), [1]);
+    watcher.disconnect();
+
+    let _dying = Client::session(
+        daemon.mqtt,
+        &Connect::v3("dying").will("crash/will/dying", b"gone in the crash", 1, false),
+    );
+    let polite = Client::session(
+        daemon.mqtt,
+        &Connect::v3("polite").will("crash/will/polite", b"never sent", 1, false),
+    );
+    polite.disconnect();
+    // A durable write after the CONNECTs: its acknowledgement means every earlier write (the
+    // stored will among them) is durable too.
+    let mut marker = Client::session(daemon.mqtt, &Connect::v3("marker"));
+    assert_eq!(marker.publish("crash/marker", 1, true, b"flushed"), 0);
+
+    daemon.kill();
+    daemon.restart();
+    let mut watcher = Client::session(daemon.mqtt, &session);
+    let will = watcher
+        .next_publish_within(WAIT)
+        .expect("the will after the restart");
+    assert_eq!(will.topic, "crash/will/dying");
+    assert_eq!(will.payload_str(), "gone in the crash");
+    // Nothing else: the polite client's will was dropped with its DISCONNECT. A later message
+    // arrives next.
+    let mut publisher = Client::session(daemon.mqtt, &Connect::v3("after"));
+    assert_eq!(publisher.publish("crash/will/after", 1, false, b"after"), 0);
+    let next = watcher
+        .next_publish_within(WAIT)
+        .expect("the later message");
+    assert_eq!(next.topic, "crash/will/after");
+}

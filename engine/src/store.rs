@@ -43,11 +43,13 @@ pub enum Space {
     Cursors,
     /// The direct conversations an account takes part in, by account + conversation.
     Inboxes,
+    /// Last wills of connected clients, by client id (published after a crash).
+    Wills,
 }
 
 impl Space {
     /// Every space, in a fixed order (backends open them all at start).
-    pub const ALL: [Space; 13] = [
+    pub const ALL: [Space; 14] = [
         Space::Sessions,
         Space::Queue,
         Space::Retained,
@@ -61,6 +63,7 @@ impl Space {
         Space::Dedup,
         Space::Cursors,
         Space::Inboxes,
+        Space::Wills,
     ];
 
     /// The stable one-byte tag of the space on disk. Never reuse or renumber a tag.
@@ -79,6 +82,7 @@ impl Space {
             Space::Dedup => 10,
             Space::Cursors => 11,
             Space::Inboxes => 12,
+            Space::Wills => 13,
         }
     }
 
@@ -98,6 +102,7 @@ impl Space {
             Space::Dedup => "dedup",
             Space::Cursors => "cursors",
             Space::Inboxes => "inboxes",
+            Space::Wills => "wills",
         }
     }
 }
