@@ -585,14 +585,19 @@ impl Broker {
             let mut batch = Batch::new();
             batch.remove(Space::Wills, key);
             self.store.apply(batch)?;
-            let Some(record) = persist::decode::<WillRecord>(&value) else { continue };
+            let Some(record) = persist::decode::<WillRecord>(&value) else {
+                continue;
+            };
             let expiry = self
                 .sessions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&client_id)
                 .map_or(0, |s| s.lock().expiry_secs);
-            let will = Will { msg: Message::from(record.msg), delay_secs: record.delay_secs };
+            let will = Will {
+                msg: Message::from(record.msg),
+                delay_secs: record.delay_secs,
+            };
             if tokio::runtime::Handle::try_current().is_ok() {
                 self.schedule_will(&client_id, will, expiry);
                 wills += 1;
@@ -618,7 +623,11 @@ impl Broker {
                     msg: StoredMessage::from(&will.msg),
                     delay_secs: will.delay_secs,
                 };
-                batch.put(Space::Wills, client_id.as_bytes().to_vec(), persist::encode(&record));
+                batch.put(
+                    Space::Wills,
+                    client_id.as_bytes().to_vec(),
+                    persist::encode(&record),
+                );
             }
             None => match self.store.get(Space::Wills, client_id.as_bytes()) {
                 Ok(Some(_)) => batch.remove(Space::Wills, client_id.as_bytes().to_vec()),
@@ -632,7 +641,9 @@ impl Broker {
 
     /// The connection `owner` ended: its stored will (if still its own) is no longer needed.
     fn forget_will(&self, client_id: &str, owner: u64) {
-        let Ok(Some(value)) = self.store.get(Space::Wills, client_id.as_bytes()) else { return };
+        let Ok(Some(value)) = self.store.get(Space::Wills, client_id.as_bytes()) else {
+            return;
+        };
         if persist::decode::<WillRecord>(&value).is_some_and(|r| r.owner == owner) {
             let mut batch = Batch::new();
             batch.remove(Space::Wills, client_id.as_bytes().to_vec());
