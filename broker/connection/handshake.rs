@@ -1,0 +1,265 @@
+//! The CONNECT handshake: protocol detection, authentication, client id, keepalive, will,
+//! session attach and the CONNACK (the IM world's sync starts here too).
+
+use super::*;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+    /// Read up to the CONNECT; `None` when the peer went away or spoke something else.
+    pub(super) async fn read_connect(
+        &mut self,
+    ) -> std::io::Result<Option<(wire::Wire, Box<ConnectIn>)>> {
+        let proto = loop {
+            match wire::detect(&self.buf) {
+                Detected::Proto(proto) => break proto,
+                Detected::NeedMore => {
+                    if !self.fill().await? {
+                        return Ok(None);
+                    }
+                }
+                Detected::Unsupported { level: Some(level) } => {
+                    // [MQTT-3.1.2-2]: answer an unknown protocol level with 0x01 and close.
+                    tracing::debug!(level, "unsupported protocol level");
+                    let mut w = wire::Wire::new(Proto::V3, 0);
+                    w.connack(false, reason::UNSUPPORTED_PROTOCOL, ConnackProps::default());
+                    self.flush(&mut w).await?;
+                    return Ok(None);
+                }
+                Detected::Unsupported { level: None } => return Ok(None),
+            }
+        };
+        let mut wire = wire::Wire::new(proto, self.broker.config.limits.max_packet_size);
+        loop {
+            match wire.decode(&mut self.buf) {
+                Ok(Some(Inbound::Connect(connect))) => return Ok(Some((wire, connect))),
+                Ok(Some(_)) => return Ok(None),
+                Ok(None) => {
+                    if !self.fill().await? {
+                        return Ok(None);
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(?err, "malformed CONNECT");
+                    let code = match err {
+                        DecodeError::MaxSizeExceeded { .. } => reason::PACKET_TOO_LARGE,
+                        DecodeError::InvalidClientId => reason::CLIENT_ID_NOT_VALID,
+                        _ => reason::MALFORMED,
+                    };
+                    wire.connack(false, code, ConnackProps::default());
+                    self.flush(&mut wire).await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Check the CONNECT, answer it (into `wire`: `serve` writes it), and attach the session.
+    /// `None`: refused.
+    pub(super) async fn accept(
+        broker: &Arc<Broker>,
+        wire: &mut wire::Wire,
+        connect: ConnectIn,
+        peer: SocketAddr,
+    ) -> Option<Conn> {
+        let proto = wire.proto();
+        let limits = &broker.config.limits;
+        let refuse = |wire: &mut wire::Wire, code: u8, why: &str| {
+            tracing::info!(%peer, client_id = %connect.client_id, code, why, "connection refused");
+            wire.connack(false, code, ConnackProps::default());
+            None
+        };
+        if broker.metrics.clients_connected.load(Ordering::Relaxed) as usize
+            >= limits.max_connections
+        {
+            return refuse(wire, reason::QUOTA_EXCEEDED, "too many connections");
+        }
+        if connect.auth_method.is_some() {
+            return refuse(
+                wire,
+                reason::BAD_AUTH_METHOD,
+                "enhanced authentication is not supported",
+            );
+        }
+
+        // Who is it?
+        let username = match &connect.username {
+            Some(name) => {
+                let accounts = broker.accounts.clone();
+                let name_owned = name.to_string();
+                let password = connect.password.clone().unwrap_or_default().to_vec();
+                let verdict =
+                    tokio::task::spawn_blocking(move || accounts.verify(&name_owned, &password))
+                        .await;
+                match verdict {
+                    Ok(Ok(Some(true))) => Some(name.to_string()),
+                    Ok(Ok(Some(false))) => {
+                        return refuse(wire, reason::BAD_USER_OR_PASSWORD, "bad password");
+                    }
+                    Ok(Ok(None)) if broker.config.allow_anonymous => None,
+                    Ok(Ok(None)) => {
+                        return refuse(wire, reason::BAD_USER_OR_PASSWORD, "no such account");
+                    }
+                    Ok(Err(err)) => {
+                        tracing::error!(cause = %err, "account lookup failed");
+                        return refuse(wire, reason::SERVER_UNAVAILABLE, "account store failed");
+                    }
+                    Err(_) => {
+                        return refuse(wire, reason::SERVER_UNAVAILABLE, "account check failed");
+                    }
+                }
+            }
+            None if broker.config.allow_anonymous => None,
+            None => return refuse(wire, reason::NOT_AUTHORIZED, "anonymous access is off"),
+        };
+
+        // Which session?
+        let mut props = ConnackProps {
+            receive_max: limits.receive_maximum,
+            max_packet_size: limits.max_packet_size,
+            topic_alias_max: if proto == Proto::V5 {
+                limits.max_topic_alias
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        let client_id: Arc<str> = if connect.client_id.is_empty() {
+            if proto == Proto::V3 && !connect.clean_start {
+                // [MQTT-3.1.3-8]
+                return refuse(
+                    wire,
+                    reason::CLIENT_ID_NOT_VALID,
+                    "empty client id needs a clean session",
+                );
+            }
+            let assigned = format!("mqtter-{:016x}", rand::random::<u64>());
+            props.assigned_client_id = Some(ByteString::from(assigned.as_str()));
+            Arc::from(assigned)
+        } else {
+            Arc::from(&*connect.client_id)
+        };
+        let expiry = match proto {
+            Proto::V3 => connect.session_expiry,
+            Proto::V5 => {
+                let granted = connect.session_expiry.min(limits.max_session_expiry);
+                if granted != connect.session_expiry {
+                    props.session_expiry = Some(granted);
+                }
+                granted
+            }
+        };
+        let mut keep_alive = connect.keep_alive;
+        if proto == Proto::V5 && keep_alive > limits.max_keepalive {
+            keep_alive = limits.max_keepalive;
+            props.server_keepalive = Some(keep_alive);
+        }
+
+        if let Some(will) = &connect.will {
+            if topic::validate_name(&will.msg.topic).is_err() {
+                return refuse(wire, reason::TOPIC_NAME_INVALID, "invalid will topic");
+            }
+            if !broker.acl.allows(
+                username.as_deref(),
+                &client_id,
+                Action::Publish,
+                &will.msg.topic,
+            ) {
+                return refuse(wire, reason::NOT_AUTHORIZED, "will topic not allowed");
+            }
+        }
+
+        // A person's client id is `<account>` or `<account>:<device>`; one naming another account
+        // is refused.
+        if let Some(account) = username.as_deref() {
+            let named = client_id.split(':').next().unwrap_or_default();
+            if named != account
+                && broker
+                    .gate
+                    .im
+                    .with_graph(|g| g.account_kind(named).is_some())
+            {
+                return refuse(
+                    wire,
+                    reason::CLIENT_ID_NOT_VALID,
+                    "client id names another account",
+                );
+            }
+        }
+
+        // The place is taken here, atomically, after every other check (the early check above
+        // only spares refused clients the password hash); `serve` gives it back.
+        if !broker.metrics.try_connect(limits.max_connections) {
+            return refuse(wire, reason::QUOTA_EXCEEDED, "too many connections");
+        }
+        let owner = broker.next_token();
+        let waker = Arc::new(tokio::sync::Notify::new());
+        let (session, present) = broker.attach(
+            &client_id,
+            connect.clean_start,
+            expiry,
+            owner,
+            waker.clone(),
+        );
+        wire.connack(present, reason::SUCCESS, props);
+        wire.set_client_limits(connect.max_packet_size, connect.topic_alias_max);
+        let mut will = connect.will;
+        if let Some(will) = will.as_mut() {
+            will.msg.publisher = Some(client_id.clone());
+        }
+        broker.remember_will(&client_id, owner, will.as_ref());
+        tracing::debug!(%peer, %client_id, ?proto, present, expiry, keep_alive, "client connected");
+        let window = usize::from(connect.receive_max.min(limits.max_inflight).max(1));
+        let mut conn = Conn {
+            broker: broker.clone(),
+            session,
+            waker,
+            owner,
+            client_id,
+            username,
+            proto,
+            will,
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            window,
+            connect_expiry: expiry,
+            inbound_aliases: HashMap::new(),
+            held: Vec::new(),
+            waiting: None,
+            device: None,
+            cursors: HashMap::default(),
+            temporary: Vec::new(),
+            acked: Vec::new(),
+        };
+        if present {
+            // [MQTT-4.4.0-1]: resend what was in flight, with the original ids, within the
+            // client's Receive Maximum [MQTT-4.9.0-2].
+            let mut out = Vec::new();
+            conn.session.lock().resend_all(conn.window, &mut out);
+            conn.send(wire, out);
+        }
+        if let Some(account) = conn.username.as_deref()
+            && broker.gate.im.is_person(account)
+        {
+            let device = Device {
+                token: owner,
+                account: Arc::from(account),
+                client_id: conn.client_id.clone(),
+                session: conn.session.clone(),
+                v5: proto == Proto::V5,
+                sync: !connect
+                    .user_properties
+                    .iter()
+                    .any(|(k, v)| k == "im-sync" && v == "false"),
+            };
+            // After CONNACK: the roster, every missed message, `sync.done`.
+            broker
+                .gate
+                .connect(device.clone(), now_ms(), &broker.limits);
+            conn.device = Some(device);
+        }
+        // The CONNACK and what follows it are written by `serve`: awaiting here, with the new
+        // `Conn` alive, would size every connection's task for this state.
+        Some(conn)
+    }
+}

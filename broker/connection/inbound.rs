@@ -1,0 +1,369 @@
+//! What a client sends after CONNECT that changes state: PUBLISH (plain topics and the IM
+//! world), SUBSCRIBE and UNSUBSCRIBE, with their acknowledgements.
+
+use super::*;
+
+impl Conn {
+    /// A v5 reason code as the client's protocol says it (v3 SUBACK: 0x80 for any failure).
+    pub(super) fn suback_code(&self, code: u8) -> u8 {
+        if self.proto == Proto::V3 && code >= 0x80 {
+            0x80
+        } else {
+            code
+        }
+    }
+
+    pub(super) fn save_released(&self, seq: u64, packet_id: u16, delivery: &Delivery) {
+        let header = QueuedHeader {
+            qos: u8::from(delivery.qos),
+            retain: delivery.retain,
+            sub_ids: delivery.sub_ids.clone(),
+            released_packet_id: Some(packet_id),
+        };
+        let body = persist::encode(&crate::message::StoredMessage::from(&*delivery.msg));
+        let mut batch = Batch::new();
+        batch.put(
+            Space::Queue,
+            persist::queue_key(&self.client_id, seq),
+            persist::queued_value(&header, &body),
+        );
+        if let Err(err) = self.broker.store.apply(batch) {
+            tracing::error!(cause = %err, "cannot record a PUBREC");
+        }
+    }
+
+    pub(super) fn on_publish(
+        &mut self,
+        wire: &mut wire::Wire,
+        p: PublishIn,
+    ) -> Result<(), Violation> {
+        self.broker
+            .metrics
+            .publish_received
+            .fetch_add(1, Ordering::Relaxed);
+        let packet_id = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce && self.session.lock().inbound_qos2.contains(&packet_id) {
+            // A resend before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-9].
+            self.hold_or_write(wire, HeldAck::PubRec(packet_id, reason::SUCCESS), false);
+            return Ok(());
+        }
+        if p.qos != QoS::AtMostOnce
+            && self.proto == Proto::V5
+            && self.unacked_inbound() >= usize::from(self.broker.config.limits.receive_maximum)
+        {
+            return Err(Violation(
+                reason::RECEIVE_MAXIMUM_EXCEEDED,
+                "receive maximum exceeded",
+            ));
+        }
+        let topic = match p.topic_alias {
+            Some(alias) => {
+                if alias == 0 || alias > self.broker.config.limits.max_topic_alias {
+                    return Err(Violation(
+                        reason::TOPIC_ALIAS_INVALID,
+                        "topic alias out of range",
+                    ));
+                }
+                if p.topic.is_empty() {
+                    match self.inbound_aliases.get(&alias) {
+                        Some(topic) => topic.clone(),
+                        None => {
+                            return Err(Violation(reason::PROTOCOL_ERROR, "unknown topic alias"));
+                        }
+                    }
+                } else {
+                    self.inbound_aliases.insert(alias, p.topic.clone());
+                    p.topic.clone()
+                }
+            }
+            None => p.topic.clone(),
+        };
+        if topic::validate_name(&topic).is_err() {
+            return Err(Violation(reason::TOPIC_NAME_INVALID, "invalid topic name"));
+        }
+        if p.has_sub_ids {
+            return Err(Violation(
+                reason::PROTOCOL_ERROR,
+                "subscription identifier in a PUBLISH",
+            ));
+        }
+        if let Some(device) = &self.device {
+            self.broker
+                .gate
+                .activity(&device.account, now_ms(), &self.broker.limits);
+        }
+        if crate::im::is_im_topic(&topic) {
+            let outcome = self.broker.gate.publish(
+                &self.broker,
+                self.device.as_ref(),
+                ImPublish {
+                    topic: &topic,
+                    payload: p.payload,
+                    qos: p.qos,
+                    props: p.props.as_ref(),
+                },
+                now_ms(),
+            );
+            // v3 cannot refuse a PUBLISH: it is acknowledged, dropped, and the sender's inbox
+            // gets an error envelope.
+            let code = if self.proto == Proto::V3 {
+                reason::SUCCESS
+            } else {
+                outcome.code
+            };
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => {
+                    self.hold_or_write(wire, HeldAck::PubAck(packet_id, code), outcome.needs_flush)
+                }
+                QoS::ExactlyOnce => {
+                    if code < 0x80 {
+                        self.session.lock().inbound_qos2.insert(packet_id);
+                    }
+                    self.hold_or_write(wire, HeldAck::PubRec(packet_id, code), outcome.needs_flush)
+                }
+            }
+            return Ok(());
+        }
+        let allowed = !topic.starts_with("$SYS")
+            && self.broker.acl.allows(
+                self.username.as_deref(),
+                &self.client_id,
+                Action::Publish,
+                &topic,
+            );
+        if !allowed {
+            tracing::debug!(client_id = %self.client_id, %topic, "publish denied");
+            let code = if self.proto == Proto::V3 {
+                reason::SUCCESS
+            } else if self.broker.config.hide_denial_reason {
+                reason::UNSPECIFIED
+            } else {
+                reason::NOT_AUTHORIZED
+            };
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => {
+                    self.hold_or_write(wire, HeldAck::PubAck(packet_id, code), false)
+                }
+                QoS::ExactlyOnce => {
+                    self.hold_or_write(wire, HeldAck::PubRec(packet_id, code), false)
+                }
+            }
+            return Ok(());
+        }
+        let now = now_ms();
+        let msg = Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            props: p.props.map(Arc::new),
+            expires_at_ms: p.expiry_secs.map(|s| now + u64::from(s) * 1000),
+            publisher: Some(self.client_id.clone()),
+            stamp: None,
+        };
+        let published = match self.broker.publish(Arc::new(msg)) {
+            Ok(published) => published,
+            Err(err) => {
+                tracing::error!(cause = %err, "store write failed: closing without acknowledging");
+                return Err(Violation(reason::UNSPECIFIED, "storage failure"));
+            }
+        };
+        let code = if published.matched == 0 && self.proto == Proto::V5 {
+            reason::NO_MATCHING_SUBSCRIBERS
+        } else {
+            reason::SUCCESS
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.hold_or_write(
+                wire,
+                HeldAck::PubAck(packet_id, code),
+                published.needs_flush,
+            ),
+            QoS::ExactlyOnce => {
+                self.session.lock().inbound_qos2.insert(packet_id);
+                self.hold_or_write(
+                    wire,
+                    HeldAck::PubRec(packet_id, code),
+                    published.needs_flush,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_subscribe(
+        &mut self,
+        wire: &mut wire::Wire,
+        packet_id: u16,
+        filters: Vec<(ByteString, SubOpts)>,
+        user_properties: &[(ByteString, ByteString)],
+    ) -> Result<(), Violation> {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained: Vec<Delivery> = Vec::new();
+        let mut im_changed = false;
+        let temporary = user_properties
+            .iter()
+            .any(|(k, v)| k == "im-temporary" && v == "true");
+        for (filter, opts) in filters {
+            let split = match topic::split_share(&filter) {
+                Ok(split) => split,
+                Err(_) => {
+                    codes.push(if self.proto == Proto::V5 {
+                        reason::TOPIC_FILTER_INVALID
+                    } else {
+                        0x80
+                    });
+                    continue;
+                }
+            };
+            if crate::im::is_im_topic(split.filter) {
+                // The IM world: a friend request, a join, or one's own inbox and status.
+                let code = if split.group.is_some() {
+                    reason::NOT_AUTHORIZED
+                } else {
+                    self.broker.gate.subscribe(
+                        &self.broker,
+                        self.device.as_ref(),
+                        split.filter,
+                        opts.qos,
+                        now_ms(),
+                    )
+                };
+                if temporary
+                    && code < 0x80
+                    && let Some(peer) = split
+                        .filter
+                        .strip_prefix("person/")
+                        .and_then(|t| t.strip_suffix("/status"))
+                {
+                    self.temporary.push(peer.to_owned());
+                }
+                im_changed |= code < 0x80;
+                codes.push(self.suback_code(code));
+                continue;
+            }
+            if split.group.is_some() && opts.no_local {
+                // [MQTT-3.8.3-4]
+                return Err(Violation(
+                    reason::PROTOCOL_ERROR,
+                    "no-local on a shared subscription",
+                ));
+            }
+            if !self.broker.acl.allows(
+                self.username.as_deref(),
+                &self.client_id,
+                Action::Subscribe,
+                split.filter,
+            ) {
+                // v3.1.1 has only 0x80 [MQTT-3.9.3-2]; v5 says 0x87, or 0x80 when the server
+                // does not reveal the reason [MQTT-3.9.3-1].
+                codes.push(
+                    if self.proto == Proto::V3 || self.broker.config.hide_denial_reason {
+                        reason::UNSPECIFIED
+                    } else {
+                        reason::NOT_AUTHORIZED
+                    },
+                );
+                continue;
+            }
+            let opts = SubOpts {
+                qos: opts.qos.min(2),
+                ..opts
+            };
+            let existed = self
+                .broker
+                .router
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .subscribe(split.filter, split.group, &self.session, opts);
+            self.session
+                .lock()
+                .subscriptions
+                .insert(filter.to_string(), opts);
+            codes.push(opts.qos);
+            let send_retained = split.group.is_none()
+                && (opts.retain_handling == 0 || (opts.retain_handling == 1 && !existed));
+            if send_retained {
+                for msg in self.broker.retained_matching(split.filter) {
+                    retained.push(Delivery {
+                        qos: msg.qos.min(opts.qos()),
+                        msg,
+                        // Retained messages sent on subscribe keep RETAIN=1 [MQTT-3.3.1-8].
+                        retain: true,
+                        sub_ids: opts.sub_id.into_iter().collect(),
+                        store_seq: None,
+                    });
+                }
+            }
+        }
+        self.broker.save_session(&self.session, None);
+        if im_changed && self.broker.is_sync() {
+            self.held.push(HeldAck::SubAck(packet_id, codes));
+        } else {
+            // SUBACKs are not ordered with PUBACKs: no need to wait behind held ones, and the
+            // retained messages queued below must follow it.
+            wire.suback(packet_id, &codes);
+        }
+        for delivery in retained {
+            // The session is online: queued now, written after the SUBACK by `drain`.
+            self.session.offer(delivery, &self.broker.limits);
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_unsubscribe(
+        &mut self,
+        wire: &mut wire::Wire,
+        packet_id: u16,
+        filters: Vec<ByteString>,
+        user_properties: &[(ByteString, ByteString)],
+    ) {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut im_changed = false;
+        let retain_secs = user_properties
+            .iter()
+            .find(|(k, _)| k == "im-retain-secs")
+            .and_then(|(_, v)| v.parse::<u64>().ok());
+        for filter in filters {
+            if crate::im::is_im_topic(&filter) {
+                let code = self.broker.gate.unsubscribe(
+                    &self.broker,
+                    self.device.as_ref(),
+                    &filter,
+                    retain_secs,
+                    now_ms(),
+                );
+                im_changed |= code == reason::SUCCESS;
+                codes.push(code);
+                continue;
+            }
+            let existed = match topic::split_share(&filter) {
+                Ok(split) => {
+                    let removed = self
+                        .broker
+                        .router
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .unsubscribe(split.filter, split.group, &self.session);
+                    self.session.lock().subscriptions.remove(&*filter);
+                    removed
+                }
+                Err(_) => false,
+            };
+            codes.push(if existed {
+                reason::SUCCESS
+            } else {
+                reason::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        self.broker.save_session(&self.session, None);
+        if im_changed && self.broker.is_sync() {
+            self.held.push(HeldAck::UnsubAck(packet_id, codes));
+        } else {
+            wire.unsuback(packet_id, &codes);
+        }
+    }
+}
