@@ -188,6 +188,7 @@ impl Broker {
                 retain: delivery.retain,
                 sub_ids: delivery.sub_ids.clone(),
                 released_packet_id: None,
+                sent_packet_id: None,
             };
             match target.session.offer(delivery, &self.limits) {
                 Offered::Queued(seq) => {
@@ -552,9 +553,10 @@ impl Broker {
                         sub_ids: header.sub_ids,
                         store_seq: Some(seq),
                     };
-                    match header.released_packet_id {
-                        Some(id) => state.restore_released(id, delivery),
-                        None => state.queue.push_back(delivery),
+                    match (header.released_packet_id, header.sent_packet_id) {
+                        (Some(id), _) => state.restore_inflight(id, delivery, true),
+                        (None, Some(id)) => state.restore_inflight(id, delivery, false),
+                        (None, None) => state.queue.push_back(delivery),
                     }
                 }
             }

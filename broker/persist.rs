@@ -43,6 +43,9 @@ pub struct QueuedHeader {
     pub sub_ids: Vec<u32>,
     /// Set once the client sent PUBREC: the packet id to resend PUBREL with.
     pub released_packet_id: Option<u16>,
+    /// Set when a QoS 2 message was sent: the packet id to resend it with (DUP) after a restart,
+    /// so that a client which already has it does not deliver it twice [MQTT-4.3.3-9].
+    pub sent_packet_id: Option<u16>,
 }
 
 pub fn client_prefix(client_id: &str) -> Vec<u8> {
@@ -115,6 +118,7 @@ mod tests {
             retain: true,
             sub_ids: vec![7],
             released_packet_id: Some(3),
+            sent_packet_id: Some(3),
         };
         let msg = StoredMessage {
             topic: "t".into(),

@@ -257,13 +257,13 @@ impl SessionState {
     }
 
     /// A re-established delivery after a restart: in flight, released, with its old id.
-    pub fn restore_released(&mut self, packet_id: u16, delivery: Delivery) {
+    pub fn restore_inflight(&mut self, packet_id: u16, delivery: Delivery, released: bool) {
         self.next_order += 1;
         self.inflight.insert(
             packet_id,
             Inflight {
                 delivery,
-                released: true,
+                released,
                 order: self.next_order,
                 resend: false,
             },

@@ -270,3 +270,35 @@ fn wills_of_clients_connected_at_the_crash_are_published_after_the_restart() {
         .expect("the later message");
     assert_eq!(next.topic, "crash/will/after");
 }
+
+/// A QoS 2 message sent to a persistent subscriber that had not answered yet when the broker
+/// crashed is sent again after the restart with DUP and the same packet id, so a client that
+/// already has it knows it is the same message, not a new one [MQTT-4.3.3-9], [MQTT-4.4.0-1].
+#[test]
+fn a_qos2_message_in_flight_at_the_crash_keeps_its_packet_id() {
+    let mut daemon = Daemon::start();
+    let session = Connect::v3("q2-keeper").clean(false);
+    let mut sub = Client::session(daemon.mqtt, &session);
+    assert_eq!(sub.subscribe(&[("crash/q2", 2)]), [2]);
+    let mut publisher = Client::session(daemon.mqtt, &Connect::v3("q2-pub"));
+    assert_eq!(publisher.publish("crash/q2", 2, false, b"once"), 0);
+    // Received and not answered (no PUBREC).
+    let first = sub.recv_kind(raw::PUBLISH);
+    let first = sub.decode_publish(&first);
+    assert_eq!((first.qos, first.dup), (2, false));
+    // A durable write after the send: its acknowledgement means the send's record is durable.
+    assert_eq!(publisher.publish("crash/q2-marker", 1, true, b"flushed"), 0);
+
+    daemon.kill();
+    daemon.restart();
+    let (mut sub, connack) = Client::connect(daemon.mqtt, &session);
+    assert!(connack.session_present());
+    let again = sub.recv_kind(raw::PUBLISH);
+    let again = sub.decode_publish(&again);
+    assert_eq!(again.payload, b"once");
+    assert!(again.dup, "a resend carries DUP");
+    assert_eq!(
+        again.packet_id, first.packet_id,
+        "a resend keeps its packet id"
+    );
+}

@@ -13,12 +13,21 @@ impl Conn {
         }
     }
 
-    pub(super) fn save_released(&self, seq: u64, packet_id: u16, delivery: &Delivery) {
+    /// Record in a persistent session's queue entry where its QoS 2 flow stands: sent with
+    /// `packet_id`, or released (PUBREC received, PUBREL sent).
+    pub(super) fn save_flight(
+        &self,
+        seq: u64,
+        packet_id: u16,
+        delivery: &Delivery,
+        released: bool,
+    ) {
         let header = QueuedHeader {
             qos: u8::from(delivery.qos),
             retain: delivery.retain,
             sub_ids: delivery.sub_ids.clone(),
-            released_packet_id: Some(packet_id),
+            released_packet_id: released.then_some(packet_id),
+            sent_packet_id: Some(packet_id),
         };
         let body = persist::encode(&crate::message::StoredMessage::from(&*delivery.msg));
         let mut batch = Batch::new();

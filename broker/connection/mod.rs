@@ -443,7 +443,14 @@ impl Conn {
                         *cursor = stamp.seq;
                     }
                     match wire.publish(packet_id, &delivery, dup, now) {
-                        Ok(()) => sent += 1,
+                        Ok(()) => {
+                            sent += 1;
+                            if let (Some(id), Some(seq), QoS::ExactlyOnce, false) =
+                                (packet_id, delivery.store_seq, delivery.qos, dup)
+                            {
+                                self.save_flight(seq, id, &delivery, false);
+                            }
+                        }
                         Err(err) => {
                             // Too big for the client's Maximum Packet Size: dropped for this
                             // client as if delivered [MQTT-3.1.2-25].
@@ -571,7 +578,7 @@ impl Conn {
                         drop(state);
                         wire.pubrel(id);
                         if let Some(seq) = delivery.store_seq {
-                            self.save_released(seq, id, &delivery);
+                            self.save_flight(seq, id, &delivery, true);
                         }
                     }
                     None => {
