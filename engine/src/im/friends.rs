@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::envelope::notice;
-use super::recycle::{RecycleEntry, RecycleKind};
+use super::recycle::RecycleKind;
 use super::{Effect, Im, ImError, ImResult};
 use crate::graph::{Origin, Relation};
 use crate::store::Batch;
@@ -178,15 +178,15 @@ impl Im {
         let mut effects = Vec::new();
         match self.drop_relation(&mut batch, p, q, "friend") {
             Some(relation) => {
-                let expires_at = now + self.retention_secs(retain_secs) * 1000;
-                let entry = RecycleEntry {
-                    kind: RecycleKind::Friend,
-                    peer: q.to_owned(),
+                self.bin_put(
+                    &mut batch,
+                    p,
+                    RecycleKind::Friend,
+                    q,
                     relation,
-                    removed_at: now,
-                    expires_at,
-                };
-                self.bin_put(&mut batch, p, &entry);
+                    retain_secs,
+                    now,
+                );
                 no_longer_friends(p, q, p, now, "friend.removed", &mut effects);
             }
             None => {
@@ -232,15 +232,7 @@ impl Im {
         let mut batch = Batch::new();
         let mut effects = Vec::new();
         if let Some(relation) = self.drop_relation(&mut batch, p, q, "friend") {
-            let expires_at = now + self.retention_secs(None) * 1000;
-            let entry = RecycleEntry {
-                kind: RecycleKind::Friend,
-                peer: q.to_owned(),
-                relation,
-                removed_at: now,
-                expires_at,
-            };
-            self.bin_put(&mut batch, p, &entry);
+            self.bin_put(&mut batch, p, RecycleKind::Friend, q, relation, None, now);
             for (me, peer) in [(p, q), (q, p)] {
                 effects.push(Effect::Revoke {
                     account: me.to_owned(),

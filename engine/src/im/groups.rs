@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::envelope::notice;
-use super::recycle::{RecycleEntry, RecycleKind};
+use super::recycle::RecycleKind;
 use super::{Effect, Im, ImError, ImResult, encode};
 use crate::graph::{Origin, Relation, Role};
 use crate::store::{Batch, Space};
@@ -422,15 +422,15 @@ impl Im {
         let Some(relation) = self.drop_relation(&mut batch, account, group, "member") else {
             return Err(ImError::NotFound(format!("{account} is not in {group}")));
         };
-        let expires_at = now + self.retention_secs(retain_secs) * 1000;
-        let entry = RecycleEntry {
-            kind: RecycleKind::Group,
-            peer: group.to_owned(),
+        self.bin_put(
+            &mut batch,
+            account,
+            RecycleKind::Group,
+            group,
             relation,
-            removed_at: now,
-            expires_at,
-        };
-        self.bin_put(&mut batch, account, &entry);
+            retain_secs,
+            now,
+        );
         self.store.apply(batch)?;
         let mut effects = vec![Effect::Revoke {
             account: account.to_owned(),

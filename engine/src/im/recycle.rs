@@ -50,11 +50,30 @@ impl Im {
             .min(self.config.recycle_max_secs)
     }
 
-    pub(super) fn bin_put(&self, batch: &mut Batch, owner: &str, entry: &RecycleEntry) {
+    /// Put a removed relation into `owner`'s bin for `retain_secs` (default and cap from the
+    /// configuration).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bin_put(
+        &self,
+        batch: &mut Batch,
+        owner: &str,
+        kind: RecycleKind,
+        peer: &str,
+        relation: Relation,
+        retain_secs: Option<u64>,
+        now: u64,
+    ) {
+        let entry = RecycleEntry {
+            kind,
+            peer: peer.to_owned(),
+            relation,
+            removed_at: now,
+            expires_at: now + self.retention_secs(retain_secs) * 1000,
+        };
         batch.put(
             Space::Recycle,
-            key(&[owner, entry.kind.as_str(), &entry.peer]),
-            encode(entry),
+            key(&[owner, kind.as_str(), peer]),
+            encode(&entry),
         );
     }
 
