@@ -274,16 +274,16 @@ pub fn payload_stamp(payload: &[u8]) -> Option<u64> {
 
 /// Where `needle` first occurs in `hay`.
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return Some(0);
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// Reads the timestamp of an IM message (made by [`PublishTemplate::im`]) from the envelope the
 /// broker delivers; `None` for anything else (roster, notices, presence).
 pub fn im_stamp(payload: &[u8]) -> Option<u64> {
-    let at = find(payload, IM_STAMP_KEY)? + IM_STAMP_KEY.len();
+    // Built once: this runs for every message a subscriber reads.
+    static KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(IM_STAMP_KEY));
+    let at = KEY.find(payload)? + IM_STAMP_KEY.len();
     let digits = payload.get(at..at + IM_STAMP_DIGITS)?;
     digits.iter().try_fold(0u64, |v, d| {
         d.is_ascii_digit()

@@ -89,12 +89,25 @@ struct Presence {
 /// registry's, not a client's choice).
 type DeviceMap = HashMap<Arc<str>, Vec<Device>, foldhash::fast::RandomState>;
 
+/// The sessions one account's message goes to (most persons have one or two devices online).
+type SmallSessions = smallvec::SmallVec<[Arc<Session>; 2]>;
+
 /// The IM world of the running broker.
 pub struct Gate {
     pub im: Im,
     settings: ImSection,
     devices: Mutex<DeviceMap>,
     presence: Mutex<HashMap<Arc<str>, Presence>>,
+    /// Per group, the sessions its messages go to; emptied when a device comes or goes, and an
+    /// entry is stale once the graph's version moved on.
+    group_sessions: Mutex<HashMap<String, Arc<MemberSessions>, foldhash::fast::RandomState>>,
+}
+
+/// The online sessions of a group's members, with the graph version they were derived from.
+#[derive(Debug)]
+struct MemberSessions {
+    graph_version: u64,
+    sessions: Vec<(Arc<str>, Arc<Session>)>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -107,12 +120,16 @@ fn json_bytes(value: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(value).unwrap_or_default())
 }
 
+/// The properties of every IM message (JSON, UTF-8): one shared value, not one per message.
 fn json_props() -> Option<Arc<MessageProps>> {
-    Some(Arc::new(MessageProps {
-        payload_is_utf8: true,
-        content_type: Some(ByteString::from_static("application/json")),
-        ..Default::default()
-    }))
+    static PROPS: std::sync::LazyLock<Arc<MessageProps>> = std::sync::LazyLock::new(|| {
+        Arc::new(MessageProps {
+            payload_is_utf8: true,
+            content_type: Some(ByteString::from_static("application/json")),
+            ..Default::default()
+        })
+    });
+    Some(PROPS.clone())
 }
 
 impl Gate {
@@ -122,11 +139,27 @@ impl Gate {
             settings,
             devices: Mutex::new(DeviceMap::default()),
             presence: Mutex::new(HashMap::new()),
+            group_sessions: Mutex::new(HashMap::default()),
         }
     }
 
     fn devices(&self) -> MutexGuard<'_, DeviceMap> {
         self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The device table, to change it: what was derived from it is forgotten.
+    fn devices_mut(&self) -> MutexGuard<'_, DeviceMap> {
+        let devices = self.devices();
+        self.group_sessions_map().clear();
+        devices
+    }
+
+    fn group_sessions_map(
+        &self,
+    ) -> MutexGuard<'_, HashMap<String, Arc<MemberSessions>, foldhash::fast::RandomState>> {
+        self.group_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn presences(&self) -> MutexGuard<'_, HashMap<Arc<str>, Presence>> {
@@ -174,17 +207,27 @@ impl Gate {
         except: Option<&str>,
         limits: &crate::session::QueueLimits,
     ) {
-        for device in self.devices_of(account) {
-            if except.is_some_and(|e| *e == *device.client_id) {
-                continue;
-            }
-            device.session.offer(Self::delivery(msg), limits);
+        for session in self.sessions_of(account, except) {
+            session.offer(Self::delivery(msg), limits);
         }
     }
 
-    /// Queue `msg` for every online device of every member of `group` but `sender`: the graph
-    /// and the device table are read once (in that order), and the queues are filled after both
-    /// are released.
+    /// The sessions of the online devices of `account` but `except`; usually one, so no
+    /// allocation.
+    fn sessions_of(&self, account: &str, except: Option<&str>) -> SmallSessions {
+        let devices = self.devices();
+        let mut out = SmallSessions::new();
+        for device in devices.get(account).into_iter().flatten() {
+            if except.is_none_or(|e| *e != *device.client_id) {
+                out.push(device.session.clone());
+            }
+        }
+        out
+    }
+
+    /// Queue `msg` for every online device of every member of `group` but `sender`. The list of
+    /// sessions is derived once (graph, then device table) and kept until either changes, so a
+    /// busy group's messages cost one offer per device.
     fn deliver_to_members(
         &self,
         group: &str,
@@ -192,21 +235,43 @@ impl Gate {
         msg: &Arc<Message>,
         limits: &crate::session::QueueLimits,
     ) {
-        let sessions: Vec<Arc<Session>> = self.im.with_graph(|graph| {
+        for (account, session) in &self.member_sessions(group).sessions {
+            if **account != *sender {
+                session.offer(Self::delivery(msg), limits);
+            }
+        }
+    }
+
+    fn member_sessions(&self, group: &str) -> Arc<MemberSessions> {
+        let version = self.im.graph_version();
+        if let Some(cached) = self.group_sessions_map().get(group)
+            && cached.graph_version == version
+        {
+            return cached.clone();
+        }
+        self.im.with_graph(|graph| {
+            // Under the graph's read lock the version cannot move.
+            let graph_version = self.im.graph_version();
             let devices = self.devices();
             let mut sessions = Vec::new();
             graph.for_each_member(group, |member| {
-                if member != sender
-                    && let Some(list) = devices.get(member)
-                {
-                    sessions.extend(list.iter().map(|device| device.session.clone()));
+                if let Some(list) = devices.get(member) {
+                    sessions.extend(
+                        list.iter()
+                            .map(|device| (device.account.clone(), device.session.clone())),
+                    );
                 }
             });
-            sessions
-        });
-        for session in sessions {
-            session.offer(Self::delivery(msg), limits);
-        }
+            // Stored while the device table is still locked: a device that comes or goes
+            // afterwards empties the cache after this insert, never before it.
+            let derived = Arc::new(MemberSessions {
+                graph_version,
+                sessions,
+            });
+            self.group_sessions_map()
+                .insert(group.to_owned(), derived.clone());
+            derived
+        })
     }
 
     /// Queue `msg` for one device whatever its queue bound (sync replay, answers).
@@ -378,13 +443,13 @@ impl Gate {
         let account = device.account.clone();
         if !device.sync {
             self.mark_online(&account, now, limits);
-            self.devices().entry(account).or_default().push(device);
+            self.devices_mut().entry(account).or_default().push(device);
             return;
         }
         // Registered first, so that nothing sent from now on is missed; what arrives live while
         // the sync is read queues behind it (the sync goes to the front), and a message in both
         // is sent once (the connection skips what its cursor has passed).
-        self.devices()
+        self.devices_mut()
             .entry(account.clone())
             .or_default()
             .push(device.clone());
@@ -468,7 +533,7 @@ impl Gate {
             tracing::error!(cause = %err, account = %device.account, "cannot save cursors");
         }
         let last = {
-            let mut devices = self.devices();
+            let mut devices = self.devices_mut();
             let list = devices.entry(device.account.clone()).or_default();
             list.retain(|d| d.token != device.token);
             let empty = list.is_empty();

@@ -177,18 +177,13 @@ impl Gate {
         now: u64,
         fan_out: impl FnOnce(&Gate, &dyn Fn(&str) -> Arc<crate::message::Message>),
     ) -> Result<bool, ImError> {
-        let mut body = parse_body(&p.payload, self.settings.max_body_bytes)?;
-        let mut cid = user_property(p.props, "cid").map(str::to_owned);
-        if cid.is_none()
-            && let Some(Value::String(c)) = body.as_object_mut().and_then(|o| o.remove("cid"))
-        {
-            cid = Some(c);
-        }
+        let body = parse_body(&p.payload, self.settings.max_body_bytes)?;
+        let cid = user_property(p.props, "cid").or(body.cid.as_deref());
         let chain = user_property(p.props, "chain-id");
         let _order = self.im.lock_conv(conv);
         let stamped =
             self.im
-                .append(conv, &device.account, to, body, cid.as_deref(), chain, now)?;
+                .append(conv, &device.account, to, &body.json, cid, chain, now)?;
         if stamped.duplicate {
             return Ok(true);
         }
@@ -200,14 +195,14 @@ impl Gate {
         let msg_for =
             |topic: &str| Gate::message(topic, payload.clone(), false, Some(stamp.clone()));
         fan_out(self, &msg_for);
-        // A copy to the sender's other devices.
-        let own = msg_for(&inbox_topic(&device.account));
-        self.deliver(
-            &device.account,
-            &own,
-            Some(&device.client_id),
-            &broker.limits,
-        );
+        // A copy to the sender's other devices, if it has any online.
+        let others = self.sessions_of(&device.account, Some(&device.client_id));
+        if !others.is_empty() {
+            let own = msg_for(&inbox_topic(&device.account));
+            for session in others {
+                session.offer(Gate::delivery(&own), &broker.limits);
+            }
+        }
         Ok(false)
     }
 

@@ -4,6 +4,7 @@
 //! A direct conversation is `person:A|person:B` (ids in order); a group's is `group:G`, stored
 //! once for the group whatever its size, with a cursor per member.
 
+use std::borrow::Cow;
 use std::sync::MutexGuard;
 
 use serde_json::{Value, json};
@@ -39,24 +40,139 @@ fn parties(conv: &str) -> Option<Parties<'_>> {
     ))
 }
 
-/// A message body from a PUBLISH payload: a JSON object as it is; other UTF-8 text becomes
-/// `{"text": ...}`.
-pub fn parse_body(payload: &[u8], max: usize) -> ImResult<Value> {
+/// A message body: the text of one JSON object, and the `cid` (client message id) it carried,
+/// taken out of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body<'a> {
+    pub json: Cow<'a, [u8]>,
+    pub cid: Option<String>,
+}
+
+/// A message body from a PUBLISH payload: a JSON object as it is (byte for byte, unless it has a
+/// `cid` member, which is taken out); other UTF-8 text becomes `{"text": ...}`.
+pub fn parse_body(payload: &[u8], max: usize) -> ImResult<Body<'_>> {
     if payload.len() > max {
         return Err(ImError::TooLarge(format!(
             "message body is {} bytes; the limit is {max}",
             payload.len()
         )));
     }
-    if let Ok(value @ Value::Object(_)) = serde_json::from_slice::<Value>(payload) {
-        return Ok(value);
+    match scan_object(payload) {
+        Some(false) => {
+            return Ok(Body {
+                json: Cow::Borrowed(payload),
+                cid: None,
+            });
+        }
+        Some(true) => {
+            // Rare: rebuild the object without its `cid`.
+            if let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(payload) {
+                let cid = match object.remove("cid") {
+                    Some(Value::String(cid)) => Some(cid),
+                    Some(other) => {
+                        object.insert("cid".into(), other);
+                        None
+                    }
+                    None => None,
+                };
+                return Ok(Body {
+                    json: Cow::Owned(serde_json::to_vec(&object).unwrap_or_default()),
+                    cid,
+                });
+            }
+        }
+        None => {}
     }
     match std::str::from_utf8(payload) {
-        Ok(text) => Ok(json!({ "text": text })),
+        Ok(text) => {
+            let mut json = Vec::with_capacity(text.len() + 12);
+            json.extend_from_slice(br#"{"text":"#);
+            write_json_str(&mut json, text);
+            json.push(b'}');
+            Ok(Body {
+                json: Cow::Owned(json),
+                cid: None,
+            })
+        }
         Err(_) => Err(ImError::Invalid(
             "the body must be a JSON object or UTF-8 text".into(),
         )),
     }
+}
+
+/// Is `payload` one JSON object (and nothing else)? `Some(true)` when it has a string member
+/// `cid`. Validates in one pass without building a value.
+fn scan_object(payload: &[u8]) -> Option<bool> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct ObjectScan;
+    impl<'de> Visitor<'de> for ObjectScan {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut has_cid = false;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                map.next_value::<IgnoredAny>()?;
+                has_cid |= key == "cid";
+            }
+            Ok(has_cid)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let has_cid = (&mut de).deserialize_map(ObjectScan).ok()?;
+    de.end().ok()?;
+    Some(has_cid)
+}
+
+/// Append `s` as a JSON string (quoted, escaped).
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The envelope of a message, written field by field (the body is copied as it is).
+#[allow(clippy::too_many_arguments)]
+fn message_envelope(
+    conv: &str,
+    seq: u64,
+    from: &str,
+    to: &str,
+    now: u64,
+    body: &[u8],
+    cid: Option<&str>,
+    chain_id: Option<&str>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 2 * conv.len() + from.len() + to.len() + 128);
+    let mut id = String::with_capacity(conv.len() + 21);
+    id.push_str(conv);
+    id.push('#');
+    id.push_str(itoa::Buffer::new().format(seq));
+    out.extend_from_slice(br#"{"type":"msg","id":"#);
+    write_json_str(&mut out, &id);
+    out.extend_from_slice(br#","conv":"#);
+    write_json_str(&mut out, conv);
+    out.extend_from_slice(br#","seq":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    out.extend_from_slice(br#","from":"#);
+    write_json_str(&mut out, from);
+    out.extend_from_slice(br#","to":"#);
+    write_json_str(&mut out, to);
+    out.extend_from_slice(br#","ts":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(now).as_bytes());
+    out.extend_from_slice(br#","body":"#);
+    out.extend_from_slice(body);
+    out.extend_from_slice(br#","chain":{"id":"#);
+    write_json_str(&mut out, chain_id.unwrap_or(&id));
+    out.extend_from_slice(br#","hop":0}"#);
+    if let Some(cid) = cid {
+        out.extend_from_slice(br#","cid":"#);
+        write_json_str(&mut out, cid);
+    }
+    out.push(b'}');
+    out
 }
 
 /// A stamped, stored message.
@@ -162,14 +278,15 @@ impl Im {
         }
     }
 
-    /// Stamp and store one message (hold `lock_conv(conv)`). `to` is the peer or the group.
+    /// Stamp and store one message (hold `lock_conv(conv)`). `to` is the peer or the group;
+    /// `body` is the text of a JSON object (see [`parse_body`]), copied into the envelope as it is.
     #[allow(clippy::too_many_arguments)]
     pub fn append(
         &self,
         conv: &str,
         from: &str,
         to: &str,
-        body: Value,
+        body: &[u8],
         cid: Option<&str>,
         chain_id: Option<&str>,
         now: u64,
@@ -189,15 +306,7 @@ impl Im {
             }
         }
         let seq = self.last_seq(conv)? + 1;
-        let id = format!("{conv}#{seq}");
-        let mut envelope = json!({
-            "type": "msg", "id": id, "conv": conv, "seq": seq, "from": from, "to": to, "ts": now,
-            "body": body, "chain": { "id": chain_id.unwrap_or(&id), "hop": 0 },
-        });
-        if let Some(cid) = cid {
-            envelope["cid"] = json!(cid);
-        }
-        let bytes = serde_json::to_vec(&envelope).unwrap_or_default();
+        let bytes = message_envelope(conv, seq, from, to, now, body, cid, chain_id);
         // Usually one write (the message): the store applies a lone write much faster than a
         // batch, and `last_seq` finds the newest message by itself.
         let mut batch = Batch::new();
@@ -502,14 +611,15 @@ mod tests {
         let conv = conv_direct("b", "a");
         assert_eq!(conv, "person:a|person:b");
         for i in 0..5 {
-            let body = parse_body(format!("m{i}").as_bytes(), 1000).unwrap();
+            let text = format!("m{i}");
+            let body = parse_body(text.as_bytes(), 1000).unwrap();
             let s = im
-                .append(&conv, "a", "b", body, Some(&format!("c{i}")), None, 10)
+                .append(&conv, "a", "b", &body.json, Some(&format!("c{i}")), None, 10)
                 .unwrap();
             assert_eq!(s.seq, i + 1);
         }
         let again = im
-            .append(&conv, "a", "b", json!({"text": "m0"}), Some("c0"), None, 11)
+            .append(&conv, "a", "b", br#"{"text":"m0"}"#, Some("c0"), None, 11)
             .unwrap();
         assert!(again.duplicate);
         assert_eq!(again.seq, 1);
@@ -551,13 +661,51 @@ mod tests {
 
     #[test]
     fn bodies() {
-        assert_eq!(parse_body(b"hi", 10).unwrap(), json!({"text": "hi"}));
-        assert_eq!(parse_body(br#"{"x":1}"#, 10).unwrap(), json!({"x": 1}));
-        assert_eq!(parse_body(b"42", 10).unwrap(), json!({"text": "42"}));
+        fn body(p: &[u8]) -> Body<'_> {
+            parse_body(p, 100).unwrap()
+        }
+        assert_eq!(&*body(b"hi").json, br#"{"text":"hi"}"#);
+        assert_eq!(&*body(b"say \"hi\"\n").json, br#"{"text":"say \"hi\"\n"}"#);
+        // An object is kept byte for byte, key order and spacing included.
+        assert_eq!(&*body(br#"{"z":1, "a":[2]}"#).json, br#"{"z":1, "a":[2]}"#);
+        assert_eq!(body(br#"{"z":1}"#).cid, None);
+        // A `cid` member is taken out of the body.
+        let with_cid = body(br#"{"text":"x","cid":"c-1"}"#);
+        assert_eq!(with_cid.cid.as_deref(), Some("c-1"));
+        assert_eq!(&*with_cid.json, br#"{"text":"x"}"#);
+        // Not one object: text.
+        assert_eq!(&*body(b"42").json, br#"{"text":"42"}"#);
+        assert_eq!(&*body(br#"{"a":1} x"#).json, br#"{"text":"{\"a\":1} x"}"#);
+        assert_eq!(&*body(br#"{"a":"#).json, br#"{"text":"{\"a\":"}"#);
         assert_eq!(
             parse_body(b"0123456789x", 10).unwrap_err().code(),
             "too_large"
         );
         assert_eq!(parse_body(&[0xff, 0xfe], 10).unwrap_err().code(), "invalid");
+    }
+
+    #[test]
+    fn envelopes_are_json_with_every_field() {
+        let bytes = message_envelope(
+            "person:a|person:b",
+            7,
+            "a",
+            "b",
+            99,
+            br#"{"text":"hi"}"#,
+            Some("c\"1"),
+            None,
+        );
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "msg", "id": "person:a|person:b#7", "conv": "person:a|person:b",
+                   "seq": 7, "from": "a", "to": "b", "ts": 99, "body": {"text": "hi"},
+                   "chain": {"id": "person:a|person:b#7", "hop": 0}, "cid": "c\"1"})
+        );
+        let chained = message_envelope("group:g", 1, "a", "g", 1, b"{}", None, Some("x#3"));
+        let v: Value = serde_json::from_slice(&chained).unwrap();
+        assert_eq!(v["chain"]["id"], "x#3");
+        assert!(v.get("cid").is_none());
     }
 }

@@ -12,6 +12,7 @@ mod groups;
 mod recycle;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
@@ -21,7 +22,7 @@ use crate::accounts::{AccountId, AccountKind, AccountRecord};
 use crate::graph::{Graph, Origin, Relation};
 use crate::store::{Batch, Space, Store, StoreError};
 
-pub use conversations::{Missed, Stamped, conv_direct, conv_group, parse_body};
+pub use conversations::{Body, Missed, Stamped, conv_direct, conv_group, parse_body};
 pub use envelope::notice;
 pub use friends::FriendState;
 pub use groups::{GroupRecord, JoinState};
@@ -119,6 +120,8 @@ pub struct Im {
     conv_locks: Vec<Mutex<()>>,
     /// Relation changes read then write the graph: one at a time (they are rare).
     relations: Mutex<()>,
+    /// Bumped whenever the graph may change (see [`Im::graph_version`]).
+    graph_version: AtomicU64,
 }
 
 impl std::fmt::Debug for Im {
@@ -206,6 +209,7 @@ impl Im {
             last_seq: Mutex::new(HashMap::new()),
             conv_locks: (0..64).map(|_| Mutex::new(())).collect(),
             relations: Mutex::new(()),
+            graph_version: AtomicU64::new(0),
         })
     }
 
@@ -222,7 +226,17 @@ impl Im {
     }
 
     pub(crate) fn graph_mut(&self) -> RwLockWriteGuard<'_, Graph> {
-        self.graph.write().unwrap_or_else(|p| p.into_inner())
+        let guard = self.graph.write().unwrap_or_else(|p| p.into_inner());
+        // Bumped while the write lock is held: whoever reads the version under a read lock
+        // sees the graph that version names.
+        self.graph_version.fetch_add(1, Ordering::Release);
+        guard
+    }
+
+    /// Changes whenever the graph may have changed: lets the broker cache what it derives from
+    /// it (a group's member sessions) and notice when to derive it again.
+    pub fn graph_version(&self) -> u64 {
+        self.graph_version.load(Ordering::Acquire)
     }
 
     fn last_seq_map(&self) -> MutexGuard<'_, HashMap<String, u64>> {
