@@ -9,6 +9,7 @@ mod conversations;
 mod envelope;
 mod friends;
 mod groups;
+pub mod log;
 mod recycle;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ pub use conversations::{Body, Missed, Stamped, conv_direct, conv_group, parse_bo
 pub use envelope::notice;
 pub use friends::FriendState;
 pub use groups::{GroupRecord, JoinState};
+pub use log::{LogError, MessageLog};
 pub use recycle::{RecycleEntry, RecycleKind};
 
 /// Limits and defaults of the IM world (from the daemon's `[im]` configuration).
