@@ -24,7 +24,7 @@ use crate::router::Router;
 use crate::session::{Delivery, Eviction, Offered, QueueLimits, Session};
 use crate::sys::Metrics;
 use crate::wire::Will;
-use mqtter_engine::im::Im;
+use mqtter_engine::im::{Im, MessageLog};
 
 /// What publishing one message did.
 #[derive(Debug, Default)]
@@ -65,6 +65,14 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// The store (relations, sessions, retained messages, ...) and the message log (IM messages):
+/// one flush makes both durable.
+fn flush_both(store: &dyn Store, log: &MessageLog) -> Result<(), StoreError> {
+    store.flush()?;
+    log.sync()?;
+    Ok(())
+}
+
 impl Broker {
     /// Build the broker over `store` and restore what it holds (retained messages, sessions).
     pub fn open(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
@@ -73,11 +81,16 @@ impl Broker {
             overflow: config.limits.queue_overflow,
             qos0_offline: config.limits.queue_qos0_offline,
         };
-        let im = Im::open(store.clone(), config.im.engine())?;
+        let log = Arc::new(MessageLog::open(&config.data.join("messages"))?);
+        let im = Im::open(store.clone(), log.clone(), config.im.engine())?;
         let gate = Gate::new(im, config.im.clone());
+        let commit = {
+            let store = store.clone();
+            GroupCommit::start_with(move || flush_both(&*store, &log))
+        };
         let broker = Arc::new(Self {
             gate,
-            commit: GroupCommit::start(store.clone()),
+            commit,
             accounts: Accounts::new(store.clone()),
             acl: Acl::new(config.acl.clone()),
             router: RwLock::new(Router::default()),
@@ -123,6 +136,11 @@ impl Broker {
 
     pub fn next_token(&self) -> u64 {
         self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Make everything written so far durable, blocking (at shutdown).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        flush_both(&*self.store, self.gate.im.log())
     }
 
     /// Resolves once everything written so far is durable.

@@ -53,8 +53,8 @@ pub async fn run(
     while Arc::strong_count(&alive) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let store = broker.store.clone();
-    tokio::task::spawn_blocking(move || store.flush())
+    let flushed = broker.clone();
+    tokio::task::spawn_blocking(move || flushed.flush_blocking())
         .await
         .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;

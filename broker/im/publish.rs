@@ -181,9 +181,9 @@ impl Gate {
         let cid = user_property(p.props, "cid").or(body.cid.as_deref());
         let chain = user_property(p.props, "chain-id");
         let _order = self.im.lock_conv(conv);
-        let stamped =
-            self.im
-                .append(conv, &device.account, to, &body.json, cid, chain, now)?;
+        let stamped = self
+            .im
+            .append(conv, &device.account, to, &body.json, cid, chain, now)?;
         if stamped.duplicate {
             return Ok(true);
         }

@@ -24,6 +24,12 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Start the flusher thread for `store`.
     pub fn start(store: Arc<dyn Store>) -> Self {
+        Self::start_with(move || store.flush())
+    }
+
+    /// Start the flusher thread with `flush`: whatever makes every write so far durable (the
+    /// broker flushes its store and syncs its message log).
+    pub fn start_with(flush: impl Fn() -> Result<(), StoreError> + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let spawned = thread::Builder::new()
             .name("mqtter-flush".into())
@@ -31,7 +37,7 @@ impl GroupCommit {
                 while let Ok(first) = rx.recv() {
                     let mut waiters = vec![first];
                     waiters.extend(rx.try_iter());
-                    let result = store.flush().map_err(Arc::new);
+                    let result = flush().map_err(Arc::new);
                     if let Err(err) = &result {
                         tracing::error!(cause = %err, "store flush failed");
                     }

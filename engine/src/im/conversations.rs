@@ -10,9 +10,10 @@ use std::sync::MutexGuard;
 use serde_json::{Value, json};
 
 use super::envelope::notice;
+use super::log::MessageLog;
 use super::{Effect, Im, ImError, ImResult, key};
 use crate::graph::Role;
-use crate::store::{Batch, Space};
+use crate::store::{Batch, Space, Store, StoreError};
 
 pub fn conv_direct(a: &str, b: &str) -> String {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
@@ -195,11 +196,62 @@ pub struct Missed {
     pub more_after: Option<u64>,
 }
 
-fn message_key(conv: &str, seq: u64) -> Vec<u8> {
-    let mut k = conv.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+/// Every direct conversation in the log is listed for both parties. The listing is written with
+/// a conversation's first message and made durable by the same flush, but a crash between the
+/// log's sync and the store's flush could keep the message without the listing.
+pub(super) fn list_logged_conversations(
+    store: &dyn Store,
+    log: &MessageLog,
+) -> Result<(), StoreError> {
+    let mut batch = Batch::new();
+    for conv in log.conversations() {
+        if let Some(Parties::Direct(a, b)) = parties(&conv) {
+            for party in [a, b] {
+                let k = key(&[party, &conv]);
+                if store.get(Space::Inboxes, &k)?.is_none() {
+                    batch.put(Space::Inboxes, k, Vec::new());
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        store.apply(batch)?;
+        store.flush()?;
+    }
+    Ok(())
+}
+
+/// Messages stored by versions before the message log (in `Space::Messages`, keyed
+/// `conv \0 seq`) are appended to the log, which is synced, and only then removed from the store.
+/// Their dedup entries are dropped (a retry of one of them is stored again).
+pub(super) fn move_stored_messages(store: &dyn Store, log: &MessageLog) -> Result<(), StoreError> {
+    let stored = store.scan_prefix(Space::Messages, b"")?;
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Batch::new();
+    let mut moved = 0u64;
+    for (k, envelope) in stored {
+        let split = k.len().saturating_sub(9);
+        let (conv, seq) = (&k[..split], read_u64(&k[split + 1..]));
+        let conv = String::from_utf8_lossy(conv);
+        if seq == log.last_seq(&conv) + 1 {
+            log.append(&conv, seq, None, &envelope)?;
+            moved += 1;
+        } else if seq > log.last_seq(&conv) {
+            tracing::warn!(%conv, seq, "stored message out of sequence, left in the store");
+            continue;
+        }
+        batch.remove(Space::Messages, k);
+    }
+    log.sync()?;
+    for (k, _) in store.scan_prefix(Space::Dedup, b"")? {
+        batch.remove(Space::Dedup, k);
+    }
+    store.apply(batch)?;
+    store.flush()?;
+    tracing::info!(moved, "stored messages moved to the message log");
+    Ok(())
 }
 
 fn read_u64(bytes: &[u8]) -> u64 {
@@ -220,30 +272,7 @@ impl Im {
     }
 
     pub fn last_seq(&self, conv: &str) -> ImResult<u64> {
-        if let Some(seq) = self.last_seq_map().get(conv) {
-            return Ok(*seq);
-        }
-        // The conversation record is written with the first message only; the stored messages
-        // (never deleted) say how far it went since.
-        let recorded = self
-            .store
-            .get(Space::Conversations, conv.as_bytes())?
-            .map(|v| read_u64(&v))
-            .unwrap_or(0);
-        let newest = self
-            .store
-            .scan_range(
-                Space::Messages,
-                &message_key(conv, 0),
-                &message_key(conv, u64::MAX),
-                1,
-                true,
-            )?
-            .first()
-            .map_or(0, |(k, _)| read_u64(&k[k.len().saturating_sub(8)..]));
-        let seq = recorded.max(newest);
-        self.last_seq_map().insert(conv.to_owned(), seq);
-        Ok(seq)
+        Ok(self.log.last_seq(conv))
     }
 
     /// May `from` send a direct message to `to`?
@@ -291,30 +320,24 @@ impl Im {
         chain_id: Option<&str>,
         now: u64,
     ) -> ImResult<Stamped> {
-        let dedup_key = cid.map(|cid| key(&[conv, from, cid]));
-        if let Some(dk) = &dedup_key
-            && let Some(seq) = self.store.get(Space::Dedup, dk)?
+        let cid = cid.filter(|cid| !cid.is_empty());
+        if let Some(cid) = cid
+            && let Some(seq) = self.log.find_dedup(conv, from, cid)
+            && let Some(envelope) = self.log.get(conv, seq).map_err(StoreError::from)?
         {
-            let seq = read_u64(&seq);
-            if let Some(envelope) = self.store.get(Space::Messages, &message_key(conv, seq))? {
-                return Ok(Stamped {
-                    conv: conv.to_owned(),
-                    seq,
-                    envelope,
-                    duplicate: true,
-                });
-            }
+            return Ok(Stamped {
+                conv: conv.to_owned(),
+                seq,
+                envelope,
+                duplicate: true,
+            });
         }
-        let seq = self.last_seq(conv)? + 1;
+        let seq = self.log.last_seq(conv) + 1;
         let bytes = message_envelope(conv, seq, from, to, now, body, cid, chain_id);
-        // Usually one write (the message): the store applies a lone write much faster than a
-        // batch, and `last_seq` finds the newest message by itself.
-        let mut batch = Batch::new();
-        batch.put(Space::Messages, message_key(conv, seq), bytes.clone());
-        if let Some(dk) = dedup_key {
-            batch.put(Space::Dedup, dk, seq.to_be_bytes().to_vec());
-        }
         if seq == 1 {
+            // A new conversation: listed for its parties (read by `conversations_of` at every
+            // CONNECT), made durable by the same flush as the message.
+            let mut batch = Batch::new();
             batch.put(
                 Space::Conversations,
                 conv.as_bytes().to_vec(),
@@ -325,9 +348,11 @@ impl Im {
                     batch.put(Space::Inboxes, key(&[party, conv]), Vec::new());
                 }
             }
+            self.store.apply(batch)?;
         }
-        self.store.apply(batch)?;
-        self.last_seq_map().insert(conv.to_owned(), seq);
+        self.log
+            .append(conv, seq, cid.map(|cid| (from, cid)), &bytes)
+            .map_err(StoreError::from)?;
         Ok(Stamped {
             conv: conv.to_owned(),
             seq,
@@ -352,28 +377,20 @@ impl Im {
         let limit = limit.clamp(1, self.config.history_max);
         let pairs = match (after, before) {
             (Some(after), before) => {
-                let end = before.unwrap_or(u64::MAX);
-                self.store.scan_range(
-                    Space::Messages,
-                    &message_key(conv, after.saturating_add(1)),
-                    &message_key(conv, end),
-                    limit,
-                    false,
-                )?
+                let end = before.map_or(u64::MAX, |b| b.saturating_sub(1));
+                self.log
+                    .read(conv, after.saturating_add(1), end, limit, false)
             }
             (None, before) => {
-                let end = before.unwrap_or(u64::MAX);
-                let mut newest = self.store.scan_range(
-                    Space::Messages,
-                    &message_key(conv, 1),
-                    &message_key(conv, end),
-                    limit,
-                    true,
-                )?;
-                newest.reverse();
+                let end = before.map_or(u64::MAX, |b| b.saturating_sub(1));
+                let mut newest = self.log.read(conv, 1, end, limit, true);
+                if let Ok(newest) = &mut newest {
+                    newest.reverse();
+                }
                 newest
             }
-        };
+        }
+        .map_err(StoreError::from)?;
         Ok(pairs
             .into_iter()
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
@@ -421,17 +438,10 @@ impl Im {
                 continue;
             }
             let max = self.config.sync_max_per_conv;
-            let pairs = self.store.scan_range(
-                Space::Messages,
-                &message_key(&conv, cursor + 1),
-                &message_key(&conv, u64::MAX),
-                max,
-                false,
-            )?;
-            let messages: Vec<(u64, Vec<u8>)> = pairs
-                .into_iter()
-                .map(|(k, v)| (read_u64(&k[k.len().saturating_sub(8)..]), v))
-                .collect();
+            let messages = self
+                .log
+                .read(&conv, cursor + 1, u64::MAX, max, false)
+                .map_err(StoreError::from)?;
             let given = messages.last().map_or(cursor, |(seq, _)| *seq);
             let more_after = (given < last).then_some(given);
             out.push(Missed {
@@ -511,7 +521,7 @@ impl Im {
             Some(Parties::Direct(a, b)) => vec![if account == a { b } else { a }.to_owned()],
             Some(Parties::Group(_)) => {
                 // In a group the sender of that message is told.
-                let stored = self.store.get(Space::Messages, &message_key(conv, seq))?;
+                let stored = self.log.get(conv, seq).map_err(StoreError::from)?;
                 stored
                     .and_then(|v| serde_json::from_slice::<Value>(&v).ok())
                     .and_then(|v| v.get("from").and_then(Value::as_str).map(str::to_owned))
@@ -614,7 +624,15 @@ mod tests {
             let text = format!("m{i}");
             let body = parse_body(text.as_bytes(), 1000).unwrap();
             let s = im
-                .append(&conv, "a", "b", &body.json, Some(&format!("c{i}")), None, 10)
+                .append(
+                    &conv,
+                    "a",
+                    "b",
+                    &body.json,
+                    Some(&format!("c{i}")),
+                    None,
+                    10,
+                )
                 .unwrap();
             assert_eq!(s.seq, i + 1);
         }
@@ -657,6 +675,114 @@ mod tests {
 
         let effects = im.receipt("b", &conv, 5, "read", 12).unwrap();
         assert!(matches!(&effects[0], Effect::Notify { to, .. } if to == "a"));
+    }
+
+    /// Open the store in `dir` again: sled's I/O threads may hold the file lock of the last
+    /// handle for a moment after it is dropped.
+    fn open_store(dir: &std::path::Path) -> crate::SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match crate::SledStore::open(dir) {
+                Ok(store) => return store,
+                Err(err) if std::time::Instant::now() > deadline => panic!("{err}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Reopen the IM world over the same folder, as a restart after a crash would.
+    fn reopen(dir: &std::path::Path) -> Im {
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(open_store(dir));
+        let log = std::sync::Arc::new(MessageLog::open(&dir.join("messages")).unwrap());
+        Im::open(store, log, crate::im::ImConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn messages_and_their_cids_outlive_a_restart() {
+        let (dir, im) = im_with(&["a", "b"]);
+        friends(&im, "a", "b");
+        let conv = conv_direct("a", "b");
+        for i in 1..=3 {
+            im.append(
+                &conv,
+                "a",
+                "b",
+                br#"{"text":"x"}"#,
+                Some(&format!("c{i}")),
+                None,
+                5,
+            )
+            .unwrap();
+        }
+        im.log().sync().unwrap();
+        // As if the crash came after the log's sync and before the store's flush: the
+        // conversation's listing is lost, its messages are not.
+        let mut unlisted = Batch::new();
+        unlisted.remove(Space::Inboxes, key(&["a", &conv]));
+        unlisted.remove(Space::Inboxes, key(&["b", &conv]));
+        im.store.apply(unlisted).unwrap();
+        im.store.flush().unwrap();
+        drop(im);
+        let im = reopen(dir.path());
+        assert_eq!(im.conversations_of("a").unwrap(), [conv.as_str()]);
+        assert_eq!(im.last_seq(&conv).unwrap(), 3);
+        let again = im
+            .append(&conv, "a", "b", br#"{"text":"x"}"#, Some("c2"), None, 6)
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.seq, 2);
+        let next = im
+            .append(&conv, "a", "b", br#"{"text":"y"}"#, Some("c4"), None, 6)
+            .unwrap();
+        assert_eq!((next.seq, next.duplicate), (4, false));
+        assert_eq!(im.conversations_of("b").unwrap(), [conv.as_str()]);
+    }
+
+    #[test]
+    fn messages_an_older_version_stored_move_to_the_log() {
+        let (dir, im) = im_with(&["a", "b"]);
+        friends(&im, "a", "b");
+        drop(im);
+        // What a version before the message log wrote: the messages and a dedup entry in the
+        // store.
+        let conv = conv_direct("a", "b");
+        {
+            let store = open_store(dir.path());
+            let mut batch = Batch::new();
+            for seq in 1..=3u64 {
+                let mut k = conv.as_bytes().to_vec();
+                k.push(0);
+                k.extend_from_slice(&seq.to_be_bytes());
+                let envelope = message_envelope(&conv, seq, "a", "b", 1, b"{}", None, None);
+                batch.put(Space::Messages, k, envelope);
+            }
+            batch.put(
+                Space::Dedup,
+                key(&[&conv, "a", "c1"]),
+                1u64.to_be_bytes().to_vec(),
+            );
+            batch.put(Space::Inboxes, key(&["a", &conv]), Vec::new());
+            batch.put(Space::Inboxes, key(&["b", &conv]), Vec::new());
+            store.apply(batch).unwrap();
+            store.flush().unwrap();
+        }
+        let im = reopen(dir.path());
+        assert_eq!(im.last_seq(&conv).unwrap(), 3);
+        let page = im.history("b", &conv, None, None, 10).unwrap();
+        assert_eq!(page.len(), 3);
+        assert_eq!(page[2]["seq"], 3);
+        assert!(
+            im.store
+                .scan_prefix(Space::Messages, b"")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(im.store.scan_prefix(Space::Dedup, b"").unwrap().is_empty());
+        // The sequence goes on, and a second start moves nothing twice.
+        im.append(&conv, "b", "a", b"{}", None, None, 2).unwrap();
+        drop(im);
+        let im = reopen(dir.path());
+        assert_eq!(im.last_seq(&conv).unwrap(), 4);
     }
 
     #[test]

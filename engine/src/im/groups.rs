@@ -563,16 +563,8 @@ mod tests {
         im.group_create("a", "g", None, true, 1).unwrap();
         let conv = crate::im::conv_group("g");
         for _ in 0..3 {
-            im.append(
-                &conv,
-                "a",
-                "g",
-                br#"{"text":"x"}"#,
-                None,
-                None,
-                2,
-            )
-            .unwrap();
+            im.append(&conv, "a", "g", br#"{"text":"x"}"#, None, None, 2)
+                .unwrap();
         }
         im.group_join("b", "g", 3).unwrap();
         assert!(
@@ -581,16 +573,8 @@ mod tests {
                 .iter()
                 .all(|m| m.messages.is_empty())
         );
-        im.append(
-            &conv,
-            "a",
-            "g",
-            br#"{"text":"y"}"#,
-            None,
-            None,
-            4,
-        )
-        .unwrap();
+        im.append(&conv, "a", "g", br#"{"text":"y"}"#, None, None, 4)
+            .unwrap();
         let missed = im.missed("b", "b").unwrap();
         assert_eq!(missed[0].messages.len(), 1);
         assert_eq!(im.history("b", &conv, None, None, 10).unwrap().len(), 4);

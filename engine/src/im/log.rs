@@ -962,6 +962,11 @@ impl MessageLog {
         }
     }
 
+    /// The id of every conversation with a message.
+    pub fn conversations(&self) -> Vec<String> {
+        self.state().convs.keys().map(|c| c.to_string()).collect()
+    }
+
     /// Number of conversations and of messages.
     pub fn stats(&self) -> (usize, u64) {
         let st = self.state();

@@ -2,8 +2,9 @@
 //! per-conversation sequence numbers, cursors and receipts. No network: every operation takes
 //! `now` (ms since the epoch) and returns what the broker must do as [`Effect`]s.
 //!
-//! The store is the source of truth; the [`Graph`] and the small caches here are rebuilt from it
-//! at start ([`Im::open`]).
+//! The store is the source of truth for relations, groups and cursors, the [`MessageLog`] for
+//! messages; the [`Graph`] and the small caches here are rebuilt from them at start
+//! ([`Im::open`]).
 
 mod conversations;
 mod envelope;
@@ -115,8 +116,8 @@ pub struct Im {
     graph: RwLock<Graph>,
     groups: RwLock<HashMap<String, GroupRecord>>,
     settings: RwLock<HashMap<String, PersonSettings>>,
-    /// Last sequence number per conversation (a cache of `Space::Conversations`).
-    last_seq: Mutex<HashMap<String, u64>>,
+    /// The messages of every conversation (see [`MessageLog`]).
+    log: Arc<MessageLog>,
     /// Stamping, storing and fanning out one conversation's messages happen under its lock, so
     /// every member sees the same order.
     conv_locks: Vec<Mutex<()>>,
@@ -157,8 +158,15 @@ fn relation_key(tag: &str, a: &str, b: &str) -> Vec<u8> {
 }
 
 impl Im {
-    /// Build the IM world from the store: accounts, groups, relations.
-    pub fn open(store: Arc<dyn Store>, config: ImConfig) -> Result<Self, StoreError> {
+    /// Build the IM world from the store (accounts, groups, relations) and the message log.
+    /// Messages that an earlier version kept in the store move to the log first.
+    pub fn open(
+        store: Arc<dyn Store>,
+        log: Arc<MessageLog>,
+        config: ImConfig,
+    ) -> Result<Self, StoreError> {
+        conversations::move_stored_messages(&*store, &log)?;
+        conversations::list_logged_conversations(&*store, &log)?;
         let mut graph = Graph::default();
         for (id, value) in store.scan_prefix(Space::Accounts, b"")? {
             let id = String::from_utf8_lossy(&id).into_owned();
@@ -208,7 +216,7 @@ impl Im {
             graph: RwLock::new(graph),
             groups: RwLock::new(groups),
             settings: RwLock::new(settings),
-            last_seq: Mutex::new(HashMap::new()),
+            log,
             conv_locks: (0..64).map(|_| Mutex::new(())).collect(),
             relations: Mutex::new(()),
             graph_version: AtomicU64::new(0),
@@ -241,8 +249,9 @@ impl Im {
         self.graph_version.load(Ordering::Acquire)
     }
 
-    fn last_seq_map(&self) -> MutexGuard<'_, HashMap<String, u64>> {
-        self.last_seq.lock().unwrap_or_else(|p| p.into_inner())
+    /// The message log, to make it durable (the broker's flushes sync it with the store).
+    pub fn log(&self) -> &Arc<MessageLog> {
+        &self.log
     }
 
     /// Read access to the graph for the broker's authorisation checks.
@@ -369,7 +378,8 @@ pub(crate) mod testing {
     pub fn im_with(persons: &[&str]) -> (tempfile::TempDir, Im) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let im = Im::open(store, ImConfig::default()).unwrap();
+        let log = Arc::new(MessageLog::open(&dir.path().join("messages")).unwrap());
+        let im = Im::open(store, log, ImConfig::default()).unwrap();
         for p in persons {
             im.account_added(p, AccountKind::Person);
         }
