@@ -37,7 +37,11 @@ pub fn is_im_topic(topic: &str) -> bool {
 }
 
 pub fn inbox_topic(account: &str) -> String {
-    format!("person/{account}/inbox")
+    let mut topic = String::with_capacity(account.len() + 13);
+    topic.push_str("person/");
+    topic.push_str(account);
+    topic.push_str("/inbox");
+    topic
 }
 
 /// One connected device of a person: a client connection with its session.

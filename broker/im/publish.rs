@@ -70,7 +70,7 @@ impl Gate {
                 needs_flush: false,
             };
         };
-        self.activity(&device.account, now, &broker.limits);
+        // The connection has marked the person active (every packet does).
         match self.publish_as(broker, device, &p, now) {
             Ok(outcome) => outcome,
             Err(err) => {

@@ -5,6 +5,8 @@
 //! are slower and, in testing here, mixed keys of different trees up).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::store::{Batch, Op, Pairs, Space, Store, StoreError};
 
@@ -13,6 +15,9 @@ use crate::store::{Batch, Op, Pairs, Space, Store, StoreError};
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// Set by every write, taken by `flush`: a flush with nothing written since the last one
+    /// costs nothing (sled would still seal and write a buffer, and sync its file).
+    dirty: Arc<AtomicBool>,
 }
 
 fn prefixed(space: Space, key: &[u8]) -> Vec<u8> {
@@ -35,7 +40,11 @@ impl SledStore {
             .open()
             .map_err(map_err)?;
         let tree = db.open_tree("mqtter").map_err(map_err)?;
-        Ok(Self { db, tree })
+        Ok(Self {
+            db,
+            tree,
+            dirty: Arc::new(AtomicBool::new(false)),
+        })
     }
 }
 
@@ -52,16 +61,8 @@ fn strip(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(Vec<u8>, Vec<u
         .map_err(map_err)
 }
 
-impl Store for SledStore {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree
-            .get(prefixed(space, key))
-            .map_err(map_err)?
-            .map(|v| v.to_vec()))
-    }
-
-    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+impl SledStore {
+    fn apply_ops(&self, batch: Batch) -> Result<(), StoreError> {
         let mut ops = batch.into_ops();
         if ops.len() == 1 {
             // One write is atomic by itself. A sled batch seals an I/O buffer of its own (a write
@@ -93,7 +94,24 @@ impl Store for SledStore {
         }
         self.tree.apply_batch(sled_batch).map_err(map_err)
     }
+}
 
+impl Store for SledStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree
+            .get(prefixed(space, key))
+            .map_err(map_err)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let applied = self.apply_ops(batch);
+        // Marked after the write (a flush that misses the mark ran before the write was
+        // complete, and the writer's own wait for durability starts after this line).
+        self.dirty.store(true, Ordering::Release);
+        applied
+    }
     fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError> {
         self.tree
             .scan_prefix(prefixed(space, prefix))
@@ -121,7 +139,14 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(map_err)
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.db.flush().map(|_| ()).map_err(|err| {
+            // Not durable after all: the next flush must try again.
+            self.dirty.store(true, Ordering::Release);
+            map_err(err)
+        })
     }
 
     fn size_on_disk(&self) -> u64 {

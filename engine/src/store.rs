@@ -33,15 +33,17 @@ pub enum Space {
     Groups,
     /// The recycle bin: removed relations restorable until they expire, by owner + kind + peer.
     Recycle,
-    /// Conversations' last sequence numbers, by conversation id.
+    /// No longer written (conversations' last sequence numbers): the message log knows them;
+    /// entries of older versions are removed at start.
     Conversations,
-    /// Stored IM messages (stamped envelopes), by conversation + sequence.
+    /// No longer written (IM messages): they live in the message log (`im::MessageLog`);
+    /// entries of older versions move there at start.
     Messages,
-    /// Client message ids already stored, by conversation + sender + cid.
+    /// No longer written (client message ids): the message log keeps them.
     Dedup,
     /// Delivery and read cursors, by client id or account + conversation.
     Cursors,
-    /// The direct conversations an account takes part in, by account + conversation.
+    /// No longer written (the direct conversations of an account): derived from the message log.
     Inboxes,
     /// Last wills of connected clients, by client id (published after a crash).
     Wills,

@@ -5,6 +5,7 @@
 //! once for the group whatever its size, with a cursor per member.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::MutexGuard;
 
 use serde_json::{Value, json};
@@ -17,7 +18,12 @@ use crate::store::{Batch, Space, Store, StoreError};
 
 pub fn conv_direct(a: &str, b: &str) -> String {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
-    format!("person:{x}|person:{y}")
+    let mut conv = String::with_capacity(x.len() + y.len() + 15);
+    conv.push_str("person:");
+    conv.push_str(x);
+    conv.push_str("|person:");
+    conv.push_str(y);
+    conv
 }
 
 pub fn conv_group(group: &str) -> String {
@@ -130,8 +136,15 @@ fn scan_object(payload: &[u8]) -> Option<bool> {
 
 /// Append `s` as a JSON string (quoted, escaped).
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    // Ids are almost always plain: copied as they are unless a byte needs an escape.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 /// The envelope of a message, written field by field (the body is copied as it is).
@@ -146,17 +159,22 @@ fn message_envelope(
     cid: Option<&str>,
     chain_id: Option<&str>,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 2 * conv.len() + from.len() + to.len() + 128);
-    let mut id = String::with_capacity(conv.len() + 21);
-    id.push_str(conv);
-    id.push('#');
-    id.push_str(itoa::Buffer::new().format(seq));
+    let mut out = Vec::with_capacity(body.len() + 3 * conv.len() + from.len() + to.len() + 160);
+    let mut digits = itoa::Buffer::new();
+    let seq_text = digits.format(seq);
     out.extend_from_slice(br#"{"type":"msg","id":"#);
-    write_json_str(&mut out, &id);
+    let id_start = out.len();
+    write_json_str(&mut out, conv);
+    // `conv#seq`, inside the quotes just written.
+    out.pop();
+    out.push(b'#');
+    out.extend_from_slice(seq_text.as_bytes());
+    out.push(b'"');
+    let id = id_start..out.len();
     out.extend_from_slice(br#","conv":"#);
     write_json_str(&mut out, conv);
     out.extend_from_slice(br#","seq":"#);
-    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    out.extend_from_slice(seq_text.as_bytes());
     out.extend_from_slice(br#","from":"#);
     write_json_str(&mut out, from);
     out.extend_from_slice(br#","to":"#);
@@ -166,7 +184,10 @@ fn message_envelope(
     out.extend_from_slice(br#","body":"#);
     out.extend_from_slice(body);
     out.extend_from_slice(br#","chain":{"id":"#);
-    write_json_str(&mut out, chain_id.unwrap_or(&id));
+    match chain_id {
+        Some(chain_id) => write_json_str(&mut out, chain_id),
+        None => out.extend_from_within(id),
+    }
     out.extend_from_slice(br#","hop":0}"#);
     if let Some(cid) = cid {
         out.extend_from_slice(br#","cid":"#);
@@ -196,34 +217,27 @@ pub struct Missed {
     pub more_after: Option<u64>,
 }
 
-/// Every direct conversation in the log is listed for both parties. The listing is written with
-/// a conversation's first message and made durable by the same flush, but a crash between the
-/// log's sync and the store's flush could keep the message without the listing.
-pub(super) fn list_logged_conversations(
-    store: &dyn Store,
-    log: &MessageLog,
-) -> Result<(), StoreError> {
-    let mut batch = Batch::new();
+/// Each person's direct conversations, from the conversation ids in the log (a direct id names
+/// both parties). Kept in memory: `conversations_of` reads it at every CONNECT.
+pub(super) fn direct_conversations(log: &MessageLog) -> HashMap<String, Vec<String>> {
+    let mut by_person: HashMap<String, Vec<String>> = HashMap::new();
     for conv in log.conversations() {
         if let Some(Parties::Direct(a, b)) = parties(&conv) {
             for party in [a, b] {
-                let k = key(&[party, &conv]);
-                if store.get(Space::Inboxes, &k)?.is_none() {
-                    batch.put(Space::Inboxes, k, Vec::new());
-                }
+                by_person
+                    .entry(party.to_owned())
+                    .or_default()
+                    .push(conv.clone());
             }
         }
     }
-    if !batch.is_empty() {
-        store.apply(batch)?;
-        store.flush()?;
-    }
-    Ok(())
+    by_person
 }
 
 /// Messages stored by versions before the message log (in `Space::Messages`, keyed
 /// `conv \0 seq`) are appended to the log, which is synced, and only then removed from the store.
-/// Their dedup entries are dropped (a retry of one of them is stored again).
+/// Their dedup entries are dropped (a retry of one of them is stored again), and so are the
+/// store's conversation listings (`Conversations`, `Inboxes`): the log's ids stand for them.
 pub(super) fn move_stored_messages(store: &dyn Store, log: &MessageLog) -> Result<(), StoreError> {
     let stored = store.scan_prefix(Space::Messages, b"")?;
     if stored.is_empty() {
@@ -245,8 +259,11 @@ pub(super) fn move_stored_messages(store: &dyn Store, log: &MessageLog) -> Resul
         batch.remove(Space::Messages, k);
     }
     log.sync()?;
-    for (k, _) in store.scan_prefix(Space::Dedup, b"")? {
-        batch.remove(Space::Dedup, k);
+    // The dedup entries, and the conversation listings the log now stands for.
+    for space in [Space::Dedup, Space::Conversations, Space::Inboxes] {
+        for (k, _) in store.scan_prefix(space, b"")? {
+            batch.remove(space, k);
+        }
     }
     store.apply(batch)?;
     store.flush()?;
@@ -334,25 +351,21 @@ impl Im {
         }
         let seq = self.log.last_seq(conv) + 1;
         let bytes = message_envelope(conv, seq, from, to, now, body, cid, chain_id);
-        if seq == 1 {
-            // A new conversation: listed for its parties (read by `conversations_of` at every
-            // CONNECT), made durable by the same flush as the message.
-            let mut batch = Batch::new();
-            batch.put(
-                Space::Conversations,
-                conv.as_bytes().to_vec(),
-                seq.to_be_bytes().to_vec(),
-            );
-            if let Some(Parties::Direct(a, b)) = parties(conv) {
-                for party in [a, b] {
-                    batch.put(Space::Inboxes, key(&[party, conv]), Vec::new());
-                }
-            }
-            self.store.apply(batch)?;
-        }
         self.log
             .append(conv, seq, cid.map(|cid| (from, cid)), &bytes)
             .map_err(StoreError::from)?;
+        if seq == 1
+            && let Some(Parties::Direct(a, b)) = parties(conv)
+        {
+            // A new conversation: listed for its parties (rebuilt from the log at start).
+            let mut direct = self.direct_convs();
+            for party in [a, b] {
+                direct
+                    .entry(party.to_owned())
+                    .or_default()
+                    .push(conv.to_owned());
+            }
+        }
         Ok(Stamped {
             conv: conv.to_owned(),
             seq,
@@ -399,14 +412,11 @@ impl Im {
 
     /// The conversations `account` takes part in: its direct ones and its groups'.
     pub fn conversations_of(&self, account: &str) -> ImResult<Vec<String>> {
-        let mut prefix = account.as_bytes().to_vec();
-        prefix.push(0);
-        let mut convs: Vec<String> = self
-            .store
-            .scan_prefix(Space::Inboxes, &prefix)?
-            .into_iter()
-            .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
-            .collect();
+        let mut convs = self
+            .direct_convs()
+            .get(account)
+            .cloned()
+            .unwrap_or_default();
         convs.extend(
             self.graph()
                 .groups_of(account)
@@ -715,13 +725,6 @@ mod tests {
             .unwrap();
         }
         im.log().sync().unwrap();
-        // As if the crash came after the log's sync and before the store's flush: the
-        // conversation's listing is lost, its messages are not.
-        let mut unlisted = Batch::new();
-        unlisted.remove(Space::Inboxes, key(&["a", &conv]));
-        unlisted.remove(Space::Inboxes, key(&["b", &conv]));
-        im.store.apply(unlisted).unwrap();
-        im.store.flush().unwrap();
         drop(im);
         let im = reopen(dir.path());
         assert_eq!(im.conversations_of("a").unwrap(), [conv.as_str()]);

@@ -118,6 +118,8 @@ pub struct Im {
     settings: RwLock<HashMap<String, PersonSettings>>,
     /// The messages of every conversation (see [`MessageLog`]).
     log: Arc<MessageLog>,
+    /// Each person's direct conversations (derived from the log).
+    direct_convs: Mutex<HashMap<String, Vec<String>>>,
     /// Stamping, storing and fanning out one conversation's messages happen under its lock, so
     /// every member sees the same order.
     conv_locks: Vec<Mutex<()>>,
@@ -166,7 +168,7 @@ impl Im {
         config: ImConfig,
     ) -> Result<Self, StoreError> {
         conversations::move_stored_messages(&*store, &log)?;
-        conversations::list_logged_conversations(&*store, &log)?;
+        let direct_convs = Mutex::new(conversations::direct_conversations(&log));
         let mut graph = Graph::default();
         for (id, value) in store.scan_prefix(Space::Accounts, b"")? {
             let id = String::from_utf8_lossy(&id).into_owned();
@@ -217,6 +219,7 @@ impl Im {
             groups: RwLock::new(groups),
             settings: RwLock::new(settings),
             log,
+            direct_convs,
             conv_locks: (0..64).map(|_| Mutex::new(())).collect(),
             relations: Mutex::new(()),
             graph_version: AtomicU64::new(0),
@@ -247,6 +250,10 @@ impl Im {
     /// it (a group's member sessions) and notice when to derive it again.
     pub fn graph_version(&self) -> u64 {
         self.graph_version.load(Ordering::Acquire)
+    }
+
+    fn direct_convs(&self) -> MutexGuard<'_, HashMap<String, Vec<String>>> {
+        self.direct_convs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The message log, to make it durable (the broker's flushes sync it with the store).
