@@ -26,7 +26,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BROKERS="${BROKERS:-mqtter mqtter-async mosquitto rumqttd}"
-SCENARIOS="${SCENARIOS:-conns pairs-qos0 pairs-qos1 pairs-qos0-rate pairs-qos1-rate fanout-qos0 fanout-qos1 fanin-qos0 fanin-qos1 im-direct im-group im-reconnect}"
+SCENARIOS="${SCENARIOS:-conns pairs-qos0 pairs-qos1 pairs-qos0-rate pairs-qos1-rate fanout-qos0 fanout-qos1 fanin-qos0 fanin-qos1 im-direct im-direct-ref im-group im-group-ref im-reconnect}"
 ROUNDS="${ROUNDS:-3}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 TIMEOUT_SECS="${TIMEOUT_SECS:-60}"
@@ -155,6 +155,7 @@ applies() {
   local b="$1" s="$2"
   case "$b:$s" in
     mqtter:*) return 0 ;;
+    mqtter-async:im-*-ref) return 1 ;;
     mqtter-async:*qos1* | mqtter-async:im-*) return 0 ;;
     mqtter-async:*) return 1 ;;
     *:im-*) return 1 ;;
@@ -470,10 +471,17 @@ for b in ("mqtter", "mqtter-async"):
     if q1 is None:
         q1 = figure("mqtter", "pairs-qos1", "msgs_per_sec")
     g, fo = figure(b, "im-group", "msgs_per_sec"), figure("mqtter", "fanout-qos1", "msgs_per_sec")
+    # The references: the same connections and load in plain MQTT, on the same broker.
+    dref = figure(b, "im-direct-ref", "msgs_per_sec") or figure("mqtter", "im-direct-ref", "msgs_per_sec")
+    gref = figure(b, "im-group-ref", "msgs_per_sec") or figure("mqtter", "im-group-ref", "msgs_per_sec")
     if d is not None:
         im.append(f"| {names[b]} | im-direct / pairs-qos1 | {ratio(d, q1)} |")
+        if dref is not None:
+            im.append(f"| {names[b]} | im-direct / im-direct-ref | {ratio(d, dref)} |")
     if g is not None:
         im.append(f"| {names[b]} | im-group / fanout-qos1 | {ratio(g, fo)} |")
+        if gref is not None:
+            im.append(f"| {names[b]} | im-group / im-group-ref | {ratio(g, gref)} |")
 if im:
     print()
     print("| broker | IM figure / plain figure | ratio |")

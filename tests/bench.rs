@@ -114,5 +114,14 @@ fn every_im_scenario_runs_against_the_daemon() {
     );
     let broker = daemon.mqtt.to_string();
     let records = bench(&["--broker", &broker, "--quick", "--scenario", "im"]);
-    check(&records, &["im-direct", "im-group", "im-reconnect"]);
+    check(
+        &records,
+        &[
+            "im-direct",
+            "im-direct-ref",
+            "im-group",
+            "im-group-ref",
+            "im-reconnect",
+        ],
+    );
 }

@@ -418,27 +418,51 @@ pub fn builtin_im(s: &Sizes) -> Vec<Scenario> {
     let q = s.quick;
     let conns = |full: usize, quick: usize| s.connections.unwrap_or(if q { quick } else { full });
     let msgs = |full: u64, quick: u64| s.messages.unwrap_or(if q { quick } else { full });
+    // Each IM scenario is followed by its reference: the same connections and load in plain
+    // MQTT (anonymous clients, the plain payload), so that the ratio of the two is the cost of
+    // the IM world (gate, stamping, storage, the envelope) and nothing else. 400 messages per
+    // pair and 1,000 group messages keep the ramp-up (the first windows in flight) a small
+    // part of the time.
+    let direct_pairs = conns(1000, 20);
+    let direct_load = LoadShape::Saturate {
+        messages: msgs(400_000, 2_000),
+    };
+    let members = conns(1000, 20);
+    let group_load = LoadShape::Saturate {
+        messages: msgs(1_000, 50),
+    };
     vec![
         Scenario {
             name: "im-direct".to_string(),
             group: "im",
             plan: ConnectionPlan::ImDirect {
-                pairs: conns(1000, 20),
+                pairs: direct_pairs,
             },
-            load: LoadShape::Saturate {
-                messages: msgs(100_000, 2_000),
-            },
+            load: direct_load,
+            qos: 1,
+        },
+        Scenario {
+            name: "im-direct-ref".to_string(),
+            group: "im",
+            plan: ConnectionPlan::Pairs { n: direct_pairs },
+            load: direct_load,
             qos: 1,
         },
         Scenario {
             name: "im-group".to_string(),
             group: "im",
-            plan: ConnectionPlan::ImGroup {
-                members: conns(1000, 20),
+            plan: ConnectionPlan::ImGroup { members },
+            load: group_load,
+            qos: 1,
+        },
+        Scenario {
+            name: "im-group-ref".to_string(),
+            group: "im",
+            // The group's sender is a member: `members - 1` receive.
+            plan: ConnectionPlan::FanOut {
+                subscribers: members.saturating_sub(1).max(1),
             },
-            load: LoadShape::Saturate {
-                messages: msgs(200, 50),
-            },
+            load: group_load,
             qos: 1,
         },
         Scenario {
@@ -454,13 +478,10 @@ pub fn builtin_im(s: &Sizes) -> Vec<Scenario> {
 }
 
 /// Picks scenarios by exact name or group name; an empty selection means every plain-MQTT
-/// scenario (the IM ones run only when named).
+/// scenario (the `im` group, with its plain references, runs only when named).
 pub fn select(all: Vec<Scenario>, names: &[String]) -> anyhow::Result<Vec<Scenario>> {
     if names.is_empty() {
-        return Ok(all
-            .into_iter()
-            .filter(|s| s.world() == World::Mqtt)
-            .collect());
+        return Ok(all.into_iter().filter(|s| s.group != "im").collect());
     }
     for n in names {
         if !all.iter().any(|s| s.name == *n || s.group == n.as_str()) {
@@ -574,11 +595,22 @@ mod tests {
         assert_eq!(direct.subscribers[0].account.as_deref(), Some("mqb-d0b"));
         assert_eq!(direct.subscribers[0].filter, None);
         assert_eq!(direct.expected_total(), 10);
-        let group = all[1].topology("ignored");
+        // Each IM scenario is followed by its plain reference, with the same load.
+        assert_eq!(all[1].name, "im-direct-ref");
+        assert_eq!(all[1].world(), World::Mqtt);
+        assert_eq!(all[1].plan, ConnectionPlan::Pairs { n: 3 });
+        assert_eq!(all[1].load, all[0].load);
+        let group = all[2].topology("ignored");
         assert_eq!(group.publishers[0].topic, "group/mqb-group");
         assert_eq!(group.subscribers.len(), 2);
+        assert_eq!(all[3].name, "im-group-ref");
+        assert_eq!(all[3].plan, ConnectionPlan::FanOut { subscribers: 2 });
+        assert_eq!(
+            all[3].topology("x").expected_total(),
+            group.expected_total()
+        );
         assert_eq!(group.expected_total(), 20);
-        assert_eq!(all[1].connection_count(), 3);
+        assert_eq!(all[2].connection_count(), 3);
         let yaml = im_definitions(&all);
         assert!(
             yaml.contains("  - { id: mqb-d2b, password_hash: \"$argon2id$"),
@@ -600,7 +632,7 @@ mod tests {
         );
         assert_eq!(yaml.matches("password_hash").count(), 3 * 2 + 3 + 2);
         let sel = select(all, &["im".into()]).unwrap();
-        assert_eq!(sel.len(), 3);
+        assert_eq!(sel.len(), 5);
     }
 
     #[test]
@@ -619,7 +651,9 @@ mod tests {
         assert_eq!(select(all.clone(), &[]).unwrap().len(), 9);
         let mut with_im = all;
         with_im.extend(builtin_im(&sizes()));
-        assert_eq!(select(with_im, &[]).unwrap().len(), 9);
+        assert_eq!(select(with_im.clone(), &[]).unwrap().len(), 9);
+        // `im` is the IM scenarios and their plain references.
+        assert_eq!(select(with_im, &["im".into()]).unwrap().len(), 5);
         let quick = builtin(&Sizes {
             quick: true,
             connections: Some(7),
