@@ -147,18 +147,22 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// What a message says, besides where it stands (its conversation and `seq`).
+#[derive(Debug, Clone, Copy)]
+struct Fields<'a> {
+    from: &'a str,
+    to: &'a str,
+    ts: u64,
+    /// The text of a JSON object.
+    body: &'a [u8],
+    cid: Option<&'a str>,
+    /// The chain this message continues, if not its own.
+    chain: Option<&'a str>,
+}
+
 /// The envelope of a message, written field by field (the body is copied as it is).
-#[allow(clippy::too_many_arguments)]
-fn message_envelope(
-    conv: &str,
-    seq: u64,
-    from: &str,
-    to: &str,
-    now: u64,
-    body: &[u8],
-    cid: Option<&str>,
-    chain_id: Option<&str>,
-) -> Vec<u8> {
+fn message_envelope(conv: &str, seq: u64, f: &Fields<'_>) -> Vec<u8> {
+    let (from, to, body, cid) = (f.from, f.to, f.body, f.cid);
     let mut out = Vec::with_capacity(body.len() + 3 * conv.len() + from.len() + to.len() + 160);
     let mut digits = itoa::Buffer::new();
     let seq_text = digits.format(seq);
@@ -180,11 +184,11 @@ fn message_envelope(
     out.extend_from_slice(br#","to":"#);
     write_json_str(&mut out, to);
     out.extend_from_slice(br#","ts":"#);
-    out.extend_from_slice(itoa::Buffer::new().format(now).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(f.ts).as_bytes());
     out.extend_from_slice(br#","body":"#);
     out.extend_from_slice(body);
     out.extend_from_slice(br#","chain":{"id":"#);
-    match chain_id {
+    match f.chain {
         Some(chain_id) => write_json_str(&mut out, chain_id),
         None => out.extend_from_within(id),
     }
@@ -206,6 +210,60 @@ pub struct Stamped {
     pub envelope: Vec<u8>,
     /// The same `cid` from the same sender was stored before: this is that message, not a new one.
     pub duplicate: bool,
+}
+
+/// The form a message takes in the log: only what the envelope does not repeat (the log record
+/// already names the conversation and `seq`), about half the envelope's bytes. Read back, the
+/// envelope is rebuilt byte for byte by [`message_envelope`].
+///
+/// `[1][ts u64 LE][from][to][cid][chain]` (each a u16 LE length and the bytes; an empty `cid` or
+/// `chain` is none) then the body. A record that starts with `{` is a whole envelope (moved from
+/// an older version's store).
+const STORED_COMPACT: u8 = 1;
+
+fn stored_form(f: &Fields<'_>) -> Option<Vec<u8>> {
+    let fields = [f.from, f.to, f.cid.unwrap_or(""), f.chain.unwrap_or("")];
+    let (now, body) = (f.ts, f.body);
+    let mut out =
+        Vec::with_capacity(9 + fields.iter().map(|f| f.len() + 2).sum::<usize>() + body.len());
+    out.push(STORED_COMPACT);
+    out.extend_from_slice(&now.to_le_bytes());
+    for field in fields {
+        out.extend_from_slice(&u16::try_from(field.len()).ok()?.to_le_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    out.extend_from_slice(body);
+    Some(out)
+}
+
+/// The envelope of a message as the log holds it (see [`stored_form`]).
+fn envelope_from_stored(conv: &str, seq: u64, stored: Vec<u8>) -> Option<Vec<u8>> {
+    match stored.first() {
+        Some(&STORED_COMPACT) => {}
+        Some(b'{') => return Some(stored),
+        _ => return None,
+    }
+    let ts = u64::from_le_bytes(stored.get(1..9)?.try_into().ok()?);
+    let mut at = 9;
+    let mut fields = [""; 4];
+    for field in &mut fields {
+        let len = usize::from(u16::from_le_bytes(stored.get(at..at + 2)?.try_into().ok()?));
+        *field = std::str::from_utf8(stored.get(at + 2..at + 2 + len)?).ok()?;
+        at += 2 + len;
+    }
+    let [from, to, cid, chain] = fields;
+    Some(message_envelope(
+        conv,
+        seq,
+        &Fields {
+            from,
+            to,
+            ts,
+            body: stored.get(at..)?,
+            cid: (!cid.is_empty()).then_some(cid),
+            chain: (!chain.is_empty()).then_some(chain),
+        },
+    ))
 }
 
 /// Messages of one conversation an account missed.
@@ -340,7 +398,7 @@ impl Im {
         let cid = cid.filter(|cid| !cid.is_empty());
         if let Some(cid) = cid
             && let Some(seq) = self.log.find_dedup(conv, from, cid)
-            && let Some(envelope) = self.log.get(conv, seq).map_err(StoreError::from)?
+            && let Some(envelope) = self.envelope(conv, seq)?
         {
             return Ok(Stamped {
                 conv: conv.to_owned(),
@@ -350,9 +408,23 @@ impl Im {
             });
         }
         let seq = self.log.last_seq(conv) + 1;
-        let bytes = message_envelope(conv, seq, from, to, now, body, cid, chain_id);
+        let fields = Fields {
+            from,
+            to,
+            ts: now,
+            body,
+            cid,
+            chain: chain_id,
+        };
+        let bytes = message_envelope(conv, seq, &fields);
+        let stored = stored_form(&fields);
         self.log
-            .append(conv, seq, cid.map(|cid| (from, cid)), &bytes)
+            .append(
+                conv,
+                seq,
+                cid.map(|cid| (from, cid)),
+                stored.as_deref().unwrap_or(&bytes),
+            )
             .map_err(StoreError::from)?;
         if seq == 1
             && let Some(Parties::Direct(a, b)) = parties(conv)
@@ -374,6 +446,36 @@ impl Im {
         })
     }
 
+    /// Messages of `conv` from the log (see [`MessageLog::read`]), as envelopes.
+    fn read_envelopes(
+        &self,
+        conv: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.log
+            .read(conv, from, to, limit, newest_first)?
+            .into_iter()
+            .map(|(seq, stored)| {
+                envelope_from_stored(conv, seq, stored)
+                    .map(|envelope| (seq, envelope))
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("message {conv}#{seq} is unreadable"))
+                    })
+            })
+            .collect()
+    }
+
+    /// One message of `conv` as its envelope.
+    fn envelope(&self, conv: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .read_envelopes(conv, seq, seq, 1, false)?
+            .pop()
+            .map(|(_, e)| e))
+    }
+
     /// A page of `conv` for `account`: after `after` (ascending), before `before` (the newest
     /// before it), or the newest page. Returns the envelopes in ascending `seq`.
     pub fn history(
@@ -391,19 +493,17 @@ impl Im {
         let pairs = match (after, before) {
             (Some(after), before) => {
                 let end = before.map_or(u64::MAX, |b| b.saturating_sub(1));
-                self.log
-                    .read(conv, after.saturating_add(1), end, limit, false)
+                self.read_envelopes(conv, after.saturating_add(1), end, limit, false)
             }
             (None, before) => {
                 let end = before.map_or(u64::MAX, |b| b.saturating_sub(1));
-                let mut newest = self.log.read(conv, 1, end, limit, true);
+                let mut newest = self.read_envelopes(conv, 1, end, limit, true);
                 if let Ok(newest) = &mut newest {
                     newest.reverse();
                 }
                 newest
             }
-        }
-        .map_err(StoreError::from)?;
+        }?;
         Ok(pairs
             .into_iter()
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
@@ -448,10 +548,7 @@ impl Im {
                 continue;
             }
             let max = self.config.sync_max_per_conv;
-            let messages = self
-                .log
-                .read(&conv, cursor + 1, u64::MAX, max, false)
-                .map_err(StoreError::from)?;
+            let messages = self.read_envelopes(&conv, cursor + 1, u64::MAX, max, false)?;
             let given = messages.last().map_or(cursor, |(seq, _)| *seq);
             let more_after = (given < last).then_some(given);
             out.push(Missed {
@@ -531,7 +628,7 @@ impl Im {
             Some(Parties::Direct(a, b)) => vec![if account == a { b } else { a }.to_owned()],
             Some(Parties::Group(_)) => {
                 // In a group the sender of that message is told.
-                let stored = self.log.get(conv, seq).map_err(StoreError::from)?;
+                let stored = self.envelope(conv, seq)?;
                 stored
                     .and_then(|v| serde_json::from_slice::<Value>(&v).ok())
                     .and_then(|v| v.get("from").and_then(Value::as_str).map(str::to_owned))
@@ -756,7 +853,18 @@ mod tests {
                 let mut k = conv.as_bytes().to_vec();
                 k.push(0);
                 k.extend_from_slice(&seq.to_be_bytes());
-                let envelope = message_envelope(&conv, seq, "a", "b", 1, b"{}", None, None);
+                let envelope = message_envelope(
+                    &conv,
+                    seq,
+                    &Fields {
+                        from: "a",
+                        to: "b",
+                        ts: 1,
+                        body: b"{}",
+                        cid: None,
+                        chain: None,
+                    },
+                );
                 batch.put(Space::Messages, k, envelope);
             }
             batch.put(
@@ -789,6 +897,67 @@ mod tests {
     }
 
     #[test]
+    fn the_stored_form_gives_back_the_envelope_byte_for_byte() {
+        /// to, cid, chain, body
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+        let cases: [Case<'_>; 4] = [
+            ("b", None, None, br#"{"text":"hi"}"#),
+            ("b", Some("c-1"), None, br#"{"x":[1,2], "y":"\u00e9"}"#),
+            ("g\"q", Some("c\"2"), Some("group:g#7"), b"{}"),
+            ("b", None, Some("x"), "{\"t\":\"\u{e9}t\u{e9}\"}".as_bytes()),
+        ];
+        for (to, cid, chain, body) in cases {
+            let fields = Fields {
+                from: "a",
+                to,
+                ts: 77,
+                body,
+                cid,
+                chain,
+            };
+            let envelope = message_envelope("person:a|person:b", 9, &fields);
+            let stored = stored_form(&fields).unwrap();
+            assert!(stored.len() < envelope.len());
+            assert_eq!(
+                envelope_from_stored("person:a|person:b", 9, stored).unwrap(),
+                envelope
+            );
+        }
+        // An older version's whole envelope is read as it is; anything else is unreadable.
+        assert_eq!(
+            envelope_from_stored("c", 1, br#"{"type":"msg"}"#.to_vec()).unwrap(),
+            br#"{"type":"msg"}"#
+        );
+        assert_eq!(envelope_from_stored("c", 1, vec![1, 2]), None);
+        assert_eq!(envelope_from_stored("c", 1, vec![7]), None);
+    }
+
+    #[test]
+    fn what_is_read_back_is_what_was_delivered() {
+        let (_dir, im) = im_with(&["a", "b"]);
+        friends(&im, "a", "b");
+        let conv = conv_direct("a", "b");
+        let sent = im
+            .append(
+                &conv,
+                "a",
+                "b",
+                br#"{"text":"x"}"#,
+                Some("k"),
+                Some("r#1"),
+                5,
+            )
+            .unwrap();
+        let again = im
+            .append(&conv, "a", "b", br#"{"text":"x"}"#, Some("k"), None, 6)
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.envelope, sent.envelope);
+        let missed = im.missed("b", "b").unwrap();
+        assert_eq!(missed[0].messages, [(1, sent.envelope.clone())]);
+    }
+
+    #[test]
     fn bodies() {
         fn body(p: &[u8]) -> Body<'_> {
             parse_body(p, 100).unwrap()
@@ -818,12 +987,14 @@ mod tests {
         let bytes = message_envelope(
             "person:a|person:b",
             7,
-            "a",
-            "b",
-            99,
-            br#"{"text":"hi"}"#,
-            Some("c\"1"),
-            None,
+            &Fields {
+                from: "a",
+                to: "b",
+                ts: 99,
+                body: br#"{"text":"hi"}"#,
+                cid: Some("c\"1"),
+                chain: None,
+            },
         );
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(
@@ -832,7 +1003,18 @@ mod tests {
                    "seq": 7, "from": "a", "to": "b", "ts": 99, "body": {"text": "hi"},
                    "chain": {"id": "person:a|person:b#7", "hop": 0}, "cid": "c\"1"})
         );
-        let chained = message_envelope("group:g", 1, "a", "g", 1, b"{}", None, Some("x#3"));
+        let chained = message_envelope(
+            "group:g",
+            1,
+            &Fields {
+                from: "a",
+                to: "g",
+                ts: 1,
+                body: b"{}",
+                cid: None,
+                chain: Some("x#3"),
+            },
+        );
         let v: Value = serde_json::from_slice(&chained).unwrap();
         assert_eq!(v["chain"]["id"], "x#3");
         assert!(v.get("cid").is_none());
