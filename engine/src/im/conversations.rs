@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::envelope::notice;
 use super::log::MessageLog;
 use super::{Effect, Im, ImError, ImResult, key};
-use crate::graph::Role;
+use crate::graph::{DirectCheck, Role};
 use crate::store::{Batch, Space, Store, StoreError};
 
 pub fn conv_direct(a: &str, b: &str) -> String {
@@ -352,14 +352,11 @@ impl Im {
 
     /// May `from` send a direct message to `to`?
     pub fn authorize_direct(&self, from: &str, to: &str) -> ImResult<()> {
-        let graph = self.graph();
-        if graph.account_kind(to).is_none() {
-            return Err(ImError::NotFound(format!("no person {to}")));
+        match self.graph().direct_check(from, to) {
+            DirectCheck::Allowed => Ok(()),
+            DirectCheck::NoSuchAccount => Err(ImError::NotFound(format!("no person {to}"))),
+            DirectCheck::Refused => Err(ImError::NotAuthorized(format!("{to} is not a friend"))),
         }
-        if graph.blocked_between(from, to) || !graph.are_friends(from, to) {
-            return Err(ImError::NotAuthorized(format!("{to} is not a friend")));
-        }
-        Ok(())
     }
 
     /// May `from` send to `group`?
