@@ -93,6 +93,9 @@ struct Presence {
 /// registry's, not a client's choice).
 type DeviceMap = HashMap<Arc<str>, Vec<Device>, foldhash::fast::RandomState>;
 
+/// Presence by account, looked up for every packet of a person (foldhash, like `DeviceMap`).
+type PresenceMap = HashMap<Arc<str>, Presence, foldhash::fast::RandomState>;
+
 /// The sessions one account's message goes to (most persons have one or two devices online).
 type SmallSessions = smallvec::SmallVec<[Arc<Session>; 2]>;
 
@@ -101,7 +104,7 @@ pub struct Gate {
     pub im: Im,
     settings: ImSection,
     devices: Mutex<DeviceMap>,
-    presence: Mutex<HashMap<Arc<str>, Presence>>,
+    presence: Mutex<PresenceMap>,
     /// Per group, the sessions its messages go to; emptied when a device comes or goes, and an
     /// entry is stale once the graph's version moved on.
     group_sessions: Mutex<HashMap<String, Arc<MemberSessions>, foldhash::fast::RandomState>>,
@@ -142,7 +145,7 @@ impl Gate {
             im,
             settings,
             devices: Mutex::new(DeviceMap::default()),
-            presence: Mutex::new(HashMap::new()),
+            presence: Mutex::new(PresenceMap::default()),
             group_sessions: Mutex::new(HashMap::default()),
         }
     }
@@ -166,7 +169,7 @@ impl Gate {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn presences(&self) -> MutexGuard<'_, HashMap<Arc<str>, Presence>> {
+    fn presences(&self) -> MutexGuard<'_, PresenceMap> {
         self.presence.lock().unwrap_or_else(|p| p.into_inner())
     }
 

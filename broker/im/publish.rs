@@ -94,7 +94,8 @@ impl Gate {
         now: u64,
     ) -> Result<Outcome, ImError> {
         let me: &str = &device.account;
-        let levels: Vec<&str> = p.topic.split('/').collect();
+        // IM topics have at most three levels: no allocation to take them apart.
+        let levels: smallvec::SmallVec<[&str; 4]> = p.topic.split('/').collect();
         let durable = p.qos != QoS::AtMostOnce && broker.is_sync();
         match levels.as_slice() {
             ["person", peer, "inbox"] => {
