@@ -16,7 +16,8 @@ listen = "0.0.0.0:1883"
 ws_listen = "0.0.0.0:8083"
 ws_path = "/mqtt"
 
-# Folder of the sled store (sessions, queued messages, retained messages, accounts).
+# Data folder: the sled store (sessions, queued messages, retained messages, accounts,
+# relations) and, in messages/, the IM message log.
 data = "./data"
 
 # Accept clients that send no username (and usernames that are no account). Off by default.
