@@ -113,6 +113,10 @@ impl Conn {
                 },
                 now_ms(),
             );
+            if outcome.storage_failed {
+                // Not stored, so not acknowledged, in v3 as in v5: the client sends it again.
+                return Err(Violation(reason::UNSPECIFIED, "storage failure"));
+            }
             // v3 cannot refuse a PUBLISH: it is acknowledged, dropped, and the sender's inbox
             // gets an error envelope.
             let code = if self.proto == Proto::V3 {

@@ -26,6 +26,9 @@ pub struct ImPublish<'a> {
 pub struct Outcome {
     pub code: u8,
     pub needs_flush: bool,
+    /// The message could not be stored: it must not be acknowledged (the connection closes
+    /// without an answer, so the client sends it again).
+    pub storage_failed: bool,
 }
 
 fn user_property<'a>(props: Option<&'a MessageProps>, name: &str) -> Option<&'a str> {
@@ -68,11 +71,20 @@ impl Gate {
             return Outcome {
                 code: reason::NOT_AUTHORIZED,
                 needs_flush: false,
+                storage_failed: false,
             };
         };
         // The connection has marked the person active (every packet does).
         match self.publish_as(broker, device, &p, now) {
             Ok(outcome) => outcome,
+            Err(err @ ImError::Store(_)) => {
+                tracing::error!(account = %device.account, topic = p.topic, cause = %err, "IM message not stored: not acknowledged");
+                Outcome {
+                    code: reason::UNSPECIFIED,
+                    needs_flush: false,
+                    storage_failed: true,
+                }
+            }
             Err(err) => {
                 tracing::debug!(account = %device.account, topic = p.topic, cause = %err, "IM publish refused");
                 if !device.v5 {
@@ -81,6 +93,7 @@ impl Gate {
                 Outcome {
                     code: error_code(&err),
                     needs_flush: false,
+                    storage_failed: false,
                 }
             }
         }
@@ -120,6 +133,7 @@ impl Gate {
                 Ok(Outcome {
                     code: reason::SUCCESS,
                     needs_flush: durable && !duplicate,
+                    storage_failed: false,
                 })
             }
             ["group", group] => {
@@ -139,6 +153,7 @@ impl Gate {
                 Ok(Outcome {
                     code: reason::SUCCESS,
                     needs_flush: durable && !duplicate,
+                    storage_failed: false,
                 })
             }
             ["person", who, "status"] if *who == me => {
@@ -146,6 +161,7 @@ impl Gate {
                 Ok(Outcome {
                     code: reason::SUCCESS,
                     needs_flush: false,
+                    storage_failed: false,
                 })
             }
             ["$im", "req"] => {
@@ -155,6 +171,7 @@ impl Gate {
                 Ok(Outcome {
                     code: reason::SUCCESS,
                     needs_flush: durable,
+                    storage_failed: false,
                 })
             }
             _ => Err(ImError::NotAuthorized(format!(

@@ -17,9 +17,11 @@
 //! [`sync`](MessageLog::sync) has returned `Ok`. Past 1 MiB of unsynced records an append hands the
 //! buffer to the disk (written, not synced) so memory stays bounded. One writer at a time writes
 //! buffers in append order; a segment is written and synced in full before the next one is
-//! created, so only the newest segment can end with a partial record. If a write or an fsync
-//! fails, the log refuses every later append and sync (what reached the disk is unknown): reopen
-//! it. Dropping the log syncs it.
+//! created, so only the newest segment can end with a partial record. A write the disk refuses
+//! (a full disk) fails that sync and is tried again, at the same offset, by the next one; the
+//! records stay readable meanwhile, and appends are refused once 64 MiB wait to be written. A
+//! failed fsync is final (what reached the disk is then unknown): the log refuses every later
+//! append and sync until it is reopened. Dropping the log syncs it.
 //!
 //! **Crash recovery.** [`MessageLog::open`] reads every segment and checks every record. A torn or
 //! corrupt record at the end of the newest segment (a crash during a write) is cut off: the file is
@@ -59,6 +61,9 @@ pub const MAX_ENVELOPE_BYTES: usize = 16 << 20;
 
 /// Unsynced bytes past which an append hands the buffer to the disk.
 const WRITE_BEHIND_BYTES: usize = 1 << 20;
+/// Records appended but not written past which appends are refused: the disk has been refusing
+/// writes (full), and memory must not grow without bound meanwhile.
+const MAX_UNWRITTEN_BYTES: u64 = 64 << 20;
 /// A written buffer is kept for reuse if it is no larger than this.
 const SPARE_MAX_BYTES: usize = 4 * WRITE_BEHIND_BYTES;
 const HEADER: usize = 8;
@@ -119,6 +124,9 @@ pub struct MessageLog {
     state: Mutex<State>,
     /// The one writer of the files; syncs queue here.
     writer: Mutex<Writer>,
+    /// Tests: make every write fail, as a full disk would.
+    #[cfg(test)]
+    refuse_writes: std::sync::atomic::AtomicBool,
 }
 
 struct State {
@@ -185,6 +193,8 @@ struct Tail {
     spare: Vec<u8>,
     /// Buffers handed to the writer, oldest first; each leaves once written.
     queue: VecDeque<Chunk>,
+    /// Bytes in `queue`.
+    queued_bytes: u64,
     next_chunk: u64,
     /// Every segment file created so far (the one appended to may not exist yet after a
     /// rollover: the writer creates it once the previous one is sealed).
@@ -229,6 +239,7 @@ impl Tail {
         self.pending_start += data.len() as u64;
         let id = self.next_chunk;
         self.next_chunk += 1;
+        self.queued_bytes += data.len() as u64;
         self.queue.push_back(Chunk {
             id,
             seg: self.seg,
@@ -586,6 +597,7 @@ impl MessageLog {
                     pending: Vec::new(),
                     spare: Vec::new(),
                     queue: VecDeque::new(),
+                    queued_bytes: 0,
                     next_chunk: 0,
                     files,
                 },
@@ -598,6 +610,8 @@ impl MessageLog {
                 written_through: 0,
                 durable_through: 0,
             }),
+            #[cfg(test)]
+            refuse_writes: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -654,6 +668,14 @@ impl MessageLog {
             } = &mut *guard;
             if let Some((kind, why)) = broken {
                 return Err(LogError::Io(io::Error::new(*kind, why.clone())));
+            }
+            if tail.queued_bytes + tail.pending.len() as u64 > MAX_UNWRITTEN_BYTES {
+                return Err(LogError::Io(io::Error::other(format!(
+                    "{} MiB of messages are waiting to be written to {}: the disk refuses \
+                     writes (full?)",
+                    MAX_UNWRITTEN_BYTES >> 20,
+                    self.dir.display()
+                ))));
             }
             let entry = convs.get_mut(conv);
             let expected = entry.as_ref().map_or(1, |c| c.next_seq());
@@ -755,9 +777,10 @@ impl MessageLog {
                 ));
             }
             if !data.is_empty() {
-                w.file
-                    .write_all_at(&data, start)
-                    .map_err(|e| self.fail("write", seg, e))?;
+                // A refused write (a full disk) is tried again by the next sync, at the same
+                // offset: the chunk stays queued, and the records stay readable meanwhile.
+                self.write_at(&w.file, &data, start)
+                    .map_err(|e| self.retry_later("write", seg, e))?;
                 w.unsynced = true;
             }
             let mut next = None;
@@ -772,13 +795,15 @@ impl MessageLog {
                         LogError::Io(e) => e,
                         other => io::Error::other(other.to_string()),
                     };
-                    self.fail("create the segment after", seg, e)
+                    self.retry_later("create the segment after", seg, e)
                 })?;
                 next = Some(file);
             }
             {
                 let mut st = self.state();
-                drop(st.tail.queue.pop_front());
+                if let Some(done) = st.tail.queue.pop_front() {
+                    st.tail.queued_bytes -= done.data.len() as u64;
+                }
                 if let Some(file) = &next {
                     st.tail.files.push(Arc::clone(file));
                 }
@@ -800,7 +825,28 @@ impl MessageLog {
         }
     }
 
-    /// Record a failed write or fsync: the log refuses appends and syncs from now on.
+    fn write_at(&self, file: &File, data: &[u8], at: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if self
+            .refuse_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(io::Error::other("no space left on device (test)"));
+        }
+        file.write_all_at(data, at)
+    }
+
+    /// A write the disk refused: nothing is lost (the chunk stays queued and the next sync tries
+    /// again), but nothing after it is durable until then.
+    fn retry_later(&self, what: &str, seg: u32, err: io::Error) -> LogError {
+        let path = self.segment_path(seg);
+        let why = format!("{what} {}: {err}", path.display());
+        tracing::error!(cause = %why, "message log write refused; the next sync tries again");
+        LogError::Io(io::Error::new(err.kind(), why))
+    }
+
+    /// Record a failed fsync: what reached the disk is unknown, so the log refuses appends and
+    /// syncs from now on.
     fn fail(&self, what: &str, seg: u32, err: io::Error) -> LogError {
         let path = self.segment_path(seg);
         let why = format!("{what} {}: {err}", path.display());
@@ -1085,6 +1131,43 @@ mod tests {
         assert_eq!(seqs(&log.read("a", 3, 7, 2, true).unwrap()), [7, 6]);
         check_all(&log, "a", 10);
         check_all(&log, "b", 3);
+    }
+
+    #[test]
+    fn a_full_disk_delays_durability_and_loses_nothing() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let log = MessageLog::open(dir.path()).unwrap();
+        fill(&log, "a", 5);
+        log.sync().unwrap();
+        log.refuse_writes.store(true, Relaxed);
+        fill(&log, "a", 5);
+        // Not durable, and said so; still readable.
+        assert!(log.sync().is_err());
+        assert!(log.sync().is_err());
+        check_all(&log, "a", 10);
+        // Memory stays bounded: past the limit, appends are refused with a clear error.
+        let big = vec![b'x'; 1 << 20];
+        let refused = (11..200)
+            .map(|seq| log.append("b", seq - 10, None, &big))
+            .find_map(Result::err)
+            .expect("appends refused once the unwritten bytes pass the limit");
+        assert!(
+            refused.to_string().contains("the disk refuses writes"),
+            "{refused}"
+        );
+        let appended_b = log.last_seq("b");
+        assert!(appended_b >= 60, "{appended_b}");
+        // Space again: the next sync writes everything, and a reopened log has it all.
+        log.refuse_writes.store(false, Relaxed);
+        log.sync().unwrap();
+        fill(&log, "a", 2);
+        log.sync().unwrap();
+        drop(log);
+        let log = MessageLog::open(dir.path()).unwrap();
+        check_all(&log, "a", 12);
+        assert_eq!(log.last_seq("b"), appended_b);
+        assert_eq!(log.get("b", appended_b).unwrap(), Some(big));
     }
 
     #[test]
