@@ -55,6 +55,8 @@ pub struct Broker {
     hooks: RwLock<Vec<Arc<dyn PublishHook>>>,
     /// The IM world: `person/`, `group/`, `$im/` (see `crate::im`).
     pub gate: Gate,
+    /// Where idle connections wait without a task (see `crate::connection`).
+    pub parking: crate::connection::Parking,
 }
 
 impl std::fmt::Debug for Broker {
@@ -101,6 +103,7 @@ impl Broker {
             next_token: AtomicU64::new(1),
             limits,
             hooks: RwLock::new(Vec::new()),
+            parking: Default::default(),
             config,
             store,
         });
@@ -277,7 +280,6 @@ impl Broker {
         clean_start: bool,
         expiry_secs: u32,
         owner: u64,
-        waker: Arc<tokio::sync::Notify>,
     ) -> (Arc<Session>, bool) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         // A new connection for this client id stops a delayed will [MQTT-3.1.3-9].
@@ -291,12 +293,13 @@ impl Broker {
             if state.owner != 0 {
                 state.eviction = Some(Eviction::TakenOver);
                 state.owner = 0;
-                let old_waker = state.waker.take();
+                let old_waker = state.take_waker();
                 drop(state);
                 old.set_online(false);
-                // A permit is stored even if the old connection is busy: it will see it.
+                // A busy old connection sees the new owner the next time it looks at the session;
+                // a waiting or parked one is woken to look.
                 if let Some(old_waker) = old_waker {
-                    old_waker.notify_one();
+                    old_waker.wake();
                 }
             }
         }
@@ -314,7 +317,7 @@ impl Broker {
             state.owner = owner;
             state.eviction = None;
             state.expiry_secs = expiry_secs;
-            state.waker = Some(waker);
+            state.take_waker();
         }
         session.set_online(true);
         sessions.insert(session.client_id.clone(), session.clone());
@@ -349,7 +352,7 @@ impl Broker {
                 return;
             }
             state.owner = 0;
-            state.waker = None;
+            state.take_waker();
             state.expiry_secs
         };
         session.set_online(false);
@@ -407,7 +410,11 @@ impl Broker {
     }
 
     fn discard(&self, session: &Session) {
-        let filters: Vec<String> = session.lock().subscriptions.keys().cloned().collect();
+        let filters: Vec<String> = session
+            .lock()
+            .subscriptions()
+            .map(|(filter, _)| filter.clone())
+            .collect();
         {
             let mut router = self.router.write().unwrap_or_else(|p| p.into_inner());
             for filter in &filters {
@@ -417,10 +424,9 @@ impl Broker {
             }
         }
         let mut state = session.lock();
-        state.subscriptions.clear();
+        state.clear_subscriptions();
         state.queue.clear();
         state.inflight.clear();
-        state.inbound_qos2.clear();
         drop(state);
         self.forget_on_disk(&session.client_id);
     }
@@ -451,11 +457,10 @@ impl Broker {
         let record = SessionRecord {
             expiry_secs: state.expiry_secs,
             subscriptions: state
-                .subscriptions
-                .iter()
+                .subscriptions()
                 .map(|(f, o)| (f.clone(), *o))
                 .collect(),
-            inbound_qos2: state.inbound_qos2.iter().copied().collect(),
+            inbound_qos2: state.inbound_qos2().collect(),
             disconnected_at_ms,
         };
         drop(state);
@@ -547,12 +552,14 @@ impl Broker {
             {
                 let mut state = session.lock();
                 state.expiry_secs = record.expiry_secs;
-                state.inbound_qos2 = record.inbound_qos2.iter().copied().collect();
+                for id in &record.inbound_qos2 {
+                    state.add_inbound_qos2(*id);
+                }
                 let mut router = self.router.write().unwrap_or_else(|p| p.into_inner());
                 for (filter, opts) in &record.subscriptions {
                     if let Ok(split) = crate::topic::split_share(filter) {
                         router.subscribe(split.filter, split.group, &session, *opts);
-                        state.subscriptions.insert(filter.clone(), *opts);
+                        state.add_subscription(filter.clone(), *opts);
                     }
                 }
                 for (key, value) in self

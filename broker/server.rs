@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -31,6 +31,15 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let alive = Arc::new(());
     let mut tasks = tokio::task::JoinSet::new();
+    // Before the first connection: one served without the lot would never park.
+    match connection::start_parking(&broker) {
+        Ok(lot) => {
+            tasks.spawn(lot);
+        }
+        Err(err) => {
+            tracing::warn!(cause = %err, "no parking lot: idle connections keep their tasks");
+        }
+    }
     tasks.spawn(accept_tcp(broker.clone(), listeners.tcp, alive.clone()));
     if let Some(ws) = listeners.ws {
         tasks.spawn(accept_ws(broker.clone(), ws, alive.clone()));
@@ -94,32 +103,28 @@ async fn im_timers(broker: Arc<Broker>) {
 }
 
 async fn accept_tcp(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>) {
-    accept_loop(broker, listener, alive, |broker, stream, peer| {
-        connection::serve(broker, stream, peer)
-    })
-    .await
+    accept_loop(broker, listener, alive, connection::serve).await
 }
 
 async fn accept_ws(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>) {
     accept_loop(broker, listener, alive, serve_ws).await
 }
 
-/// Accept connections for ever, each served by its own task holding an `alive` guard (so the
-/// shutdown can wait for them).
+/// Accept connections for ever, each served by its own task, and holding an `alive` guard as
+/// long as it is open (so the shutdown can wait for them; a parked connection has no task).
 async fn accept_loop<F, Fut>(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>, serve: F)
 where
-    F: Fn(Arc<Broker>, TcpStream, SocketAddr) -> Fut,
+    F: Fn(Arc<Broker>, TcpStream, SocketAddr, Arc<()>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let guard = alive.clone();
-                // `map`, not `async move { served.await; .. }`: an async block holds the future
-                // it awaits twice (as captured and as awaited), which doubled every
-                // connection's task (4.7 KiB instead of 2.3 KiB per idle connection).
-                tokio::spawn(serve(broker.clone(), stream, peer).map(move |()| drop(guard)));
+                // Spawned as it is, not in an `async move { served.await }` block: an async
+                // block holds the future it awaits twice (as captured and as awaited), which
+                // doubled every connection's task.
+                tokio::spawn(serve(broker.clone(), stream, peer, alive.clone()));
             }
             Err(err) => {
                 // Out of file descriptors and the like: wait a moment rather than spin.
@@ -133,7 +138,7 @@ where
 /// MQTT over WebSocket: binary frames carry the MQTT byte stream ([MQTT-6.0.0-1]), bridged to
 /// the same connection code through an in-memory pipe.
 #[allow(clippy::result_large_err)] // the handshake callback's type is tungstenite's
-async fn serve_ws(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_ws(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, alive: Arc<()>) {
     let path = broker.config.ws_path.clone();
     let check =
         move |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
@@ -195,9 +200,13 @@ async fn serve_ws(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         }
         let _ = ws_tx.close().await;
     };
-    let bridge = tokio::spawn(async move {
+    // The bridge holds a guard of its own: at the shutdown, the DISCONNECT the connection writes
+    // into the pipe still has to reach the client.
+    let bridge_alive = alive.clone();
+    tokio::spawn(async move {
         tokio::join!(inbound, outbound);
+        drop(bridge_alive);
     });
-    connection::serve(broker, mqtt_side, peer).await;
-    let _ = bridge.await;
+    // This task ends when the connection ends or parks; the bridge lives on its own task.
+    connection::serve(broker, mqtt_side, peer, alive).await;
 }

@@ -6,9 +6,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
 use crate::config::Overflow;
 use crate::message::{Message, QoS};
@@ -106,10 +106,12 @@ pub enum Eviction {
 pub struct SessionState {
     /// Session Expiry Interval in seconds; 0 means the session ends with the connection.
     pub expiry_secs: u32,
-    pub subscriptions: HashMap<String, SubOpts>,
     pub queue: VecDeque<Delivery>,
     pub inflight: HashMap<u16, Inflight, PacketIdHash>,
-    pub inbound_qos2: HashSet<u16>,
+    /// Subscriptions and inbound QoS 2 ids, allocated on first use: a client that only publishes
+    /// at QoS 0 or 1 (or only sits idle) needs neither, and every idle session would pay for the
+    /// room.
+    extra: Option<Box<Extra>>,
     next_packet_id: u16,
     next_order: u64,
     /// The connection generation that owns this session, 0 when none.
@@ -121,17 +123,110 @@ pub struct SessionState {
     pub dropped: u64,
     /// The token of the pending expiry timer; a timer with another token is stale.
     pub expiry_token: u64,
-    /// Wakes the connection that owns the session. Each connection has its own, so that a
-    /// takeover wakes the old connection for sure and it never takes a wake-up meant for the new.
-    pub waker: Option<Arc<Notify>>,
+    /// Wakes the owning connection (its task, or its parked record), taken by the first wake-up.
+    /// Only the owner registers it (`poll_wake`, `park_waker` check `owner`), so a connection
+    /// that was taken over never takes a wake-up meant for the new one.
+    waker: Option<Waker>,
+    /// A wake-up happened since the owner last looked (`poll_wake`): it has something to do.
+    signalled: bool,
     /// Some in-flight deliveries may still wait for their resend (see `resend_all`).
     pending_resends: bool,
+}
+
+/// The parts of a session state most sessions never use (see `SessionState::extra`).
+#[derive(Debug, Default)]
+struct Extra {
+    subscriptions: HashMap<String, SubOpts>,
+    inbound_qos2: HashSet<u16, PacketIdHash>,
 }
 
 impl SessionState {
     /// Persistent sessions outlive their connection, and their QoS 1/2 messages are stored.
     pub fn is_persistent(&self) -> bool {
         self.expiry_secs > 0
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// The subscriptions, by filter as the client wrote it (with `$share/..`).
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&String, &SubOpts)> {
+        self.extra.iter().flat_map(|h| h.subscriptions.iter())
+    }
+
+    pub fn add_subscription(&mut self, filter: String, opts: SubOpts) {
+        self.extra_mut().subscriptions.insert(filter, opts);
+    }
+
+    pub fn remove_subscription(&mut self, filter: &str) {
+        if let Some(extra) = &mut self.extra {
+            extra.subscriptions.remove(filter);
+        }
+    }
+
+    /// Inbound QoS 2 packet ids (PUBREC sent, PUBREL awaited).
+    pub fn inbound_qos2(&self) -> impl Iterator<Item = u16> {
+        self.extra
+            .iter()
+            .flat_map(|h| h.inbound_qos2.iter().copied())
+    }
+
+    pub fn has_inbound_qos2(&self, packet_id: u16) -> bool {
+        self.extra
+            .as_ref()
+            .is_some_and(|h| h.inbound_qos2.contains(&packet_id))
+    }
+
+    pub fn add_inbound_qos2(&mut self, packet_id: u16) {
+        self.extra_mut().inbound_qos2.insert(packet_id);
+    }
+
+    /// `false` when the id was not awaiting its PUBREL.
+    pub fn remove_inbound_qos2(&mut self, packet_id: u16) -> bool {
+        self.extra
+            .as_mut()
+            .is_some_and(|h| h.inbound_qos2.remove(&packet_id))
+    }
+
+    pub fn inbound_qos2_len(&self) -> usize {
+        self.extra.as_ref().map_or(0, |h| h.inbound_qos2.len())
+    }
+
+    /// Forget every subscription and inbound QoS 2 id.
+    pub fn clear_subscriptions(&mut self) {
+        if let Some(extra) = &mut self.extra {
+            extra.subscriptions.clear();
+            extra.inbound_qos2.clear();
+        }
+    }
+
+    /// Nothing may wake the previous owner any more, and the new one starts unsignalled (it
+    /// drains what is queued when it starts). Returns the previous owner's waker.
+    pub fn take_waker(&mut self) -> Option<Waker> {
+        self.signalled = false;
+        self.waker.take()
+    }
+
+    /// Note a wake-up for the owner and take its waker (to wake once the lock is released).
+    fn signal(&mut self) -> Option<Waker> {
+        self.signalled = true;
+        self.waker.take()
+    }
+
+    /// Whether connection `owner` should look at the session now (a wake-up since it last
+    /// looked, an eviction, or no longer its own); if not, `waker` is woken at the next wake-up.
+    /// The wake-up is consumed.
+    pub fn poll_wake(&mut self, owner: u64, waker: &Waker) -> bool {
+        if self.signalled || self.owner != owner || self.eviction.is_some() {
+            self.signalled = false;
+            return true;
+        }
+        match &self.waker {
+            Some(current) if current.will_wake(waker) => {}
+            _ => self.waker = Some(waker.clone()),
+        }
+        false
     }
 
     fn free_packet_id(&mut self) -> u16 {
@@ -317,10 +412,16 @@ impl Session {
 
     /// Wake the connection that owns the session, if any (new messages, or an eviction).
     pub fn wake(&self) {
-        let waker = self.lock().waker.clone();
+        let waker = self.lock().signal();
         if let Some(waker) = waker {
-            waker.notify_one();
+            waker.wake();
         }
+    }
+
+    /// Register the waker of connection `owner`'s parked record: `false` (and nothing
+    /// registered) when the connection has something to do already, as `poll_wake` says.
+    pub fn park_waker(&self, owner: u64, waker: &Waker) -> bool {
+        !self.lock().poll_wake(owner, waker)
     }
 
     /// Queue a delivery for the client and wake its connection.
@@ -358,10 +459,10 @@ impl Session {
         delivery.store_seq = store_seq;
         state.queue.push_back(delivery);
         // The waker is taken under this lock rather than by `wake` (a second lock per message).
-        let waker = if online { state.waker.clone() } else { None };
+        let waker = if online { state.signal() } else { None };
         drop(state);
         if let Some(waker) = waker {
-            waker.notify_one();
+            waker.wake();
         }
         Offered::Queued(store_seq)
     }

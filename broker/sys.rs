@@ -86,6 +86,11 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
             total.saturating_sub(connected).to_string(),
         ),
         ("$SYS/broker/clients/maximum", get(&m.clients_maximum)),
+        // Connected and idle: waiting in the parking lot, without a task.
+        (
+            "$SYS/broker/clients/parked",
+            broker.parking.parked().to_string(),
+        ),
         ("$SYS/broker/messages/received", get(&m.messages_received)),
         ("$SYS/broker/messages/sent", get(&m.messages_sent)),
         (

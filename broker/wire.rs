@@ -202,12 +202,46 @@ enum Inner {
 /// The codec of one connection, plus the outbound topic aliases it has handed out (v5).
 pub struct Wire {
     inner: Inner,
-    out: BytePages,
+    /// Encoded and not yet written; a page list (taken from a per-thread cache) only while there
+    /// is something to write.
+    out: Option<BytePages>,
     /// Outbound topic aliases: topic -> alias, up to the client's Topic Alias Maximum.
     aliases: std::collections::HashMap<ByteString, u16>,
     alias_max: u16,
     /// The largest Remaining Length accepted (0: no limit).
     max_inbound: u32,
+    /// The client's Maximum Packet Size (v5; 0: none).
+    max_outbound: u32,
+}
+
+/// A `Wire` with nothing to write, kept small while its connection is parked: the codec is
+/// built again from the limits, only the outbound topic aliases are state.
+pub struct ParkedWire {
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer in every parked record, the map only for clients that have aliases"
+    )]
+    aliases: Option<Box<std::collections::HashMap<ByteString, u16>>>,
+    max_inbound: u32,
+    max_outbound: u32,
+    alias_max: u16,
+    proto: Proto,
+}
+
+impl ParkedWire {
+    pub fn resume(self) -> Wire {
+        let mut wire = Wire::new(self.proto, self.max_inbound);
+        wire.set_client_limits(Some(self.max_outbound).filter(|m| *m > 0), self.alias_max);
+        if let Some(aliases) = self.aliases {
+            wire.aliases = *aliases;
+        }
+        wire
+    }
+}
+
+/// The page list a new encoding goes to.
+fn pages(out: &mut Option<BytePages>) -> &mut BytePages {
+    out.get_or_insert_with(|| BytePages::new(BytePageSize::Size4))
 }
 
 fn nz16(id: u16) -> NonZeroU16 {
@@ -243,10 +277,11 @@ impl Wire {
         };
         Self {
             inner,
-            out: BytePages::new(BytePageSize::Size4),
+            out: None,
             aliases: Default::default(),
             alias_max: 0,
             max_inbound,
+            max_outbound: 0,
         }
     }
 
@@ -261,6 +296,7 @@ impl Wire {
     pub fn set_client_limits(&mut self, max_packet_size: Option<u32>, topic_alias_max: u16) {
         if let (Inner::V5(codec), Some(max)) = (&self.inner, max_packet_size) {
             codec.set_max_outbound_size(max);
+            self.max_outbound = max;
         }
         self.alias_max = topic_alias_max;
     }
@@ -295,18 +331,36 @@ impl Wire {
         }
     }
 
-    /// Bytes encoded and not yet written.
-    pub fn pending(&mut self) -> &mut BytePages {
-        &mut self.out
+    /// Bytes encoded and not yet written, if any.
+    pub fn pending(&mut self) -> Option<&mut BytePages> {
+        self.out.as_mut().filter(|out| !out.is_empty())
+    }
+
+    /// Everything pending was written: the page list goes back to the thread's cache.
+    pub fn written(&mut self) {
+        self.out = None;
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.out.is_empty()
+        self.out.as_ref().is_some_and(|out| !out.is_empty())
+    }
+
+    /// The small form of a wire with nothing pending (see `ParkedWire`).
+    pub fn park(self) -> ParkedWire {
+        let proto = self.proto();
+        ParkedWire {
+            aliases: (!self.aliases.is_empty()).then(|| Box::new(self.aliases)),
+            max_inbound: self.max_inbound,
+            max_outbound: self.max_outbound,
+            alias_max: self.alias_max,
+            proto,
+        }
     }
 
     fn put_v3(&mut self, packet: v3::codec::Packet) {
         if let Inner::V3(codec) = &self.inner
-            && let Err(err) = codec.encodev(v3::codec::Encoded::Packet(packet), &mut self.out)
+            && let Err(err) =
+                codec.encodev(v3::codec::Encoded::Packet(packet), pages(&mut self.out))
         {
             tracing::warn!(?err, "cannot encode a v3 packet");
         }
@@ -314,7 +368,8 @@ impl Wire {
 
     fn put_v5(&mut self, packet: v5::codec::Packet) {
         if let Inner::V5(codec) = &self.inner
-            && let Err(err) = codec.encodev(v5::codec::Encoded::Packet(packet), &mut self.out)
+            && let Err(err) =
+                codec.encodev(v5::codec::Encoded::Packet(packet), pages(&mut self.out))
         {
             tracing::warn!(?err, "cannot encode a v5 packet");
         }
@@ -380,7 +435,7 @@ impl Wire {
                 };
                 codec.encodev(
                     v3::codec::Encoded::Publish(packet, Some(msg.payload.clone())),
-                    &mut self.out,
+                    pages(&mut self.out),
                 )
             }
             Inner::V5(codec) => {
@@ -422,7 +477,7 @@ impl Wire {
                 };
                 codec.encodev(
                     v5::codec::Encoded::Publish(packet, Some(msg.payload.clone())),
-                    &mut self.out,
+                    pages(&mut self.out),
                 )
             }
         }

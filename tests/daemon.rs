@@ -161,6 +161,26 @@ fn sigterm_stops_gracefully_and_keeps_the_store() {
     );
 }
 
+/// SIGTERM reaches parked connections too (idle ones, waiting without a task): each v5 client
+/// is told (DISCONNECT 0x8B), and the daemon exits 0.
+#[test]
+fn sigterm_disconnects_parked_connections() {
+    let mut daemon = Daemon::start_with(&["--allow-anonymous"], Some("sys_interval = 1\n"));
+    let mut clients: Vec<Client> = (0..3)
+        .map(|i| Client::session(daemon.mqtt, &Connect::v5(&format!("parked-{i}"))))
+        .collect();
+    crate::common::wait_parked(daemon.mqtt, 3);
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status}");
+    for client in &mut clients {
+        let packets = client.expect_closed();
+        assert!(
+            matches!(packets.as_slice(), [p] if p.kind == crate::common::raw::DISCONNECT && p.code() == 0x8B),
+            "expected one DISCONNECT 0x8B, got {packets:?}"
+        );
+    }
+}
+
 /// Read `$SYS/broker/...` messages until `done` holds for the latest values.
 fn sys_until(
     client: &mut Client,

@@ -369,3 +369,54 @@ async fn v311_empty_client_id_needs_a_clean_session() {
     assert!(!ack.session_present, "[MQTT-3.2.2-4]");
     refused.expect_closed().await;
 }
+
+/// Idle connections park (they wait without a task of their own until they have something to
+/// do): a parked subscriber still gets what is published to it, QoS 1 and QoS 0, however often
+/// it parks, and a parked client is still taken over by a new connection with its client id, is
+/// told so (v5: DISCONNECT 0x8E) and its will is published.
+#[test]
+fn parked_connections_still_get_messages_and_are_taken_over() {
+    use crate::common::raw::{Client, Connect, DISCONNECT};
+    use crate::common::wait_parked;
+    let daemon = Daemon::start_with(&["--allow-anonymous"], Some("sys_interval = 1\n"));
+    let mut subs: Vec<Client> = (0..3)
+        .map(|i| {
+            let mut sub = Client::session(daemon.mqtt, &Connect::v3(&format!("parked-{i}")));
+            assert_eq!(sub.subscribe(&[("parked/#", 1)]), [1]);
+            sub
+        })
+        .collect();
+    let mut watcher = Client::session(daemon.mqtt, &Connect::v5("parked-watcher-of-wills"));
+    assert_eq!(watcher.subscribe(&[("will/#", 1)]), [0x01]);
+    let mut twin = Client::session(
+        daemon.mqtt,
+        &Connect::v5("parked-twin").will("will/twin", b"taken over", 1, false),
+    );
+    let mut publisher = Client::session(daemon.mqtt, &Connect::v3("parked-pub"));
+
+    // QoS 1, then, parked again (their PUBACKs read), QoS 0.
+    for (topic, payload, qos) in [("parked/one", "first", 1), ("parked/two", "second", 0)] {
+        wait_parked(daemon.mqtt, 6);
+        assert_eq!(publisher.publish(topic, qos, false, payload.as_bytes()), 0);
+        for sub in &mut subs {
+            let msg = sub.next_publish();
+            assert_eq!(
+                (msg.topic.as_str(), msg.payload_str(), msg.qos),
+                (topic, payload, qos)
+            );
+        }
+    }
+
+    wait_parked(daemon.mqtt, 6);
+    let _new = Client::session(daemon.mqtt, &Connect::v5("parked-twin"));
+    let packets = twin.expect_closed();
+    assert!(
+        matches!(packets.as_slice(), [p] if p.kind == DISCONNECT && p.code() == 0x8E),
+        "expected one DISCONNECT 0x8E, got {packets:?}"
+    );
+    let will = watcher.next_publish();
+    assert_eq!(
+        (will.topic.as_str(), will.payload_str()),
+        ("will/twin", "taken over")
+    );
+}

@@ -122,6 +122,43 @@ async fn broker_uses_topic_aliases_within_the_client_maximum() {
     assert!(aliased > 0, "the broker never used an alias it had set up");
 }
 
+/// The topic aliases the broker set up towards a client last as long as its connection, idle
+/// times included: a parked connection (idle, waiting without a task of its own) keeps them and
+/// uses one set up before it parked.
+#[tokio::test]
+async fn topic_aliases_towards_a_client_survive_its_idle_times() {
+    let daemon = Daemon::start_with(&["--allow-anonymous"], Some("sys_interval = 1\n"));
+    let mut opts = v5::options(&daemon, "alias-parked-sub");
+    opts.set_topic_alias_max(Some(1));
+    let mut sub = v5::connect(opts).await;
+    sub.subscribe("parked/#", QoS::AtLeastOnce).await;
+    let mut publisher = v5::connect(v5::options(&daemon, "alias-parked-pub")).await;
+    let alias_of = |got: &v5::Publish| got.properties.as_ref().and_then(|p| p.topic_alias);
+
+    publisher
+        .publish("parked/topic", QoS::AtLeastOnce, false, "first")
+        .await;
+    let first = sub.next_publish().await;
+    assert_eq!(
+        (v5::topic(&first), alias_of(&first)),
+        ("parked/topic".to_string(), Some(1))
+    );
+    let mqtt = daemon.mqtt;
+    tokio::task::spawn_blocking(move || crate::common::wait_parked(mqtt, 2))
+        .await
+        .expect("parked");
+    publisher
+        .publish("parked/topic", QoS::AtLeastOnce, false, "second")
+        .await;
+    let second = sub.next_publish().await;
+    assert_eq!(text(&second.payload), "second");
+    assert_eq!(
+        (v5::topic(&second), alias_of(&second)),
+        (String::new(), Some(1)),
+        "the alias set up before the park is used"
+    );
+}
+
 /// [MQTT-3.3.2-5]: a message whose Message Expiry Interval passed while the subscriber's session
 /// was offline is not delivered; [MQTT-3.3.2-6]: one still alive is delivered with the interval
 /// that remains (less than it was published with). An expired retained message is not delivered

@@ -96,6 +96,28 @@ async fn messages_cross_between_websocket_and_tcp() {
     assert_eq!(to_tcp, ("to/tcp".to_string(), b"from ws".to_vec()));
 }
 
+/// An idle WebSocket connection parks like a TCP one (it waits without a task of its own) and
+/// still gets what is published to it.
+#[tokio::test]
+async fn a_parked_websocket_connection_still_gets_messages() {
+    let daemon = Daemon::start_with(&["--allow-anonymous"], Some("sys_interval = 1\n"));
+    let (ws, mut ws_events) = AsyncClient::new(ws_options(&daemon, "ws-parked"), 10);
+    ws.subscribe("to/parked", QoS::AtLeastOnce).await.unwrap();
+    until_suback(&mut ws_events).await;
+    let mqtt = daemon.mqtt;
+    tokio::task::spawn_blocking(move || {
+        crate::common::wait_parked(mqtt, 1);
+        let mut publisher = raw::Client::session(mqtt, &Connect::v3("tcp-to-parked"));
+        assert_eq!(publisher.publish("to/parked", 1, false, b"wake up"), 0);
+    })
+    .await
+    .expect("the publisher");
+    assert_eq!(
+        next_publish(&mut ws_events).await,
+        ("to/parked".to_string(), b"wake up".to_vec())
+    );
+}
+
 /// A hand-made WebSocket client: the HTTP upgrade, then masked client frames.
 struct RawWs {
     stream: TcpStream,

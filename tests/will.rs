@@ -297,3 +297,43 @@ async fn v5_takeover_within_the_will_delay_does_not_publish_the_will() {
     );
     drop(second);
 }
+
+/// A parked connection (idle, waiting without a task) is still watched: silent past 1.5x its
+/// keepalive it is disconnected and its will published; and when its network connection drops
+/// while it is parked, its will is published too.
+#[test]
+fn parked_connections_still_time_out_and_publish_their_wills() {
+    use crate::common::raw::{Client, Connect};
+    use crate::common::wait_parked;
+    let daemon = Daemon::start_with(&["--allow-anonymous"], Some("sys_interval = 1\n"));
+    let mut watcher = Client::session(daemon.mqtt, &Connect::v3("parked-will-watcher"));
+    assert_eq!(watcher.subscribe(&[("parked-will/#", 1)]), [1]);
+    let mut silent = Client::session(
+        daemon.mqtt,
+        &Connect::v3("parked-silent").keep_alive(2).will(
+            "parked-will/silent",
+            b"timed out",
+            1,
+            false,
+        ),
+    );
+    let dropped = Client::session(
+        daemon.mqtt,
+        &Connect::v3("parked-dropped").will("parked-will/dropped", b"gone", 1, false),
+    );
+    wait_parked(daemon.mqtt, 3);
+
+    drop(dropped);
+    let will = watcher.next_publish();
+    assert_eq!(
+        (will.topic.as_str(), will.payload_str()),
+        ("parked-will/dropped", "gone")
+    );
+    // A v3.1.1 client is just disconnected.
+    assert_eq!(silent.expect_closed(), []);
+    let will = watcher.next_publish();
+    assert_eq!(
+        (will.topic.as_str(), will.payload_str()),
+        ("parked-will/silent", "timed out")
+    );
+}

@@ -193,14 +193,9 @@ impl Conn {
             return refuse(wire, reason::QUOTA_EXCEEDED, "too many connections");
         }
         let owner = broker.next_token();
-        let waker = Arc::new(tokio::sync::Notify::new());
-        let (session, present) = broker.attach(
-            &client_id,
-            connect.clean_start,
-            expiry,
-            owner,
-            waker.clone(),
-        );
+        let (session, present) = broker.attach(&client_id, connect.clean_start, expiry, owner);
+        // The session's copy: one allocation for the id, however many hold it.
+        let client_id = session.client_id.clone();
         wire.connack(present, reason::SUCCESS, props);
         wire.set_client_limits(connect.max_packet_size, connect.topic_alias_max);
         let mut will = connect.will;
@@ -209,42 +204,39 @@ impl Conn {
         }
         broker.remember_will(&client_id, owner, will.as_ref());
         tracing::debug!(%peer, %client_id, ?proto, present, expiry, keep_alive, "client connected");
-        let window = usize::from(connect.receive_max.min(limits.max_inflight).max(1));
+        let extra = (username.is_some() || will.is_some()).then(|| {
+            Box::new(Extra {
+                username,
+                will,
+                ..Extra::default()
+            })
+        });
         let mut conn = Conn {
             broker: broker.clone(),
             session,
-            waker,
             owner,
-            client_id,
-            username,
-            proto,
-            will,
-            keep_alive: (keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
-            window,
+            keep_alive_ms: u32::from(keep_alive) * 1500,
             connect_expiry: expiry,
-            inbound_aliases: HashMap::new(),
-            held: Vec::new(),
-            waiting: None,
-            device: None,
-            cursors: HashMap::default(),
-            temporary: Vec::new(),
-            acked: Vec::new(),
+            window: connect.receive_max.min(limits.max_inflight).max(1),
+            proto,
+            redrain: false,
+            extra,
+            flow: None,
         };
         if present {
             // [MQTT-4.4.0-1]: resend what was in flight, with the original ids, within the
             // client's Receive Maximum [MQTT-4.9.0-2].
             let mut out = Vec::new();
-            conn.session.lock().resend_all(conn.window, &mut out);
+            conn.session.lock().resend_all(conn.window(), &mut out);
             conn.send(wire, out);
         }
-        if let Some(account) = conn.username.as_deref()
+        if let Some(account) = conn.username()
             && broker.gate.im.is_person(account)
         {
             let device = Device {
                 token: owner,
                 account: Arc::from(account),
-                client_id: conn.client_id.clone(),
+                client_id,
                 session: conn.session.clone(),
                 v5: proto == Proto::V5,
                 sync: !connect
@@ -256,7 +248,7 @@ impl Conn {
             broker
                 .gate
                 .connect(device.clone(), now_ms(), &broker.limits);
-            conn.device = Some(device);
+            conn.extra_mut().device = Some(device);
         }
         // The CONNACK and what follows it are written by `serve`: awaiting here, with the new
         // `Conn` alive, would size every connection's task for this state.

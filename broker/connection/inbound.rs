@@ -33,7 +33,7 @@ impl Conn {
         let mut batch = Batch::new();
         batch.put(
             Space::Queue,
-            persist::queue_key(&self.client_id, seq),
+            persist::queue_key(self.client_id(), seq),
             persist::queued_value(&header, &body),
         );
         if let Err(err) = self.broker.store.apply(batch) {
@@ -51,7 +51,7 @@ impl Conn {
             .publish_received
             .fetch_add(1, Ordering::Relaxed);
         let packet_id = p.packet_id.unwrap_or(0);
-        if p.qos == QoS::ExactlyOnce && self.session.lock().inbound_qos2.contains(&packet_id) {
+        if p.qos == QoS::ExactlyOnce && self.session.lock().has_inbound_qos2(packet_id) {
             // A resend before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-9].
             self.hold_or_write(wire, HeldAck::PubRec(packet_id, reason::SUCCESS), false);
             return Ok(());
@@ -74,14 +74,20 @@ impl Conn {
                     ));
                 }
                 if p.topic.is_empty() {
-                    match self.inbound_aliases.get(&alias) {
+                    match self
+                        .extra
+                        .as_ref()
+                        .and_then(|e| e.inbound_aliases.get(&alias))
+                    {
                         Some(topic) => topic.clone(),
                         None => {
                             return Err(Violation(reason::PROTOCOL_ERROR, "unknown topic alias"));
                         }
                     }
                 } else {
-                    self.inbound_aliases.insert(alias, p.topic.clone());
+                    self.extra_mut()
+                        .inbound_aliases
+                        .insert(alias, p.topic.clone());
                     p.topic.clone()
                 }
             }
@@ -96,7 +102,7 @@ impl Conn {
                 "subscription identifier in a PUBLISH",
             ));
         }
-        if let Some(device) = &self.device {
+        if let Some(device) = self.device() {
             self.broker
                 .gate
                 .activity(&device.account, now_ms(), &self.broker.limits);
@@ -104,7 +110,7 @@ impl Conn {
         if crate::im::is_im_topic(&topic) {
             let outcome = self.broker.gate.publish(
                 &self.broker,
-                self.device.as_ref(),
+                self.device(),
                 ImPublish {
                     topic: &topic,
                     payload: p.payload,
@@ -131,7 +137,7 @@ impl Conn {
                 }
                 QoS::ExactlyOnce => {
                     if code < 0x80 {
-                        self.session.lock().inbound_qos2.insert(packet_id);
+                        self.session.lock().add_inbound_qos2(packet_id);
                     }
                     self.hold_or_write(wire, HeldAck::PubRec(packet_id, code), outcome.needs_flush)
                 }
@@ -139,14 +145,12 @@ impl Conn {
             return Ok(());
         }
         let allowed = !topic.starts_with("$SYS")
-            && self.broker.acl.allows(
-                self.username.as_deref(),
-                &self.client_id,
-                Action::Publish,
-                &topic,
-            );
+            && self
+                .broker
+                .acl
+                .allows(self.username(), self.client_id(), Action::Publish, &topic);
         if !allowed {
-            tracing::debug!(client_id = %self.client_id, %topic, "publish denied");
+            tracing::debug!(client_id = %self.client_id(), %topic, "publish denied");
             let code = if self.proto == Proto::V3 {
                 reason::SUCCESS
             } else if self.broker.config.hide_denial_reason {
@@ -173,7 +177,7 @@ impl Conn {
             retain: p.retain,
             props: p.props.map(Arc::new),
             expires_at_ms: p.expiry_secs.map(|s| now + u64::from(s) * 1000),
-            publisher: Some(self.client_id.clone()),
+            publisher: Some(self.client_id().clone()),
             stamp: None,
         };
         let published = match self.broker.publish(Arc::new(msg)) {
@@ -196,7 +200,7 @@ impl Conn {
                 published.needs_flush,
             ),
             QoS::ExactlyOnce => {
-                self.session.lock().inbound_qos2.insert(packet_id);
+                self.session.lock().add_inbound_qos2(packet_id);
                 self.hold_or_write(
                     wire,
                     HeldAck::PubRec(packet_id, code),
@@ -239,7 +243,7 @@ impl Conn {
                 } else {
                     self.broker.gate.subscribe(
                         &self.broker,
-                        self.device.as_ref(),
+                        self.device(),
                         split.filter,
                         opts.qos,
                         now_ms(),
@@ -252,7 +256,7 @@ impl Conn {
                         .strip_prefix("person/")
                         .and_then(|t| t.strip_suffix("/status"))
                 {
-                    self.temporary.push(peer.to_owned());
+                    self.extra_mut().temporary.push(peer.to_owned());
                 }
                 im_changed |= code < 0x80;
                 codes.push(self.suback_code(code));
@@ -266,8 +270,8 @@ impl Conn {
                 ));
             }
             if !self.broker.acl.allows(
-                self.username.as_deref(),
-                &self.client_id,
+                self.username(),
+                self.client_id(),
                 Action::Subscribe,
                 split.filter,
             ) {
@@ -294,8 +298,7 @@ impl Conn {
                 .subscribe(split.filter, split.group, &self.session, opts);
             self.session
                 .lock()
-                .subscriptions
-                .insert(filter.to_string(), opts);
+                .add_subscription(filter.to_string(), opts);
             codes.push(opts.qos);
             let send_retained = split.group.is_none()
                 && (opts.retain_handling == 0 || (opts.retain_handling == 1 && !existed));
@@ -314,7 +317,7 @@ impl Conn {
         }
         self.broker.save_session(&self.session, None);
         if im_changed && self.broker.is_sync() {
-            self.held.push(HeldAck::SubAck(packet_id, codes));
+            self.flow_mut().held.push(HeldAck::SubAck(packet_id, codes));
         } else {
             // SUBACKs are not ordered with PUBACKs: no need to wait behind held ones, and the
             // retained messages queued below must follow it.
@@ -344,7 +347,7 @@ impl Conn {
             if crate::im::is_im_topic(&filter) {
                 let code = self.broker.gate.unsubscribe(
                     &self.broker,
-                    self.device.as_ref(),
+                    self.device(),
                     &filter,
                     retain_secs,
                     now_ms(),
@@ -361,7 +364,7 @@ impl Conn {
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
                         .unsubscribe(split.filter, split.group, &self.session);
-                    self.session.lock().subscriptions.remove(&*filter);
+                    self.session.lock().remove_subscription(&filter);
                     removed
                 }
                 Err(_) => false,
@@ -374,7 +377,9 @@ impl Conn {
         }
         self.broker.save_session(&self.session, None);
         if im_changed && self.broker.is_sync() {
-            self.held.push(HeldAck::UnsubAck(packet_id, codes));
+            self.flow_mut()
+                .held
+                .push(HeldAck::UnsubAck(packet_id, codes));
         } else {
             wire.unsuback(packet_id, &codes);
         }

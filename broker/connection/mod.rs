@@ -1,6 +1,11 @@
 //! One client connection: the CONNECT handshake, then a loop that reads packets, answers them,
 //! and writes what the client's session is owed. Generic over the byte stream, so TCP and
 //! WebSocket connections run the same code.
+//!
+//! A connection has a task only while it has something to do: once idle for `PARK_AFTER_MS`
+//! (nothing buffered, nothing to write, no acknowledgement waiting), its task ends and it waits
+//! in the parking lot as a small record until input, a wake-up of its session or its keepalive
+//! deadline gives it a task again (`park.rs`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -8,6 +13,7 @@ use std::future::{Future, poll_fn};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -17,10 +23,12 @@ use mqtter_engine::{Batch, Space, StoreError};
 use ntex_bytes::{ByteString, BytesMut};
 use ntex_mqtt::error::{DecodeError, EncodeError};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::Instant;
 
 mod handshake;
 mod inbound;
+mod park;
+
+pub use park::{Lot, Parked, Parking, Transport, start_parking};
 
 use crate::auth::Action;
 use crate::broker::Broker;
@@ -32,6 +40,7 @@ use crate::topic;
 use crate::wire::{
     self, ConnackProps, ConnectIn, Detected, Inbound, Proto, PublishIn, Will, reason,
 };
+use park::{Clock, PARK_AFTER_MS, mono_ms};
 
 /// Bytes one read takes at most, into the worker thread's scratch buffer (see `Io::fill`).
 const READ_CHUNK: usize = 64 * 1024;
@@ -58,7 +67,17 @@ enum Event {
     Wake,
     Durable(Result<(), Arc<StoreError>>),
     Read(std::io::Result<bool>),
-    KeepaliveTimeout,
+    /// The keepalive deadline, or time to see whether the connection can park.
+    Timer,
+    /// The connection must end (found while it came back from the parking lot).
+    Stop(End),
+}
+
+/// Why `Conn::run` returned.
+enum Stop {
+    End(End),
+    /// Idle: the task may end and the connection wait in the parking lot.
+    Park,
 }
 
 /// An acknowledgement that waits for durability before it is written.
@@ -74,11 +93,9 @@ enum HeldAck {
 
 type Durable = Pin<Box<dyn Future<Output = Result<(), Arc<StoreError>>> + Send>>;
 
-/// Serve one connection to its end.
-pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr)
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
+/// Serve one connection to its end (or until it parks: it then gets a new task whenever it has
+/// something to do). `alive` is held as long as the connection is open.
+pub async fn serve<S: Transport>(broker: Arc<Broker>, stream: S, peer: SocketAddr, alive: Arc<()>) {
     let mut io = Io {
         stream,
         buf: BytesMut::new(),
@@ -98,24 +115,74 @@ where
             return;
         }
     };
-    let Some(mut conn) = Conn::accept(&broker, &mut wire, *connect, peer).await else {
+    let Some(conn) = Conn::accept(&broker, &mut wire, *connect, peer).await else {
         let _ = io.flush(&mut wire).await;
         return;
     };
     let _ = io.flush(&mut wire).await;
-    let end = conn.run(&mut io, &mut wire).await;
-    let _ = io.flush(&mut wire).await;
-    let _ = io.stream.shutdown().await;
-    broker.metrics.disconnected();
-    tracing::debug!(%peer, client_id = %conn.client_id, ?end, "connection closed");
-    let will = match end {
-        End::Normal | End::Shutdown => None,
-        End::NormalWithWill | End::Abnormal => conn.will.take(),
+    let now = mono_ms();
+    let clock = Clock {
+        deadline: conn.keepalive_deadline(now),
+        // As if idle for long already: with nothing to do right after its CONNACK, the
+        // connection parks at once, and its first task (sized for the handshake) is gone.
+        idle_since: now.saturating_sub(PARK_AFTER_MS),
     };
-    conn.leave_im();
-    broker.detach(&conn.session, conn.owner, will);
-    if end != End::Shutdown {
-        io.linger().await;
+    let live = Live {
+        conn,
+        io,
+        wire,
+        clock,
+        cell: None,
+        alive,
+    };
+    drive(live, None).await;
+}
+
+/// A connection with a task: what `Conn::run` works on.
+struct Live<S: Transport> {
+    conn: Conn,
+    io: Io<S>,
+    wire: wire::Wire,
+    clock: Clock,
+    /// Its place in the parking lot, from its first park on (see `park::Cell`).
+    cell: Option<Arc<park::Cell<S>>>,
+    alive: Arc<()>,
+}
+
+/// Run a connection until it ends or parks. `first`: an event to handle before anything else
+/// (input read while it tried to park).
+async fn drive<S: Transport>(mut live: Live<S>, mut first: Option<Event>) {
+    loop {
+        let stop = live
+            .conn
+            .run(&mut live.io, &mut live.wire, &mut live.clock, first.take())
+            .await;
+        match stop {
+            Stop::Park => match park::park(live) {
+                Some((back, event)) => {
+                    live = back;
+                    first = event;
+                }
+                None => return,
+            },
+            Stop::End(end) => {
+                let Live {
+                    conn,
+                    mut io,
+                    mut wire,
+                    alive,
+                    ..
+                } = live;
+                let _ = io.flush(&mut wire).await;
+                let _ = io.stream.shutdown().await;
+                conn.closed(end);
+                if end != End::Shutdown {
+                    io.linger().await;
+                }
+                drop(alive);
+                return;
+            }
+        }
     }
 }
 
@@ -147,10 +214,30 @@ fn poll_read_into<S: AsyncRead + Unpin>(
     })
 }
 
+/// The first pages of `pages` as slices for one vectored write; how many.
+fn io_slices<'a>(pages: &'a ntex_bytes::BytePages, slices: &mut [IoSlice<'a>]) -> usize {
+    let mut count = 0;
+    for (slot, page) in slices.iter_mut().zip(pages.iter()) {
+        *slot = IoSlice::new(page);
+        count += 1;
+    }
+    count
+}
+
 struct Io<S> {
     stream: S,
     buf: BytesMut,
     broker: Arc<Broker>,
+}
+
+impl<S> Io<S> {
+    /// Every whole packet has been decoded: let go of a large read buffer, so that a connection
+    /// that goes idle after a burst keeps only a small one.
+    fn release_buf(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 1024 {
+            self.buf = BytesMut::new();
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
@@ -166,14 +253,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             .bytes_received
             .fetch_add(n as u64, Ordering::Relaxed);
         Ok(true)
-    }
-
-    /// Every whole packet has been decoded: let go of a large read buffer, so that a connection
-    /// that goes idle after a burst keeps only a small one.
-    fn release_buf(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 1024 {
-            self.buf = BytesMut::new();
-        }
     }
 
     /// Lingering close, after the write side is shut: read and discard what the client still
@@ -196,20 +275,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
 
     /// Write everything pending, up to `WRITE_SLICES` pages per (vectored) write call.
     async fn flush(&mut self, wire: &mut wire::Wire) -> std::io::Result<()> {
-        if !wire.has_pending() {
+        let Some(pages) = wire.pending() else {
             return Ok(());
-        }
-        let pages = wire.pending();
+        };
         let mut written = 0;
         while !pages.is_empty() {
             let stream = &mut self.stream;
             let n = poll_fn(|cx| {
                 let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
-                let mut count = 0;
-                for (slot, page) in slices.iter_mut().zip(pages.iter()) {
-                    *slot = IoSlice::new(page);
-                    count += 1;
-                }
+                let count = io_slices(pages, &mut slices);
                 Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count])
             })
             .await?;
@@ -219,9 +293,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             pages.advance_to(n);
             written += n;
         }
-        // A fresh (thread-cached) page list: the written one would keep its last page, 4 KiB per
-        // idle connection.
-        *pages = ntex_bytes::BytePages::new(pages.page_size());
+        // The page list goes back to the thread's cache: kept, it would hold its last page,
+        // 4 KiB, and its ring of pages, about 300 bytes, per idle connection.
+        wire.written();
         self.stream.flush().await?;
         self.broker
             .metrics
@@ -234,83 +308,161 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
 struct Conn {
     broker: Arc<Broker>,
     session: Arc<Session>,
-    /// This connection's own wake-up (see `SessionState::waker`).
-    waker: Arc<tokio::sync::Notify>,
     owner: u64,
-    client_id: Arc<str>,
-    /// The authenticated account, `None` for anonymous clients.
-    username: Option<String>,
-    proto: Proto,
-    will: Option<Will>,
-    keep_alive: Option<Duration>,
-    /// How many QoS 1/2 messages may be in flight to the client.
-    window: usize,
+    /// 1.5 times the client's keepalive, in milliseconds; 0 for none.
+    keep_alive_ms: u32,
     /// The session expiry the CONNECT asked for (a DISCONNECT may not raise it from 0).
     connect_expiry: u32,
+    /// How many QoS 1/2 messages may be in flight to the client.
+    window: u16,
+    proto: Proto,
+    /// Drain the session again before waiting: a delivery was skipped, its place in the window
+    /// is free.
+    redrain: bool,
+    /// What only some clients have (an account, a will, topic aliases, the IM world).
+    extra: Option<Box<Extra>>,
+    /// Acknowledgements in progress; `None` when there are none (always when parked).
+    flow: Option<Box<Flow>>,
+}
+
+/// The parts of a connection's state that many clients never use (see `Conn::extra`).
+#[derive(Default)]
+struct Extra {
+    /// The authenticated account, `None` for anonymous clients.
+    username: Option<String>,
+    will: Option<Will>,
     inbound_aliases: HashMap<u16, ByteString>,
-    held: Vec<HeldAck>,
-    waiting: Option<(Vec<HeldAck>, Durable)>,
     /// Set when the client is a person: its device in the IM world.
     device: Option<Device>,
     /// The last IM sequence number sent per conversation (saved as cursors at the end).
     cursors: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
     /// Friend requests made with `im-temporary`, withdrawn at the end if still pending.
     temporary: Vec<String>,
+}
+
+/// Acknowledgements on their way (see `Conn::flow`).
+#[derive(Default)]
+struct Flow {
+    held: Vec<HeldAck>,
+    waiting: Option<(Vec<HeldAck>, Durable)>,
     /// Packet ids of PUBACKs read and not yet completed (see `finish_acked`).
     acked: Vec<u16>,
+}
+
+impl Flow {
+    fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.waiting.is_none() && self.acked.is_empty()
+    }
 }
 
 /// A protocol violation: the connection is closed, with this reason for v5 clients.
 struct Violation(u8, &'static str);
 
 impl Conn {
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    fn client_id(&self) -> &Arc<str> {
+        &self.session.client_id
+    }
+
+    fn username(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.username.as_deref())
+    }
+
+    fn device(&self) -> Option<&Device> {
+        self.extra.as_ref().and_then(|e| e.device.as_ref())
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn flow_mut(&mut self) -> &mut Flow {
+        self.flow.get_or_insert_with(Box::default)
+    }
+
+    fn window(&self) -> usize {
+        usize::from(self.window)
+    }
+
+    /// When the keepalive runs out if the client is heard from at `now` (`u64::MAX`: never).
+    fn keepalive_deadline(&self, now: u64) -> u64 {
+        match self.keep_alive_ms {
+            0 => u64::MAX,
+            ms => now + u64::from(ms),
+        }
+    }
+
+    /// Nothing in progress: no input buffered, no output pending, no acknowledgement waiting.
+    fn is_idle<S>(&self, io: &Io<S>, wire: &wire::Wire) -> bool {
+        io.buf.is_empty()
+            && !wire.has_pending()
+            && !self.redrain
+            && self.flow.as_ref().is_none_or(|f| f.is_empty())
+    }
+
+    async fn run<S: Transport>(
         &mut self,
         io: &mut Io<S>,
         wire: &mut wire::Wire,
-    ) -> End {
-        let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
+        clock: &mut Clock,
+        first: Option<Event>,
+    ) -> Stop {
+        let parking = self.broker.parking.is_on();
+        let mut timer = pin!(tokio::time::sleep_until(park::instant_at(
+            clock.next_check(parking, true, mono_ms())
+        )));
+        let mut next = first;
         loop {
-            if let Err(end) = self.drain(wire) {
-                let _ = io.flush(wire).await;
-                return end;
-            }
-            if io.flush(wire).await.is_err() {
-                return End::Abnormal;
-            }
-            let event = {
-                let waker = self.waker.clone();
-                let waiting = &mut self.waiting;
-                let keepalive = async {
-                    match deadline {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
+            let event = match next.take() {
+                Some(event) => event,
+                None => {
+                    if let Err(end) = self.drain(wire) {
+                        let _ = io.flush(wire).await;
+                        return Stop::End(end);
                     }
-                };
-                let durable = async {
-                    match waiting.as_mut() {
-                        Some((_, fut)) => fut.await,
-                        None => std::future::pending().await,
+                    if io.flush(wire).await.is_err() {
+                        return Stop::End(End::Abnormal);
                     }
-                };
-                tokio::select! {
-                    biased;
-                    _ = waker.notified() => Event::Wake,
-                    result = durable => Event::Durable(result),
-                    read = io.fill() => Event::Read(read),
-                    _ = keepalive => Event::KeepaliveTimeout,
+                    if self.redrain {
+                        self.redrain = false;
+                        continue;
+                    }
+                    let owner = self.owner;
+                    let session = &self.session;
+                    let flow = &mut self.flow;
+                    let wake = poll_fn(|cx| {
+                        if session.lock().poll_wake(owner, cx.waker()) {
+                            Poll::Ready(())
+                        } else {
+                            Poll::Pending
+                        }
+                    });
+                    let durable = async {
+                        match flow.as_mut().and_then(|f| f.waiting.as_mut()) {
+                            Some((_, fut)) => fut.await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        () = wake => Event::Wake,
+                        result = durable => Event::Durable(result),
+                        read = io.fill() => Event::Read(read),
+                        () = timer.as_mut() => Event::Timer,
+                    }
                 }
             };
             match event {
-                Event::Wake => {}
+                Event::Wake => clock.idle_since = mono_ms(),
+                Event::Stop(end) => return Stop::End(end),
                 Event::Durable(result) => {
-                    let Some((acks, _)) = self.waiting.take() else {
+                    clock.idle_since = mono_ms();
+                    let Some((acks, _)) = self.flow.as_mut().and_then(|f| f.waiting.take()) else {
                         continue;
                     };
                     if let Err(err) = result {
-                        tracing::error!(cause = %err, client_id = %self.client_id, "store flush failed: closing without acknowledging");
+                        tracing::error!(cause = %err, client_id = %self.client_id(), "store flush failed: closing without acknowledging");
                         wire.disconnect(reason::UNSPECIFIED, Some("storage failure"));
-                        return End::Abnormal;
+                        return Stop::End(End::Abnormal);
                     }
                     self.write_acks(wire, acks);
                     self.start_waiting();
@@ -318,62 +470,94 @@ impl Conn {
                 Event::Read(read) => {
                     match read {
                         Ok(true) => {}
-                        Ok(false) | Err(_) => return End::Abnormal,
+                        Ok(false) | Err(_) => return Stop::End(End::Abnormal),
                     }
-                    deadline = self.keep_alive.map(|k| Instant::now() + k);
-                    let mut received = 0u64;
-                    let ended = loop {
-                        match wire.decode(&mut io.buf) {
-                            Ok(Some(packet)) => {
-                                received += 1;
-                                match self.handle(wire, packet) {
-                                    Ok(None) => {}
-                                    Ok(Some(end)) => break Some(end),
-                                    Err(Violation(code, why)) => {
-                                        tracing::info!(client_id = %self.client_id, code, why, "protocol violation");
-                                        wire.disconnect(code, Some(why));
-                                        break Some(End::Abnormal);
-                                    }
-                                }
-                            }
-                            Ok(None) => {
-                                io.release_buf();
-                                break None;
-                            }
-                            Err(err) => {
-                                tracing::info!(client_id = %self.client_id, ?err, "malformed packet");
-                                let code = match err {
-                                    DecodeError::MaxSizeExceeded { .. } => reason::PACKET_TOO_LARGE,
-                                    // Reserved fixed-header flags (or type) are a Malformed
-                                    // Packet [MQTT-2.1.3-1] [MQTT-3.8.1-1].
-                                    DecodeError::Utf8Error
-                                    | DecodeError::MalformedPacket
-                                    | DecodeError::UnsupportedPacketType
-                                    | DecodeError::InvalidLength => reason::MALFORMED,
-                                    _ => reason::PROTOCOL_ERROR,
-                                };
-                                wire.disconnect(code, Some("malformed packet"));
-                                break Some(End::Abnormal);
-                            }
-                        }
-                    };
-                    self.finish_acked();
-                    self.broker
-                        .metrics
-                        .messages_received
-                        .fetch_add(received, Ordering::Relaxed);
-                    if let Some(end) = ended {
-                        return end;
+                    let now = mono_ms();
+                    clock.deadline = self.keepalive_deadline(now);
+                    clock.idle_since = now;
+                    if let Some(end) = self.on_input(io, wire) {
+                        return Stop::End(end);
                     }
-                    self.start_waiting();
                 }
-                Event::KeepaliveTimeout => {
-                    tracing::info!(client_id = %self.client_id, "keepalive timeout");
-                    wire.disconnect(reason::KEEPALIVE_TIMEOUT, None);
-                    return End::Abnormal;
+                Event::Timer => {
+                    let now = mono_ms();
+                    if now >= clock.deadline {
+                        tracing::info!(client_id = %self.client_id(), "keepalive timeout");
+                        wire.disconnect(reason::KEEPALIVE_TIMEOUT, None);
+                        return Stop::End(End::Abnormal);
+                    }
+                    let idle = parking && self.is_idle(io, wire);
+                    if idle && now >= clock.idle_since.saturating_add(PARK_AFTER_MS) {
+                        self.flow = None;
+                        return Stop::Park;
+                    }
+                    let at = clock.next_check(parking, idle, now);
+                    timer.as_mut().reset(park::instant_at(at));
                 }
             }
         }
+    }
+
+    /// Decode and handle every whole packet read. `Some` when the connection must end.
+    fn on_input<S>(&mut self, io: &mut Io<S>, wire: &mut wire::Wire) -> Option<End> {
+        let mut received = 0u64;
+        let ended = loop {
+            match wire.decode(&mut io.buf) {
+                Ok(Some(packet)) => {
+                    received += 1;
+                    match self.handle(wire, packet) {
+                        Ok(None) => {}
+                        Ok(Some(end)) => break Some(end),
+                        Err(Violation(code, why)) => {
+                            tracing::info!(client_id = %self.client_id(), code, why, "protocol violation");
+                            wire.disconnect(code, Some(why));
+                            break Some(End::Abnormal);
+                        }
+                    }
+                }
+                Ok(None) => {
+                    io.release_buf();
+                    break None;
+                }
+                Err(err) => {
+                    tracing::info!(client_id = %self.client_id(), ?err, "malformed packet");
+                    let code = match err {
+                        DecodeError::MaxSizeExceeded { .. } => reason::PACKET_TOO_LARGE,
+                        // Reserved fixed-header flags (or type) are a Malformed Packet
+                        // [MQTT-2.1.3-1] [MQTT-3.8.1-1].
+                        DecodeError::Utf8Error
+                        | DecodeError::MalformedPacket
+                        | DecodeError::UnsupportedPacketType
+                        | DecodeError::InvalidLength => reason::MALFORMED,
+                        _ => reason::PROTOCOL_ERROR,
+                    };
+                    wire.disconnect(code, Some("malformed packet"));
+                    break Some(End::Abnormal);
+                }
+            }
+        };
+        self.finish_acked();
+        self.broker
+            .metrics
+            .messages_received
+            .fetch_add(received, Ordering::Relaxed);
+        if ended.is_none() {
+            self.start_waiting();
+        }
+        ended
+    }
+
+    /// The connection has ended (its last bytes are written): the will, the IM world, the
+    /// session.
+    fn closed(mut self, end: End) {
+        self.broker.metrics.disconnected();
+        tracing::debug!(client_id = %self.client_id(), ?end, "connection closed");
+        let will = match end {
+            End::Normal | End::Shutdown => None,
+            End::NormalWithWill | End::Abnormal => self.extra.as_mut().and_then(|e| e.will.take()),
+        };
+        self.leave_im();
+        self.broker.detach(&self.session, self.owner, will);
     }
 
     /// Move what the session owes the client into the wire. `Err` when the session was taken.
@@ -403,7 +587,7 @@ impl Conn {
                     }
                 });
             }
-            state.take_sendable(self.window, now_ms(), &mut out);
+            state.take_sendable(self.window(), now_ms(), &mut out);
         }
         self.send(wire, out);
         Ok(())
@@ -422,12 +606,13 @@ impl Conn {
                     dup,
                 } => {
                     if let Some(stamp) = &delivery.msg.stamp {
+                        let cursors = &mut self.extra_mut().cursors;
                         // Looked up before inserting: `conv` is shared by every recipient of the
                         // message, and cloning it per delivery contends on its count.
-                        if !self.cursors.contains_key(&*stamp.conv) {
-                            self.cursors.insert(stamp.conv.clone(), 0);
+                        if !cursors.contains_key(&*stamp.conv) {
+                            cursors.insert(stamp.conv.clone(), 0);
                         }
-                        let Some(cursor) = self.cursors.get_mut(&*stamp.conv) else {
+                        let Some(cursor) = cursors.get_mut(&*stamp.conv) else {
                             continue;
                         };
                         if stamp.seq <= *cursor {
@@ -436,7 +621,7 @@ impl Conn {
                                 self.finish(id);
                                 // Its place in the window is free: drain again, or what is
                                 // queued behind it waits for the next unrelated wake-up.
-                                self.waker.notify_one();
+                                self.redrain = true;
                             }
                             continue;
                         }
@@ -455,12 +640,12 @@ impl Conn {
                             // Too big for the client's Maximum Packet Size: dropped for this
                             // client as if delivered [MQTT-3.1.2-25].
                             if err != EncodeError::OverMaxPacketSize {
-                                tracing::warn!(?err, client_id = %self.client_id, "cannot encode a PUBLISH");
+                                tracing::warn!(?err, client_id = %self.client_id(), "cannot encode a PUBLISH");
                             }
                             self.broker.metrics.dropped.fetch_add(1, Ordering::Relaxed);
                             if let Some(id) = packet_id {
                                 self.finish(id);
-                                self.waker.notify_one();
+                                self.redrain = true;
                             }
                         }
                     }
@@ -481,7 +666,7 @@ impl Conn {
             Some(flight) => {
                 if let Some(seq) = flight.delivery.store_seq {
                     let mut batch = Batch::new();
-                    batch.remove(Space::Queue, persist::queue_key(&self.client_id, seq));
+                    batch.remove(Space::Queue, persist::queue_key(self.client_id(), seq));
                     if let Err(err) = self.broker.store.apply(batch) {
                         tracing::error!(cause = %err, "cannot remove an acknowledged message");
                     }
@@ -495,13 +680,13 @@ impl Conn {
     /// Complete the deliveries acknowledged by the PUBACKs of one read: one session lock and one
     /// store batch for all of them, instead of one each.
     fn finish_acked(&mut self) {
-        if self.acked.is_empty() {
+        let Some(flow) = self.flow.as_mut().filter(|f| !f.acked.is_empty()) else {
             return;
-        }
-        let mut done = Vec::with_capacity(self.acked.len());
+        };
+        let mut done = Vec::with_capacity(flow.acked.len());
         {
             let mut state = self.session.lock();
-            for id in self.acked.drain(..) {
+            for id in flow.acked.drain(..) {
                 if let Some(flight) = state.inflight.remove(&id) {
                     done.push(flight);
                 }
@@ -510,7 +695,7 @@ impl Conn {
         let mut batch = Batch::new();
         for flight in &done {
             if let Some(seq) = flight.delivery.store_seq {
-                batch.remove(Space::Queue, persist::queue_key(&self.client_id, seq));
+                batch.remove(Space::Queue, persist::queue_key(self.client_id(), seq));
             }
         }
         if !batch.is_empty()
@@ -521,8 +706,12 @@ impl Conn {
     }
 
     fn hold_or_write(&mut self, wire: &mut wire::Wire, ack: HeldAck, needs_flush: bool) {
-        if needs_flush || !self.held.is_empty() || self.waiting.is_some() {
-            self.held.push(ack);
+        let busy = self
+            .flow
+            .as_ref()
+            .is_some_and(|f| !f.held.is_empty() || f.waiting.is_some());
+        if needs_flush || busy {
+            self.flow_mut().held.push(ack);
         } else {
             self.write_acks(wire, vec![ack]);
         }
@@ -540,24 +729,28 @@ impl Conn {
     }
 
     fn start_waiting(&mut self) {
-        if self.waiting.is_none() && !self.held.is_empty() {
-            let acks = std::mem::take(&mut self.held);
+        let Some(flow) = self.flow.as_mut() else {
+            return;
+        };
+        if flow.waiting.is_none() && !flow.held.is_empty() {
+            let acks = std::mem::take(&mut flow.held);
             let broker = self.broker.clone();
-            self.waiting = Some((acks, Box::pin(async move { broker.durable().await })));
+            flow.waiting = Some((acks, Box::pin(async move { broker.durable().await })));
         }
     }
 
     fn unacked_inbound(&self) -> usize {
-        self.held.len()
-            + self.waiting.as_ref().map_or(0, |(a, _)| a.len())
-            + self.session.lock().inbound_qos2.len()
+        let flow = self.flow.as_ref().map_or(0, |f| {
+            f.held.len() + f.waiting.as_ref().map_or(0, |(a, _)| a.len())
+        });
+        flow + self.session.lock().inbound_qos2_len()
     }
 
     /// One packet from the client (counted in `messages_received` by the caller).
     fn handle(&mut self, wire: &mut wire::Wire, packet: Inbound) -> Result<Option<End>, Violation> {
         if let Inbound::PubAck(id) = packet {
             // Completed together after the read (`finish_acked`), under one session lock.
-            self.acked.push(id);
+            self.flow_mut().acked.push(id);
             return Ok(None);
         }
         self.finish_acked();
@@ -588,7 +781,7 @@ impl Conn {
                 }
             }
             Inbound::PubRel(id) => {
-                let known = self.session.lock().inbound_qos2.remove(&id);
+                let known = self.session.lock().remove_inbound_qos2(id);
                 wire.pubcomp(
                     id,
                     if known {
@@ -613,7 +806,7 @@ impl Conn {
                 user_properties,
             } => self.on_unsubscribe(wire, packet_id, filters, &user_properties),
             Inbound::PingReq => {
-                if let Some(device) = &self.device {
+                if let Some(device) = self.device() {
                     self.broker.gate.ping(&device.account, now_ms());
                 }
                 wire.pingresp()
@@ -660,7 +853,10 @@ impl Conn {
     /// Leave the IM world: what was sent but not acknowledged is owed again (the cursors go back
     /// before it), temporary requests still pending are withdrawn, the device goes offline.
     fn leave_im(&mut self) {
-        let Some(device) = self.device.take() else {
+        let Some(extra) = self.extra.as_mut() else {
+            return;
+        };
+        let Some(device) = extra.device.take() else {
             return;
         };
         // A persistent session taken over by a new connection keeps its queue and in-flight
@@ -671,19 +867,19 @@ impl Conn {
         };
         if !taken_over {
             for stamp in self.session.take_im_unacked() {
-                if let Some(cursor) = self.cursors.get_mut(&stamp.conv) {
+                if let Some(cursor) = extra.cursors.get_mut(&stamp.conv) {
                     *cursor = (*cursor).min(stamp.seq.saturating_sub(1));
                 }
             }
         }
-        let cursors: Vec<(String, u64)> = self
+        let cursors: Vec<(String, u64)> = extra
             .cursors
             .iter()
             .map(|(conv, seq)| (conv.to_string(), *seq))
             .collect();
         let now = now_ms();
         let gate = &self.broker.gate;
-        gate.withdraw_temporary(&self.broker, &device.account, &self.temporary, now);
+        gate.withdraw_temporary(&self.broker, &device.account, &extra.temporary, now);
         gate.disconnect(&device, &cursors, now, &self.broker.limits);
     }
 }

@@ -184,6 +184,31 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Wait until the daemon at `mqtt` (started with `sys_interval = 1`) reports at least `n` idle
+/// connections parked (`$SYS/broker/clients/parked`): a test of what a parked connection still
+/// does must know it is parked. Each look is a connection of its own, closed before the next
+/// report, so that the watcher does not count itself.
+pub fn wait_parked(mqtt: SocketAddr, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut watcher = raw::Client::session(mqtt, &raw::Connect::v3("parked-watcher"));
+        assert_eq!(watcher.subscribe(&[("$SYS/broker/clients/parked", 0)]), [0]);
+        let parked = watcher
+            .next_publish_within(Duration::from_millis(1500))
+            .and_then(|msg| msg.payload_str().parse::<u64>().ok())
+            .unwrap_or(0);
+        watcher.disconnect();
+        if parked >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{parked} connections parked, not {n}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Run the `mqtter` binary with `args` (and `stdin`, if given) to its end, within `WAIT`.
 pub fn run_cli(args: &[&str], stdin: Option<&str>) -> std::process::Output {
     let mut child = Command::new(Daemon::binary())

@@ -1,0 +1,628 @@
+//! The parking lot: where idle connections wait without a task.
+//!
+//! A connection idle for `PARK_AFTER_MS` (nothing buffered, nothing to write, no acknowledgement
+//! waiting: `Conn::is_idle`) ends its task and leaves a `Record` (its `Conn`, its stream, the
+//! small form of its wire, its clock) in its `Cell`. Three things give it a task again, each
+//! holding a `Waker` of the cell:
+//! - its session: a message queued for it, a takeover, an eviction, the shutdown
+//!   (`SessionState::park_waker`, woken like the task it replaces);
+//! - its stream: input or the end of it. A TCP stream leaves tokio's reactor while parked (whose
+//!   registration costs 256 bytes a socket) and is watched by the lot's own epoll instance
+//!   instead, by file descriptor; any other stream (WebSocket's pipe) keeps the cell's waker in
+//!   its read (`Transport`);
+//! - its keepalive deadline, on a wheel of one-second buckets (`Lot::schedule`): at most one
+//!   second late, never early.
+//!
+//! A wake-up between the decision to park and the record's arrival in the cell is not lost: the
+//! cell is `Parking` meanwhile and a wake-up makes it `Woken`, which the parking connection sees
+//! and keeps its task. A wake-up of a parked cell takes the record out and spawns its task; one
+//! of a running cell does nothing (the task has its own registrations, and the session's
+//! `signalled` flag keeps what a stale session waker was told).
+
+use std::collections::BTreeMap;
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use ntex_bytes::BytesMut;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::net::TcpStream;
+
+use super::{Conn, End, Event, Io, Live, SCRATCH, WRITE_SLICES, drive, io_slices, poll_read_into};
+use crate::broker::Broker;
+use crate::wire::{ParkedWire, Wire};
+
+/// How long a connection stays idle before it parks. Short next to the time a person or a device
+/// leaves a connection idle, long next to the gaps between the packets of a busy one (which would
+/// otherwise park and get a task back for every message).
+pub(super) const PARK_AFTER_MS: u64 = 250;
+
+/// The keepalive wheel's bucket.
+const TICK_MS: u64 = 1000;
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// Milliseconds on a monotonic clock (since its first use in this process).
+pub(super) fn mono_ms() -> u64 {
+    u64::try_from(base().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The instant of `mono_ms() == ms`, for tokio's timers; at most a day ahead.
+pub(super) fn instant_at(ms: u64) -> tokio::time::Instant {
+    let cap = mono_ms().saturating_add(86_400_000);
+    tokio::time::Instant::from_std(base() + Duration::from_millis(ms.min(cap)))
+}
+
+/// A connection's timing, in `mono_ms`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Clock {
+    /// When the keepalive runs out (`u64::MAX`: never); moved on by every read.
+    pub deadline: u64,
+    /// Since when nothing happened.
+    pub idle_since: u64,
+}
+
+impl Clock {
+    /// When the running connection looks at its timer next: the keepalive deadline, or when it
+    /// may park (`idle`: it could park now if it had been idle long enough).
+    pub fn next_check(&self, parking: bool, idle: bool, now: u64) -> u64 {
+        let park_at = match (parking, idle) {
+            (false, _) => u64::MAX,
+            (true, true) => self.idle_since.saturating_add(PARK_AFTER_MS),
+            (true, false) => now.saturating_add(PARK_AFTER_MS),
+        };
+        self.deadline.min(park_at)
+    }
+}
+
+/// The broker's parking lot; off until `start_parking` (then idle connections park).
+#[derive(Default)]
+pub struct Parking {
+    lot: OnceLock<Arc<Lot>>,
+}
+
+impl std::fmt::Debug for Parking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parking")
+            .field("on", &self.is_on())
+            .finish()
+    }
+}
+
+impl Parking {
+    pub fn is_on(&self) -> bool {
+        self.lot.get().is_some()
+    }
+
+    /// How many connections are parked now.
+    pub fn parked(&self) -> u64 {
+        self.lot
+            .get()
+            .map_or(0, |lot| lot.parked.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn lot(&self) -> Option<&Arc<Lot>> {
+        self.lot.get()
+    }
+}
+
+/// The parked connections' sockets and keepalive deadlines (see the module doc).
+pub struct Lot {
+    /// Where parked connections get their tasks back.
+    handle: tokio::runtime::Handle,
+    /// The lot's epoll instance (a handle of its own: valid even once the serving task is gone).
+    registry: mio::Registry,
+    /// The waker of each parked TCP connection, by file descriptor.
+    sockets: Mutex<Vec<Option<Waker>>>,
+    wheel: Mutex<Wheel>,
+    parked: AtomicU64,
+}
+
+#[derive(Default)]
+struct Wheel {
+    /// Tick (`mono_ms / TICK_MS`, rounded up) -> the connections to wake then.
+    buckets: BTreeMap<u64, Vec<Waker>>,
+    /// Every tick up to this one has been woken.
+    done: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Open the broker's parking lot on the current runtime and return the task that serves it
+/// (wakes parked connections on input and at their keepalive deadlines). Until it is called,
+/// connections keep their tasks.
+pub fn start_parking(
+    broker: &Arc<Broker>,
+) -> io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let poll = mio::Poll::new()?;
+    let registry = poll.registry().try_clone()?;
+    // SAFETY: `mio::Poll` owns its epoll descriptor and keeps it open, unchanged, until it is
+    // dropped, which only the `AsyncFd` can do.
+    let events = unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) }
+        .map_err(|err| err.into_parts().1)?;
+    let lot = Arc::new(Lot {
+        handle: tokio::runtime::Handle::current(),
+        registry,
+        sockets: Mutex::new(Vec::new()),
+        wheel: Mutex::new(Wheel::default()),
+        parked: AtomicU64::new(0),
+    });
+    if broker.parking.lot.set(lot.clone()).is_err() {
+        return Err(io::Error::other("the parking lot is already open"));
+    }
+    Ok(serve_lot(lot, events))
+}
+
+async fn serve_lot(lot: Arc<Lot>, mut poll: AsyncFd<mio::Poll>) {
+    let mut events = mio::Events::with_capacity(1024);
+    let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ready = poll.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(guard) => guard,
+                    Err(err) => {
+                        tracing::error!(cause = %err, "parking lot: cannot wait for sockets");
+                        return;
+                    }
+                };
+                loop {
+                    events.clear();
+                    match guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(err) => {
+                            tracing::error!(cause = %err, "parking lot: cannot poll sockets");
+                            return;
+                        }
+                    }
+                    if events.is_empty() {
+                        guard.clear_ready();
+                        break;
+                    }
+                    let ready: Vec<Waker> = {
+                        let mut sockets = lock(&lot.sockets);
+                        events
+                            .iter()
+                            .filter_map(|e| sockets.get_mut(e.token().0).and_then(Option::take))
+                            .collect()
+                    };
+                    ready.into_iter().for_each(Waker::wake);
+                }
+            }
+            _ = ticker.tick() => lot.tick(),
+        }
+    }
+}
+
+impl Lot {
+    /// Wake the connections whose keepalive bucket has come.
+    fn tick(&self) {
+        let now = mono_ms() / TICK_MS;
+        let due = {
+            let mut wheel = lock(&self.wheel);
+            let later = wheel.buckets.split_off(&(now + 1));
+            wheel.done = now;
+            std::mem::replace(&mut wheel.buckets, later)
+        };
+        due.into_values().flatten().for_each(Waker::wake);
+    }
+
+    /// Have `waker` woken at `deadline` or up to a tick later, unless this connection's pending
+    /// wake-up (`at`: its tick, 0 for none) comes before: a deadline only moves on, so a
+    /// connection has one entry on the wheel however often it parks.
+    fn schedule(&self, deadline: u64, at: &AtomicU64, waker: &Waker) {
+        let tick = deadline.div_ceil(TICK_MS);
+        let mut wheel = lock(&self.wheel);
+        let pending = at.load(Ordering::Relaxed);
+        if pending > wheel.done && pending <= tick {
+            return;
+        }
+        wheel.buckets.entry(tick).or_default().push(waker.clone());
+        at.store(tick, Ordering::Relaxed);
+    }
+
+    /// Watch a parked socket: `waker` is woken when it has input, or an error, or is closed.
+    fn watch(&self, fd: RawFd, waker: &Waker) -> io::Result<()> {
+        let slot = usize::try_from(fd).map_err(io::Error::other)?;
+        {
+            let mut sockets = lock(&self.sockets);
+            if sockets.len() <= slot {
+                // Grown in steps rather than doubled: one slot per descriptor is all it needs.
+                let len = (slot + 1).next_multiple_of(1024);
+                let more = len - sockets.len();
+                sockets.reserve_exact(more);
+                sockets.resize(len, None);
+            }
+            sockets[slot] = Some(waker.clone());
+        }
+        // Edge-triggered, and an epoll registration reports what is already there: input that
+        // arrived before this point wakes the connection too.
+        let registered =
+            self.registry
+                .register(&mut SourceFd(&fd), Token(slot), Interest::READABLE);
+        if registered.is_err() {
+            lock(&self.sockets)[slot] = None;
+        }
+        registered
+    }
+
+    fn unwatch(&self, fd: RawFd) {
+        let _ = self.registry.deregister(&mut SourceFd(&fd));
+        if let Ok(slot) = usize::try_from(fd)
+            && let Some(waker) = lock(&self.sockets).get_mut(slot)
+        {
+            *waker = None;
+        }
+    }
+}
+
+/// What a stream became when its connection tried to park.
+pub enum Parked<S: Transport> {
+    /// Parked: the waker is woken at input.
+    Yes(S::Parked),
+    /// Not parked. `Some` when it read: how many bytes (appended to the buffer; 0 at the end
+    /// of the stream).
+    No(S, Option<io::Result<usize>>),
+    /// The stream could not be taken back from the runtime: the connection is over.
+    Lost(io::Error),
+}
+
+/// A byte stream a connection can park with.
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + Sized + 'static {
+    /// The stream while its connection is parked.
+    type Parked: Send + 'static;
+
+    /// Park: `waker` is to be woken when the stream has input (or ends). Input already there
+    /// is read into `buf`, and the stream does not park.
+    fn park(self, lot: &Lot, waker: &Waker, buf: &mut BytesMut) -> Parked<Self>;
+
+    /// Back from the lot, on the connection's new task.
+    fn unpark(parked: Self::Parked, lot: &Lot) -> io::Result<Self>;
+
+    /// Read what input is there, without waiting: `None` when there is none (yet), `Some(Ok(0))`
+    /// at the end of the stream.
+    fn read_parked(parked: &mut Self::Parked, buf: &mut BytesMut) -> Option<io::Result<usize>>;
+
+    /// Write as much of what `wire` has pending as the stream takes without waiting; how much.
+    fn write_parked(parked: &mut Self::Parked, wire: &mut Wire) -> io::Result<usize>;
+}
+
+impl Transport for TcpStream {
+    type Parked = std::net::TcpStream;
+
+    fn park(self, lot: &Lot, waker: &Waker, _buf: &mut BytesMut) -> Parked<Self> {
+        let stream = match self.into_std() {
+            Ok(stream) => stream,
+            Err(err) => return Parked::Lost(err),
+        };
+        match lot.watch(stream.as_raw_fd(), waker) {
+            Ok(()) => Parked::Yes(stream),
+            Err(err) => {
+                tracing::debug!(cause = %err, "cannot watch a parked socket: it keeps its task");
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => Parked::No(stream, None),
+                    Err(err) => Parked::Lost(err),
+                }
+            }
+        }
+    }
+
+    fn unpark(parked: Self::Parked, lot: &Lot) -> io::Result<Self> {
+        lot.unwatch(parked.as_raw_fd());
+        TcpStream::from_std(parked)
+    }
+
+    fn read_parked(parked: &mut Self::Parked, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            loop {
+                match parked.read(&mut scratch[..]) {
+                    Ok(n) => {
+                        buf.extend_from_slice(&scratch[..n]);
+                        return Some(Ok(n));
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => return None,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => return Some(Err(err)),
+                }
+            }
+        })
+    }
+
+    fn write_parked(parked: &mut Self::Parked, wire: &mut Wire) -> io::Result<usize> {
+        let mut written = 0;
+        if let Some(pages) = wire.pending() {
+            while !pages.is_empty() {
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let count = io_slices(pages, &mut slices);
+                match parked.write_vectored(&slices[..count]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        pages.advance_to(n);
+                        written += n;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        if !wire.has_pending() {
+            wire.written();
+        }
+        Ok(written)
+    }
+}
+
+impl Transport for DuplexStream {
+    type Parked = DuplexStream;
+
+    fn park(mut self, _lot: &Lot, waker: &Waker, buf: &mut BytesMut) -> Parked<Self> {
+        // A read that finds nothing leaves `waker` with the pipe, to be woken by its writer.
+        let mut cx = Context::from_waker(waker);
+        match poll_read_into(&mut self, buf, &mut cx) {
+            Poll::Pending => Parked::Yes(self),
+            Poll::Ready(read) => Parked::No(self, Some(read)),
+        }
+    }
+
+    fn unpark(parked: Self::Parked, _lot: &Lot) -> io::Result<Self> {
+        Ok(parked)
+    }
+
+    // The pipe's reader and writer are tasks that run as soon as they are woken: nothing to gain.
+    fn read_parked(_parked: &mut Self::Parked, _buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        None
+    }
+
+    fn write_parked(_parked: &mut Self::Parked, _wire: &mut Wire) -> io::Result<usize> {
+        Ok(0)
+    }
+}
+
+/// A parked connection: all it needs to run again.
+pub(super) struct Record<S: Transport> {
+    conn: Conn,
+    stream: S::Parked,
+    wire: ParkedWire,
+    clock: Clock,
+    alive: Arc<()>,
+}
+
+enum Slot<S: Transport> {
+    /// The connection has a task.
+    Running,
+    /// Its task is registering the wakers of a park.
+    Parking,
+    /// Woken while `Parking`: the task keeps running.
+    Woken,
+    Parked(Record<S>),
+}
+
+/// A connection's place in the parking lot, from its first park to its end: the wakers of its
+/// parks are this cell's, so a stale one (from an earlier park) finds it running and does nothing.
+pub(super) struct Cell<S: Transport> {
+    slot: Mutex<Slot<S>>,
+    /// The tick of this connection's pending keepalive wake-up, 0 for none (see `Lot::schedule`).
+    wheel_at: AtomicU64,
+}
+
+impl<S: Transport> Wake for Cell<S> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut slot = lock(&self.slot);
+        match &*slot {
+            Slot::Parking => *slot = Slot::Woken,
+            Slot::Parked(_) => {
+                if let Slot::Parked(record) = std::mem::replace(&mut *slot, Slot::Running) {
+                    drop(slot);
+                    if let Some(lot) = record.conn.broker.parking.lot().cloned() {
+                        lot.parked.fetch_sub(1, Ordering::Relaxed);
+                        lot.handle.spawn(resume(self.clone(), record));
+                    }
+                }
+            }
+            Slot::Running | Slot::Woken => {}
+        }
+    }
+}
+
+/// Park an idle connection (its task then ends). `Some` when it must keep running instead, with
+/// an event to handle first.
+pub(super) fn park<S: Transport>(live: Live<S>) -> Option<(Live<S>, Option<Event>)> {
+    let Some(lot) = live.conn.broker.parking.lot().cloned() else {
+        return Some((live, None));
+    };
+    let cell = match &live.cell {
+        Some(cell) => cell.clone(),
+        None => Arc::new(Cell {
+            slot: Mutex::new(Slot::Running),
+            wheel_at: AtomicU64::new(0),
+        }),
+    };
+    *lock(&cell.slot) = Slot::Parking;
+    let waker = Waker::from(cell.clone());
+    let Live {
+        conn,
+        io,
+        wire,
+        mut clock,
+        cell: _,
+        alive,
+    } = live;
+    // Should it keep running, this counts as activity: it tries again `PARK_AFTER_MS` later.
+    let now = mono_ms();
+    let Io {
+        stream,
+        mut buf,
+        broker,
+    } = io;
+    let (stream, event) = match S::park(stream, &lot, &waker, &mut buf) {
+        Parked::Yes(stream) => {
+            let mut parked = conn.session.park_waker(conn.owner, &waker);
+            if parked && clock.deadline != u64::MAX {
+                lot.schedule(clock.deadline, &cell.wheel_at, &waker);
+            }
+            let mut slot = lock(&cell.slot);
+            if matches!(*slot, Slot::Woken) {
+                parked = false;
+            }
+            if parked {
+                lot.parked.fetch_add(1, Ordering::Relaxed);
+                *slot = Slot::Parked(Record {
+                    conn,
+                    stream,
+                    wire: wire.park(),
+                    clock,
+                    alive,
+                });
+                return None;
+            }
+            // Something came up meanwhile: take the stream back and go on.
+            drop(slot);
+            match S::unpark(stream, &lot) {
+                Ok(stream) => (stream, None),
+                Err(err) => {
+                    *lock(&cell.slot) = Slot::Running;
+                    lost(conn, &err);
+                    return None;
+                }
+            }
+        }
+        Parked::No(stream, read) => {
+            if let Some(Ok(n)) = read {
+                conn.broker
+                    .metrics
+                    .bytes_received
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            (stream, read.map(|read| Event::Read(read.map(|n| n > 0))))
+        }
+        Parked::Lost(err) => {
+            *lock(&cell.slot) = Slot::Running;
+            lost(conn, &err);
+            return None;
+        }
+    };
+    *lock(&cell.slot) = Slot::Running;
+    clock.idle_since = now;
+    let io = Io {
+        stream,
+        buf,
+        broker,
+    };
+    let live = Live {
+        conn,
+        io,
+        wire,
+        clock,
+        cell: Some(cell),
+        alive,
+    };
+    Some((live, event))
+}
+
+/// The stream could not move between the runtime and the lot: the connection is over.
+fn lost(conn: Conn, err: &io::Error) {
+    tracing::debug!(client_id = %conn.client_id(), cause = %err, "connection lost at a park");
+    conn.closed(End::Abnormal);
+}
+
+/// The task of a connection woken in the lot.
+async fn resume<S: Transport>(cell: Arc<Cell<S>>, record: Record<S>) {
+    let Record {
+        mut conn,
+        mut stream,
+        wire,
+        mut clock,
+        alive,
+    } = record;
+    let Some(lot) = conn.broker.parking.lot().cloned() else {
+        return lost(conn, &io::Error::other("no parking lot"));
+    };
+    // What can be done at once is done on the stream as the lot hands it back: a socket new to
+    // the runtime is reported ready only at the reactor's next turn, which can be long in coming
+    // when every worker is busy.
+    let mut wire = wire.resume();
+    let mut buf = BytesMut::new();
+    let metrics = &conn.broker.metrics;
+    let mut first = S::read_parked(&mut stream, &mut buf).map(|read| {
+        if let Ok(n) = read {
+            metrics
+                .bytes_received
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Event::Read(read.map(|n| n > 0))
+    });
+    if let Err(end) = conn.drain(&mut wire) {
+        first = Some(Event::Stop(end));
+    }
+    match S::write_parked(&mut stream, &mut wire) {
+        Ok(n) => {
+            let metrics = &conn.broker.metrics;
+            metrics.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        // As `run` does: a connection already ending keeps its reason.
+        Err(_) if !matches!(first, Some(Event::Stop(_))) => {
+            first = Some(Event::Stop(End::Abnormal));
+        }
+        Err(_) => {}
+    }
+    let stream = match S::unpark(stream, &lot) {
+        Ok(stream) => stream,
+        Err(err) => return lost(conn, &err),
+    };
+    // Counted as activity: parking again before the first read of a socket back in the runtime
+    // would only bring it back.
+    clock.idle_since = mono_ms();
+    let live = Live {
+        io: Io {
+            stream,
+            buf,
+            broker: conn.broker.clone(),
+        },
+        conn,
+        wire,
+        clock,
+        cell: Some(cell),
+        alive,
+    };
+    drive(live, first).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timer_looks_at_the_keepalive_deadline_and_at_parking() {
+        let clock = Clock {
+            deadline: 10_000,
+            idle_since: 1_000,
+        };
+        assert_eq!(clock.next_check(true, true, 1_100), 1_000 + PARK_AFTER_MS);
+        assert_eq!(clock.next_check(true, false, 1_100), 1_100 + PARK_AFTER_MS);
+        assert_eq!(clock.next_check(false, true, 1_100), 10_000);
+        let never = Clock {
+            deadline: u64::MAX,
+            idle_since: 0,
+        };
+        assert_eq!(never.next_check(false, true, 5), u64::MAX);
+    }
+}
