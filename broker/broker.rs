@@ -374,13 +374,13 @@ impl Broker {
         // The timer only ends the session if nothing attached it since (a reconnect and a new
         // disconnect start a new timer with a new token).
         let token = self.next_token();
-        session.lock().expiry_token = token;
+        session.lock().set_expiry_token(token);
         let broker = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(u64::from(expiry_secs))).await;
             let due = {
                 let state = session.lock();
-                state.owner == 0 && state.expiry_token == token
+                state.owner == 0 && state.expiry_token() == token
             };
             if due {
                 broker.end_session(&session);
@@ -567,7 +567,7 @@ impl Broker {
                     .scan_prefix(Space::Queue, &persist::client_prefix(&client_id))?
                 {
                     let seq = persist::seq_of(&key);
-                    state.next_store_seq = state.next_store_seq.max(seq);
+                    state.restored_store_seq(seq);
                     let Some((header, stored)) = persist::split_queued(&value) else {
                         continue;
                     };

@@ -32,7 +32,7 @@ pub async fn run(
     let alive = Arc::new(());
     let mut tasks = tokio::task::JoinSet::new();
     // Before the first connection: one served without the lot would never park.
-    match connection::start_parking(&broker) {
+    match connection::start_parking(&broker, alive.clone()) {
         Ok(lot) => {
             tasks.spawn(lot);
         }
@@ -57,9 +57,13 @@ pub async fn run(
     tracing::info!("shutting down: no new connections, asking clients to go");
     tasks.abort_all();
     broker.evict_all();
-    // Connections finish their writes and end; give them a bounded time.
+    // Connections finish their writes and end; give them a bounded time. Each holds a clone of
+    // `alive`, except while parked (then the lot holds one clone for all and counts them).
+    let idle = 1 + usize::from(broker.parking.holds_guard());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while Arc::strong_count(&alive) > 1 && tokio::time::Instant::now() < deadline {
+    while (Arc::strong_count(&alive) > idle || broker.parking.parked() > 0)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let flushed = broker.clone();

@@ -108,21 +108,13 @@ pub struct SessionState {
     pub expiry_secs: u32,
     pub queue: VecDeque<Delivery>,
     pub inflight: HashMap<u16, Inflight, PacketIdHash>,
-    /// Subscriptions and inbound QoS 2 ids, allocated on first use: a client that only publishes
-    /// at QoS 0 or 1 (or only sits idle) needs neither, and every idle session would pay for the
-    /// room.
+    /// What many sessions never use (subscriptions, QoS 2 and persistence bookkeeping),
+    /// allocated on first use: every idle session would pay for the room.
     extra: Option<Box<Extra>>,
     next_packet_id: u16,
-    next_order: u64,
     /// The connection generation that owns this session, 0 when none.
     pub owner: u64,
     pub eviction: Option<Eviction>,
-    /// Next sequence number for the store's queue keys.
-    pub next_store_seq: u64,
-    /// Messages dropped because the queue was full (for `$SYS` and logs).
-    pub dropped: u64,
-    /// The token of the pending expiry timer; a timer with another token is stale.
-    pub expiry_token: u64,
     /// Wakes the owning connection (its task, or its parked record), taken by the first wake-up.
     /// Only the owner registers it (`poll_wake`, `park_waker` check `owner`), so a connection
     /// that was taken over never takes a wake-up meant for the new one.
@@ -133,11 +125,19 @@ pub struct SessionState {
     pending_resends: bool,
 }
 
-/// The parts of a session state most sessions never use (see `SessionState::extra`).
+/// The parts of a session state many sessions never use (see `SessionState::extra`).
 #[derive(Debug, Default)]
 struct Extra {
     subscriptions: HashMap<String, SubOpts>,
     inbound_qos2: HashSet<u16, PacketIdHash>,
+    /// Order of sending of the next QoS 1/2 delivery (see `Inflight::order`).
+    next_order: u64,
+    /// Last sequence number used for the store's queue keys.
+    next_store_seq: u64,
+    /// Messages dropped because the queue was full.
+    dropped: u64,
+    /// The token of the pending expiry timer; a timer with another token is stale.
+    expiry_token: u64,
 }
 
 impl SessionState {
@@ -199,6 +199,38 @@ impl SessionState {
             extra.subscriptions.clear();
             extra.inbound_qos2.clear();
         }
+    }
+
+    fn next_order(&mut self) -> u64 {
+        let extra = self.extra_mut();
+        extra.next_order += 1;
+        extra.next_order
+    }
+
+    /// The sequence number of the next message stored in this session's queue.
+    fn next_store_seq(&mut self) -> u64 {
+        let extra = self.extra_mut();
+        extra.next_store_seq += 1;
+        extra.next_store_seq
+    }
+
+    /// A message of the store's queue was restored with `seq`: new ones come after it.
+    pub fn restored_store_seq(&mut self, seq: u64) {
+        let extra = self.extra_mut();
+        extra.next_store_seq = extra.next_store_seq.max(seq);
+    }
+
+    /// The token of the pending expiry timer (0: none).
+    pub fn expiry_token(&self) -> u64 {
+        self.extra.as_ref().map_or(0, |e| e.expiry_token)
+    }
+
+    pub fn set_expiry_token(&mut self, token: u64) {
+        self.extra_mut().expiry_token = token;
+    }
+
+    fn count_dropped(&mut self) {
+        self.extra_mut().dropped += 1;
     }
 
     /// Nothing may wake the previous owner any more, and the new one starts unsignalled (it
@@ -263,13 +295,13 @@ impl SessionState {
                 });
             } else {
                 let packet_id = self.free_packet_id();
-                self.next_order += 1;
+                let order = self.next_order();
                 self.inflight.insert(
                     packet_id,
                     Inflight {
                         delivery: delivery.clone(),
                         released: false,
-                        order: self.next_order,
+                        order,
                         resend: false,
                     },
                 );
@@ -353,13 +385,13 @@ impl SessionState {
 
     /// A re-established delivery after a restart: in flight, released, with its old id.
     pub fn restore_inflight(&mut self, packet_id: u16, delivery: Delivery, released: bool) {
-        self.next_order += 1;
+        let order = self.next_order();
         self.inflight.insert(
             packet_id,
             Inflight {
                 delivery,
                 released,
-                order: self.next_order,
+                order,
                 resend: false,
             },
         );
@@ -435,24 +467,23 @@ impl Session {
             match limits.overflow {
                 Overflow::DropOldest => {
                     state.queue.pop_front();
-                    state.dropped += 1;
+                    state.count_dropped();
                 }
                 Overflow::Disconnect if online => {
-                    state.dropped += 1;
+                    state.count_dropped();
                     state.eviction = Some(Eviction::Overflow);
                     drop(state);
                     self.wake();
                     return Offered::Dropped;
                 }
                 _ => {
-                    state.dropped += 1;
+                    state.count_dropped();
                     return Offered::Dropped;
                 }
             }
         }
         let store_seq = if state.is_persistent() && delivery.qos != QoS::AtMostOnce {
-            state.next_store_seq += 1;
-            Some(state.next_store_seq)
+            Some(state.next_store_seq())
         } else {
             None
         };

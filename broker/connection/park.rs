@@ -103,7 +103,12 @@ impl Parking {
         self.lot.get().is_some()
     }
 
-    /// How many connections are parked now.
+    /// Whether the lot holds a clone of the open connections' guard (it does once started).
+    pub fn holds_guard(&self) -> bool {
+        self.is_on()
+    }
+
+    /// How many connections are parked now (they hold no guard meanwhile).
     pub fn parked(&self) -> u64 {
         self.lot
             .get()
@@ -125,6 +130,9 @@ pub struct Lot {
     sockets: Mutex<Vec<Option<Waker>>>,
     wheel: Mutex<Wheel>,
     parked: AtomicU64,
+    /// The guard of open connections (see `server::run`): a parked record holds none, so that it
+    /// stays small; `parked` counts it meanwhile, and its task gets a clone of this one.
+    alive: Arc<()>,
 }
 
 #[derive(Default)]
@@ -141,9 +149,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Open the broker's parking lot on the current runtime and return the task that serves it
 /// (wakes parked connections on input and at their keepalive deadlines). Until it is called,
-/// connections keep their tasks.
+/// connections keep their tasks. `alive` is the guard every open connection holds; the lot keeps
+/// one clone for its parked connections (see `Parking::parked`).
 pub fn start_parking(
     broker: &Arc<Broker>,
+    alive: Arc<()>,
 ) -> io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let poll = mio::Poll::new()?;
     let registry = poll.registry().try_clone()?;
@@ -157,6 +167,7 @@ pub fn start_parking(
         sockets: Mutex::new(Vec::new()),
         wheel: Mutex::new(Wheel::default()),
         parked: AtomicU64::new(0),
+        alive,
     });
     if broker.parking.lot.set(lot.clone()).is_err() {
         return Err(io::Error::other("the parking lot is already open"));
@@ -398,8 +409,8 @@ pub(super) struct Record<S: Transport> {
     conn: Conn,
     stream: S::Parked,
     wire: ParkedWire,
-    clock: Clock,
-    alive: Arc<()>,
+    /// The keepalive deadline (`Clock::deadline`).
+    deadline: u64,
 }
 
 enum Slot<S: Transport> {
@@ -433,8 +444,10 @@ impl<S: Transport> Wake for Cell<S> {
                 if let Slot::Parked(record) = std::mem::replace(&mut *slot, Slot::Running) {
                     drop(slot);
                     if let Some(lot) = record.conn.broker.parking.lot().cloned() {
+                        // The guard first: the shutdown waits while either is held.
+                        let alive = lot.alive.clone();
                         lot.parked.fetch_sub(1, Ordering::Relaxed);
-                        lot.handle.spawn(resume(self.clone(), record));
+                        lot.handle.spawn(resume(self.clone(), record, alive));
                     }
                 }
             }
@@ -489,9 +502,11 @@ pub(super) fn park<S: Transport>(live: Live<S>) -> Option<(Live<S>, Option<Event
                     conn,
                     stream,
                     wire: wire.park(),
-                    clock,
-                    alive,
+                    deadline: clock.deadline,
                 });
+                drop(slot);
+                // Counted as parked (above) before the guard goes.
+                drop(alive);
                 return None;
             }
             // Something came up meanwhile: take the stream back and go on.
@@ -545,13 +560,12 @@ fn lost(conn: Conn, err: &io::Error) {
 }
 
 /// The task of a connection woken in the lot.
-async fn resume<S: Transport>(cell: Arc<Cell<S>>, record: Record<S>) {
+async fn resume<S: Transport>(cell: Arc<Cell<S>>, record: Record<S>, alive: Arc<()>) {
     let Record {
         mut conn,
         mut stream,
         wire,
-        mut clock,
-        alive,
+        deadline,
     } = record;
     let Some(lot) = conn.broker.parking.lot().cloned() else {
         return lost(conn, &io::Error::other("no parking lot"));
@@ -588,9 +602,12 @@ async fn resume<S: Transport>(cell: Arc<Cell<S>>, record: Record<S>) {
         Ok(stream) => stream,
         Err(err) => return lost(conn, &err),
     };
-    // Counted as activity: parking again before the first read of a socket back in the runtime
-    // would only bring it back.
-    clock.idle_since = mono_ms();
+    let clock = Clock {
+        deadline,
+        // Counted as activity: parking again before the first read of a socket back in the
+        // runtime would only bring it back.
+        idle_since: mono_ms(),
+    };
     let live = Live {
         io: Io {
             stream,
@@ -609,6 +626,15 @@ async fn resume<S: Transport>(cell: Arc<Cell<S>>, record: Record<S>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What an idle TCP connection costs beyond its session is its cell; the allocator rounds
+    /// 16 bytes of reference counts plus this up to its size classes (128 bytes here), so a
+    /// field more can cost a whole class more per idle connection (docs/BENCHMARKS.md).
+    #[test]
+    fn a_parked_connection_stays_small() {
+        assert!(std::mem::size_of::<Cell<TcpStream>>() <= 112);
+        assert!(std::mem::size_of::<crate::session::Session>() <= 144);
+    }
 
     #[test]
     fn the_timer_looks_at_the_keepalive_deadline_and_at_parking() {
