@@ -1,9 +1,9 @@
 //! The parking lot: where idle connections wait without a task.
 //!
 //! A connection idle for `PARK_AFTER_MS` (nothing buffered, nothing to write, no acknowledgement
-//! waiting: `Conn::is_idle`) ends its task and leaves a `Record` (its `Conn`, its stream, the
-//! small form of its wire, its clock) in its `Cell`. Three things give it a task again, each
-//! holding a `Waker` of the cell:
+//! waiting: `Conn::is_idle`), or idle right after its CONNACK, ends its task and leaves a `Record`
+//! (its `Conn`, its stream, the small form of its wire, its keepalive deadline) in its `Cell`.
+//! Three things give it a task again (`resume`), each holding a `Waker` of the cell:
 //! - its session: a message queued for it, a takeover, an eviction, the shutdown
 //!   (`SessionState::park_waker`, woken like the task it replaces);
 //! - its stream: input or the end of it. A TCP stream leaves tokio's reactor while parked (whose
@@ -17,7 +17,9 @@
 //! cell is `Parking` meanwhile and a wake-up makes it `Woken`, which the parking connection sees
 //! and keeps its task. A wake-up of a parked cell takes the record out and spawns its task; one
 //! of a running cell does nothing (the task has its own registrations, and the session's
-//! `signalled` flag keeps what a stale session waker was told).
+//! `signalled` flag keeps what a stale session waker was told). The new task reads and writes
+//! what it can on the socket before handing it back to tokio, whose new registration reports
+//! readiness only at the reactor's next turn.
 
 use std::collections::BTreeMap;
 use std::io::{self, IoSlice, Read, Write};
@@ -177,8 +179,11 @@ pub fn start_parking(
 
 async fn serve_lot(lot: Arc<Lot>, mut poll: AsyncFd<mio::Poll>) {
     let mut events = mio::Events::with_capacity(1024);
-    let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // On the ticks' boundaries (and back on them after a late one), so that a bucket is woken as
+    // soon as its tick has come: at most a tick after the deadlines in it.
+    let first = instant_at(mono_ms().div_ceil(TICK_MS) * TICK_MS);
+    let mut ticker = tokio::time::interval_at(first, Duration::from_millis(TICK_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             ready = poll.readable_mut() => {
