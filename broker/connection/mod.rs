@@ -607,15 +607,21 @@ impl Conn {
                 } => {
                     if let Some(stamp) = &delivery.msg.stamp {
                         let cursors = &mut self.extra_mut().cursors;
-                        // Looked up before inserting: `conv` is shared by every recipient of the
-                        // message, and cloning it per delivery contends on its count.
-                        if !cursors.contains_key(&*stamp.conv) {
-                            cursors.insert(stamp.conv.clone(), 0);
-                        }
-                        let Some(cursor) = cursors.get_mut(&*stamp.conv) else {
-                            continue;
+                        // One lookup for a known conversation; `conv` is cloned only for a new
+                        // one (it is shared by every recipient of the message, and cloning it
+                        // per delivery contends on its count).
+                        let already_sent = match cursors.get_mut(&*stamp.conv) {
+                            Some(cursor) if stamp.seq <= *cursor => true,
+                            Some(cursor) => {
+                                *cursor = stamp.seq;
+                                false
+                            }
+                            None => {
+                                cursors.insert(stamp.conv.clone(), stamp.seq);
+                                false
+                            }
                         };
-                        if stamp.seq <= *cursor {
+                        if already_sent {
                             // Already sent (it was both in the sync and live).
                             if let Some(id) = packet_id {
                                 self.finish(id);
@@ -625,7 +631,6 @@ impl Conn {
                             }
                             continue;
                         }
-                        *cursor = stamp.seq;
                     }
                     match wire.publish(packet_id, &delivery, dup, now) {
                         Ok(()) => {
