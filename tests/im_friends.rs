@@ -274,7 +274,9 @@ async fn a_blocked_person_can_neither_ask_nor_message() {
     );
     assert_eq!(carol.publish("person/alice/inbox", "hey").await, 0x87);
 
-    // Blocking a friend ends the friendship (into the blocker's bin).
+    // Blocking a friend ends the friendship (into the blocker's bin), also for a connection
+    // that has just sent them a message (and remembers the way).
+    assert_eq!(bob.publish("person/alice/inbox", "before").await, 0);
     alice.ok("block", json!({ "peer": "bob" })).await;
     assert_eq!(bob.publish("person/alice/inbox", "hey").await, 0x87);
     let (roster, _, _) = world.v5("alice:web").await.sync().await;

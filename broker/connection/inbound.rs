@@ -108,9 +108,14 @@ impl Conn {
                 .activity(&device.account, now_ms(), &self.broker.limits);
         }
         if crate::im::is_im_topic(&topic) {
+            // The device and its remembered peer are two fields of the same `Extra`.
+            let (device, last_peer) = match self.extra.as_deref_mut() {
+                Some(extra) => (extra.device.as_ref(), Some(&mut extra.last_peer)),
+                None => (None, None),
+            };
             let outcome = self.broker.gate.publish(
                 &self.broker,
-                self.device(),
+                device,
                 ImPublish {
                     topic: &topic,
                     payload: p.payload,
@@ -118,6 +123,7 @@ impl Conn {
                     props: p.props.as_ref(),
                 },
                 now_ms(),
+                last_peer,
             );
             if outcome.storage_failed {
                 // Not stored, so not acknowledged, in v3 as in v5: the client sends it again.

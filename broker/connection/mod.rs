@@ -32,7 +32,7 @@ pub use park::{Lot, Parked, Parking, Transport, start_parking};
 
 use crate::auth::Action;
 use crate::broker::Broker;
-use crate::im::{Device, ImPublish};
+use crate::im::{Device, ImPublish, LastPeer};
 use crate::message::{Message, QoS, now_ms};
 use crate::persist::{self, QueuedHeader};
 use crate::session::{Delivery, Eviction, Outgoing, Session, SubOpts};
@@ -338,6 +338,8 @@ struct Extra {
     cursors: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
     /// Friend requests made with `im-temporary`, withdrawn at the end if still pending.
     temporary: Vec<String>,
+    /// The person this device last sent a direct message to (see `LastPeer`).
+    last_peer: LastPeer,
 }
 
 /// Acknowledgements on their way (see `Conn::flow`).

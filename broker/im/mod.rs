@@ -24,7 +24,7 @@ use crate::config::ImSection;
 use crate::message::{Message, MessageProps, QoS, Stamp};
 use crate::session::{Delivery, Session};
 
-pub use publish::ImPublish;
+pub use publish::{ImPublish, LastPeer};
 
 /// Does this topic (or filter) belong to the IM world?
 pub fn is_im_topic(topic: &str) -> bool {
@@ -183,9 +183,14 @@ impl Gate {
     }
 
     /// A message of the IM world, as devices receive it.
-    fn message(topic: &str, payload: Bytes, retain: bool, stamp: Option<Stamp>) -> Arc<Message> {
+    fn message(
+        topic: impl Into<ByteString>,
+        payload: Bytes,
+        retain: bool,
+        stamp: Option<Stamp>,
+    ) -> Arc<Message> {
         Arc::new(Message {
-            topic: ByteString::from(topic),
+            topic: topic.into(),
             payload,
             qos: QoS::AtLeastOnce,
             retain,
@@ -288,14 +293,14 @@ impl Gate {
 
     /// Send a notice envelope to every device of `to`.
     pub fn notify(&self, to: &str, envelope: &Value, limits: &crate::session::QueueLimits) {
-        let msg = Self::message(&inbox_topic(to), json_bytes(envelope), false, None);
+        let msg = Self::message(inbox_topic(to), json_bytes(envelope), false, None);
         self.deliver(to, &msg, None, limits);
     }
 
     /// Send an envelope to one device's inbox.
     pub fn tell_device(device: &Device, envelope: &Value) {
         let msg = Self::message(
-            &inbox_topic(&device.account),
+            inbox_topic(&device.account),
             json_bytes(envelope),
             false,
             None,
@@ -345,7 +350,7 @@ impl Gate {
         envelope["type"] = json!("presence");
         envelope["id"] = json!(account);
         Self::message(
-            &format!("person/{account}/status"),
+            format!("person/{account}/status"),
             json_bytes(&envelope),
             true,
             None,
@@ -463,7 +468,7 @@ impl Gate {
         let mut sync = Vec::new();
         let envelope = |value: &Value| {
             Self::delivery(&Self::message(
-                &inbox_topic(&account),
+                inbox_topic(&account),
                 json_bytes(value),
                 false,
                 None,
@@ -487,7 +492,7 @@ impl Gate {
                             seq,
                         };
                         let msg = Self::message(
-                            &inbox_topic(&account),
+                            inbox_topic(&account),
                             Bytes::from(bytes),
                             false,
                             Some(stamp),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use mqtter_engine::im::{ImError, conv_direct, conv_group, parse_body};
-use ntex_bytes::Bytes;
+use ntex_bytes::{ByteString, Bytes};
 use serde_json::{Value, json};
 
 use super::{Device, Gate, Status, inbox_topic, json_bytes};
@@ -19,6 +19,17 @@ pub struct ImPublish<'a> {
     pub payload: Bytes,
     pub qos: QoS,
     pub props: Option<&'a MessageProps>,
+}
+
+/// What a connection remembers of the person it last sent a direct message to, so that the
+/// next message to them skips the graph and a few allocations. Valid while the graph's version
+/// is the one it was derived at (a block, an unfriending, any relation change moves it).
+#[derive(Debug, Default)]
+pub struct LastPeer {
+    peer: String,
+    conv: Option<Arc<str>>,
+    inbox: ByteString,
+    graph_version: u64,
 }
 
 /// What the connection answers: the v5 reason code, and whether to wait for durability.
@@ -66,6 +77,7 @@ impl Gate {
         device: Option<&Device>,
         p: ImPublish<'_>,
         now: u64,
+        last_peer: Option<&mut LastPeer>,
     ) -> Outcome {
         let Some(device) = device else {
             return Outcome {
@@ -75,7 +87,7 @@ impl Gate {
             };
         };
         // The connection has marked the person active (every packet does).
-        match self.publish_as(broker, device, &p, now) {
+        match self.publish_as(broker, device, &p, now, last_peer) {
             Ok(outcome) => outcome,
             Err(err @ ImError::Store(_)) => {
                 tracing::error!(account = %device.account, topic = p.topic, cause = %err, "IM message not stored: not acknowledged");
@@ -105,6 +117,7 @@ impl Gate {
         device: &Device,
         p: &ImPublish<'_>,
         now: u64,
+        last_peer: Option<&mut LastPeer>,
     ) -> Result<Outcome, ImError> {
         let me: &str = &device.account;
         // IM topics have at most three levels: no allocation to take them apart.
@@ -112,24 +125,11 @@ impl Gate {
         let durable = p.qos != QoS::AtMostOnce && broker.is_sync();
         match levels.as_slice() {
             ["person", peer, "inbox"] => {
-                if *peer == me {
-                    // Not a friend of oneself: refused like any other non-friend (0x87).
-                    return Err(ImError::NotAuthorized(
-                        "a person cannot message themself".into(),
-                    ));
-                }
-                self.im.authorize_direct(me, peer)?;
-                let duplicate = self.send(
-                    broker,
-                    device,
-                    &conv_direct(me, peer),
-                    peer,
-                    p,
-                    now,
-                    |gate, msg_for| {
-                        gate.deliver(peer, &msg_for(&inbox_topic(peer)), None, &broker.limits);
-                    },
-                )?;
+                let (conv, inbox) = self.direct_route(me, peer, last_peer)?;
+                let duplicate =
+                    self.send(broker, device, &conv, peer, p, now, |gate, msg_for| {
+                        gate.deliver(peer, &msg_for(inbox), None, &broker.limits);
+                    })?;
                 Ok(Outcome {
                     code: reason::SUCCESS,
                     needs_flush: durable && !duplicate,
@@ -141,12 +141,12 @@ impl Gate {
                 let duplicate = self.send(
                     broker,
                     device,
-                    &conv_group(group),
+                    &Arc::from(conv_group(group)),
                     group,
                     p,
                     now,
                     |gate, msg_for| {
-                        let msg = msg_for(&format!("group/{group}"));
+                        let msg = msg_for(ByteString::from(format!("group/{group}")));
                         gate.deliver_to_members(group, me, &msg, &broker.limits);
                     },
                 )?;
@@ -181,6 +181,45 @@ impl Gate {
         }
     }
 
+    /// The conversation and the recipient's inbox topic of a direct message from `me` to `peer`,
+    /// once `me` may send it: from `last_peer` when it names `peer` at the graph's current
+    /// version, else checked against the graph (and remembered).
+    fn direct_route(
+        &self,
+        me: &str,
+        peer: &str,
+        last_peer: Option<&mut LastPeer>,
+    ) -> Result<(Arc<str>, ByteString), ImError> {
+        // Read before the check: a change in between makes the remembered version stale, never
+        // the other way round.
+        let version = self.im.graph_version();
+        if let Some(last) = last_peer.as_deref()
+            && last.graph_version == version
+            && last.peer == peer
+            && let Some(conv) = &last.conv
+        {
+            return Ok((conv.clone(), last.inbox.clone()));
+        }
+        if peer == me {
+            // Not a friend of oneself: refused like any other non-friend (0x87).
+            return Err(ImError::NotAuthorized(
+                "a person cannot message themself".into(),
+            ));
+        }
+        self.im.authorize_direct(me, peer)?;
+        let conv: Arc<str> = Arc::from(conv_direct(me, peer));
+        let inbox = ByteString::from(inbox_topic(peer));
+        if let Some(last) = last_peer {
+            *last = LastPeer {
+                peer: peer.to_owned(),
+                conv: Some(conv.clone()),
+                inbox: inbox.clone(),
+                graph_version: version,
+            };
+        }
+        Ok((conv, inbox))
+    }
+
     /// Stamp, store and fan out one message of `conv` (under its lock, so every member sees one
     /// order). `fan_out` delivers to the recipients; the sender's other devices get a copy here.
     /// Returns whether it was a duplicate (same `cid`), which is acknowledged but not delivered.
@@ -189,11 +228,11 @@ impl Gate {
         &self,
         broker: &Broker,
         device: &Device,
-        conv: &str,
+        conv: &Arc<str>,
         to: &str,
         p: &ImPublish<'_>,
         now: u64,
-        fan_out: impl FnOnce(&Gate, &dyn Fn(&str) -> Arc<crate::message::Message>),
+        fan_out: impl FnOnce(&Gate, &dyn Fn(ByteString) -> Arc<crate::message::Message>),
     ) -> Result<bool, ImError> {
         let body = parse_body(&p.payload, self.settings.max_body_bytes)?;
         let cid = user_property(p.props, "cid").or(body.cid.as_deref());
@@ -206,17 +245,17 @@ impl Gate {
             return Ok(true);
         }
         let stamp = Stamp {
-            conv: Arc::from(conv),
+            conv: conv.clone(),
             seq: stamped.seq,
         };
         let payload = Bytes::from(stamped.envelope);
         let msg_for =
-            |topic: &str| Gate::message(topic, payload.clone(), false, Some(stamp.clone()));
+            |topic: ByteString| Gate::message(topic, payload.clone(), false, Some(stamp.clone()));
         fan_out(self, &msg_for);
         // A copy to the sender's other devices, if it has any online.
         let others = self.sessions_of(&device.account, Some(&device.client_id));
         if !others.is_empty() {
-            let own = msg_for(&inbox_topic(&device.account));
+            let own = msg_for(ByteString::from(inbox_topic(&device.account)));
             for session in others {
                 session.offer(Gate::delivery(&own), &broker.limits);
             }

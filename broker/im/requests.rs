@@ -78,7 +78,7 @@ impl Gate {
             }
             _ => {
                 let mut msg = Gate::message(
-                    &inbox_topic(&device.account),
+                    inbox_topic(&device.account),
                     json_payload(&answer),
                     false,
                     None,
