@@ -88,7 +88,11 @@ impl Broker {
         let gate = Gate::new(im, config.im.clone());
         let commit = {
             let store = store.clone();
-            GroupCommit::start_with(move || flush_both(&*store, &log))
+            let gap = match config.durability {
+                Durability::Sync => Duration::from_micros(config.flush_gap_us),
+                Durability::Async => Duration::ZERO,
+            };
+            GroupCommit::start_with(move || flush_both(&*store, &log), gap)
         };
         let broker = Arc::new(Self {
             gate,

@@ -37,6 +37,10 @@ worker_threads = 0
 # last moments of messages on a crash).
 durability = "sync"
 flush_interval_ms = 1000
+# In "sync", the shortest time between the starts of two group-commit flushes, in
+# microseconds. Under load more acknowledgements then share one fsync (each costs about
+# 0.1 ms of CPU on a virtual disk); a writer alone waits at most this long. 0: flush at once.
+flush_gap_us = 1000
 
 # Seconds between $SYS/broker/... updates. 0 turns them off.
 sys_interval = 10
@@ -229,6 +233,7 @@ pub struct Config {
     pub worker_threads: usize,
     pub durability: Durability,
     pub flush_interval_ms: u64,
+    pub flush_gap_us: u64,
     pub sys_interval: u64,
     pub rules_dir: PathBuf,
     pub limits: Limits,
@@ -248,6 +253,7 @@ impl Default for Config {
             worker_threads: 0,
             durability: Durability::Sync,
             flush_interval_ms: 1000,
+            flush_gap_us: 1000,
             sys_interval: 10,
             rules_dir: PathBuf::new(),
             limits: Limits::default(),
