@@ -174,8 +174,10 @@ async fn drive<S: Transport>(mut live: Live<S>, mut first: Option<Event>) {
                     ..
                 } = live;
                 let _ = io.flush(&mut wire).await;
-                let _ = io.stream.shutdown().await;
+                // The session and the will are settled before the client sees the close: a
+                // client that waits for it (after its DISCONNECT) finds its will already gone.
                 conn.closed(end);
+                let _ = io.stream.shutdown().await;
                 if end != End::Shutdown {
                     io.linger().await;
                 }
