@@ -37,6 +37,27 @@ pub struct Published {
     pub needs_flush: bool,
 }
 
+/// How a connection left, as far as its will is concerned.
+#[derive(Debug)]
+pub enum Departure {
+    /// DISCONNECT 0x00: the will is discarded [MQTT-3.1.2-10].
+    Goodbye,
+    /// Any other end (network loss, protocol error, keepalive timeout, DISCONNECT 0x04,
+    /// takeover): the will goes out, now or after its delay.
+    Will(Will),
+    /// The broker is stopping: the will stays stored and goes out at the next start.
+    Shutdown,
+}
+
+/// A will waiting for its delay.
+struct PendingWill {
+    /// The timer that owns it (a newer timer or a reconnection replaces it).
+    token: u64,
+    /// The connection whose stored record keeps it across a crash.
+    owner: u64,
+    will: Will,
+}
+
 /// The shared state of the running broker.
 pub struct Broker {
     pub config: Config,
@@ -47,8 +68,9 @@ pub struct Broker {
     pub router: RwLock<Router>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     retained: RwLock<HashMap<ByteString, Arc<Message>>>,
-    /// Wills waiting for their delay, by client id, with the token of the timer that owns them.
-    pending_wills: Mutex<HashMap<Arc<str>, (u64, Will)>>,
+    /// Wills waiting for their delay, by client id: the will, the token of the timer that owns
+    /// it and the connection (owner) whose stored record keeps it across a crash.
+    pending_wills: Mutex<HashMap<Arc<str>, PendingWill>>,
     pub metrics: Metrics,
     next_token: AtomicU64,
     pub limits: QueueLimits,
@@ -337,8 +359,20 @@ impl Broker {
 
     /// A connection of generation `owner` has ended. Publishes or schedules the will, and ends
     /// the session or keeps it for its expiry.
-    pub fn detach(self: &Arc<Self>, session: &Arc<Session>, owner: u64, will: Option<Will>) {
-        self.forget_will(&session.client_id, owner);
+    ///
+    /// The stored will record lives as long as the will may still go out: it is removed here
+    /// when the will is published now or not at all, and kept while a delayed will waits (the
+    /// timer removes it) or when the broker is stopping (`Departure::Shutdown`: the next start
+    /// publishes it, as after a crash, since the client never said goodbye).
+    pub fn detach(self: &Arc<Self>, session: &Arc<Session>, owner: u64, departure: Departure) {
+        let will = match departure {
+            Departure::Shutdown => None,
+            Departure::Goodbye => {
+                self.forget_will(&session.client_id, owner);
+                None
+            }
+            Departure::Will(will) => Some(will),
+        };
         let expiry = {
             let mut state = session.lock();
             if state.owner != owner {
@@ -353,6 +387,9 @@ impl Broker {
                 {
                     self.publish_will(will);
                 }
+                // The new connection has stored its own will (or none) already, so this only
+                // removes a record still ours.
+                self.forget_will(&session.client_id, owner);
                 return;
             }
             state.owner = 0;
@@ -361,7 +398,7 @@ impl Broker {
         };
         session.set_online(false);
         if let Some(will) = will {
-            self.schedule_will(&session.client_id, will, expiry);
+            self.schedule_will(&session.client_id, owner, will, expiry);
         }
         if expiry == 0 {
             self.end_session(session);
@@ -408,8 +445,9 @@ impl Broker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&session.client_id);
-        if let Some((_, will)) = will {
-            self.publish_will(will);
+        if let Some(pending) = will {
+            self.publish_will(pending.will);
+            self.forget_will(&session.client_id, pending.owner);
         }
     }
 
@@ -481,17 +519,27 @@ impl Broker {
 
     // ----- wills ------------------------------------------------------------------------------
 
-    fn schedule_will(self: &Arc<Self>, client_id: &Arc<str>, will: Will, session_expiry: u32) {
+    /// Publish the will of connection `owner` now, or after its delay (bounded by the session's
+    /// expiry) unless a new connection for the client id comes first. Its stored record is
+    /// removed once it has gone out.
+    fn schedule_will(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        owner: u64,
+        will: Will,
+        session_expiry: u32,
+    ) {
         let delay = will.delay_secs.min(session_expiry);
         if delay == 0 {
             self.publish_will(will);
+            self.forget_will(client_id, owner);
             return;
         }
         let token = self.next_token();
         self.pending_wills
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(client_id.clone(), (token, will));
+            .insert(client_id.clone(), PendingWill { token, owner, will });
         let broker = Arc::clone(self);
         let client_id = client_id.clone();
         tokio::spawn(async move {
@@ -500,11 +548,12 @@ impl Broker {
                 .pending_wills
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if pending.get(&client_id).is_some_and(|(t, _)| *t == token)
-                && let Some((_, will)) = pending.remove(&client_id)
+            if pending.get(&client_id).is_some_and(|p| p.token == token)
+                && let Some(due) = pending.remove(&client_id)
             {
                 drop(pending);
-                broker.publish_will(will);
+                broker.publish_will(due.will);
+                broker.forget_will(&client_id, due.owner);
             }
         });
     }
@@ -607,16 +656,18 @@ impl Broker {
             }
             restored += 1;
         }
-        // Wills of the clients that were connected when the broker stopped without a goodbye
-        // (a crash): their connections closed abnormally, so their wills go out now, or after
-        // their delay if the session lives on and nobody comes back [MQTT-3.1.2-8].
+        // Wills of the clients that were connected when the broker stopped (crashed or was
+        // stopped: either way the client said no goodbye) and of those whose delay was still
+        // running: they go out now, or after their delay if the session lives on and nobody
+        // comes back [MQTT-3.1.2-8]. A record stays stored until its will has gone out.
         let mut wills = 0;
         for (key, value) in self.store.scan_prefix(Space::Wills, b"")? {
             let client_id: Arc<str> = Arc::from(String::from_utf8_lossy(&key).as_ref());
-            let mut batch = Batch::new();
-            batch.remove(Space::Wills, key);
-            self.store.apply(batch)?;
             let Some(record) = persist::decode::<WillRecord>(&value) else {
+                tracing::warn!(%client_id, "unreadable will record dropped");
+                let mut batch = Batch::new();
+                batch.remove(Space::Wills, key);
+                self.store.apply(batch)?;
                 continue;
             };
             let expiry = self
@@ -630,7 +681,7 @@ impl Broker {
                 delay_secs: record.delay_secs,
             };
             if tokio::runtime::Handle::try_current().is_ok() {
-                self.schedule_will(&client_id, will, expiry);
+                self.schedule_will(&client_id, record.owner, will, expiry);
                 wills += 1;
             }
         }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::common::raw::{self, Client, Connect, PUBACK, PUBCOMP, PUBREC};
-use crate::common::{Daemon, WAIT, eventually};
+use crate::common::{
+    Daemon, WAIT, eventually, nothing_comes_before_a_later_message, offline_subscriber,
+};
 
 /// Room for everything the streamer can send before the kill.
 const CONFIG: &str = "[limits]\nmax_queued = 1000000\n";
@@ -228,16 +230,22 @@ fn acknowledged_retained_messages_survive_sigkill() {
     assert_eq!(next.topic, "crash/kept/zz-marker");
 }
 
+/// Kill the daemon after a durable write (a retained QoS 1 message), then restart it: the
+/// write's acknowledgement means every earlier write (a stored will, say) was durable too.
+fn crash_after_a_durable_write(daemon: &mut Daemon) {
+    let mut marker = Client::session(daemon.mqtt, &Connect::v3("marker"));
+    assert_eq!(marker.publish("crash/marker", 1, true, b"flushed"), 0);
+    daemon.kill();
+    daemon.restart();
+}
+
 /// A client connected with a will when the broker crashes closed its connection abnormally: its
 /// will is published after the restart [MQTT-3.1.2-8]. A client that connected without one, or
 /// left with a normal DISCONNECT, leaves none behind.
 #[test]
 fn wills_of_clients_connected_at_the_crash_are_published_after_the_restart() {
     let mut daemon = Daemon::start();
-    let session = Connect::v3("will-watcher").clean(false);
-    let mut watcher = Client::session(daemon.mqtt, &session);
-    assert_eq!(watcher.subscribe(&[("crash/will/#", 1)]), [1]);
-    watcher.disconnect();
+    let session = offline_subscriber(daemon.mqtt, "will-watcher", "crash/will/#");
 
     let _dying = Client::session(
         daemon.mqtt,
@@ -248,27 +256,40 @@ fn wills_of_clients_connected_at_the_crash_are_published_after_the_restart() {
         &Connect::v3("polite").will("crash/will/polite", b"never sent", 1, false),
     );
     polite.disconnect();
-    // A durable write after the CONNECTs: its acknowledgement means every earlier write (the
-    // stored will among them) is durable too.
-    let mut marker = Client::session(daemon.mqtt, &Connect::v3("marker"));
-    assert_eq!(marker.publish("crash/marker", 1, true, b"flushed"), 0);
-
-    daemon.kill();
-    daemon.restart();
+    crash_after_a_durable_write(&mut daemon);
     let mut watcher = Client::session(daemon.mqtt, &session);
     let will = watcher
         .next_publish_within(WAIT)
         .expect("the will after the restart");
     assert_eq!(will.topic, "crash/will/dying");
     assert_eq!(will.payload_str(), "gone in the crash");
-    // Nothing else: the polite client's will was dropped with its DISCONNECT. A later message
-    // arrives next.
-    let mut publisher = Client::session(daemon.mqtt, &Connect::v3("after"));
-    assert_eq!(publisher.publish("crash/will/after", 1, false, b"after"), 0);
-    let next = watcher
+    // Nothing else: the polite client's will was dropped with its DISCONNECT.
+    nothing_comes_before_a_later_message(daemon.mqtt, &mut watcher, "crash/will/after");
+}
+
+/// v5: a client whose connection broke had its will waiting for its Will Delay Interval when the
+/// broker crashed: the will was accepted, so it is not lost; it goes out after the restart (the
+/// client has not come back) [MQTT-3.1.3-9].
+#[test]
+fn a_delayed_will_waiting_at_the_crash_is_published_after_the_restart() {
+    let mut daemon = Daemon::start();
+    let session = offline_subscriber(daemon.mqtt, "delay-watcher", "crash/late-will");
+
+    let broken = Client::session(
+        daemon.mqtt,
+        &Connect::v5("broken")
+            .session_expiry(60)
+            .will("crash/late-will", b"gone a while ago", 1, false)
+            .will_delay(3),
+    );
+    drop(broken); // no DISCONNECT: the will waits for its delay
+    crash_after_a_durable_write(&mut daemon);
+    let mut watcher = Client::session(daemon.mqtt, &session);
+    let will = watcher
         .next_publish_within(WAIT)
-        .expect("the later message");
-    assert_eq!(next.topic, "crash/will/after");
+        .expect("the delayed will after the restart");
+    assert_eq!(will.topic, "crash/late-will");
+    assert_eq!(will.payload_str(), "gone a while ago");
 }
 
 /// A QoS 2 message sent to a persistent subscriber that had not answered yet when the broker

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::common::raw::{Client, Connect};
-use crate::common::{Daemon, WAIT, run_cli};
+use crate::common::{
+    Daemon, WAIT, nothing_comes_before_a_later_message, offline_subscriber, run_cli,
+};
 
 /// The printed default configuration is valid TOML, equal to the built-in defaults, and a
 /// daemon starts with it (its `allow_anonymous = false` shows: anonymous clients are refused).
@@ -159,6 +161,36 @@ fn sigterm_stops_gracefully_and_keeps_the_store() {
         (msg.topic.as_str(), msg.payload_str()),
         ("mail/box", "letter")
     );
+}
+
+/// SIGTERM closes every connection without the client's goodbye, so the wills of the clients
+/// connected at the stop are kept and published at the next start, as after a crash
+/// [MQTT-3.1.2-8]; a client that left with DISCONNECT before leaves none [MQTT-3.1.2-10].
+#[test]
+fn sigterm_keeps_the_wills_of_connected_clients_for_the_next_start() {
+    let mut daemon = Daemon::start();
+    let session = offline_subscriber(daemon.mqtt, "will-watcher", "stop/will/#");
+    let _connected = Client::session(
+        daemon.mqtt,
+        &Connect::v5("connected").will("stop/will/connected", b"broker stopped", 1, false),
+    );
+    let polite = Client::session(
+        daemon.mqtt,
+        &Connect::v3("polite").will("stop/will/polite", b"never sent", 1, false),
+    );
+    polite.disconnect();
+
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status}");
+    daemon.restart();
+    let mut watcher = Client::session(daemon.mqtt, &session);
+    let will = watcher.next_publish();
+    assert_eq!(
+        (will.topic.as_str(), will.payload_str()),
+        ("stop/will/connected", "broker stopped")
+    );
+    // Nothing else: the polite client's will was dropped with its DISCONNECT.
+    nothing_comes_before_a_later_message(daemon.mqtt, &mut watcher, "stop/will/after");
 }
 
 /// SIGTERM reaches parked connections too (idle ones, waiting without a task): each v5 client

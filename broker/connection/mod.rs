@@ -31,7 +31,7 @@ mod park;
 pub use park::{Lot, Parked, Parking, Transport, start_parking};
 
 use crate::auth::Action;
-use crate::broker::Broker;
+use crate::broker::{Broker, Departure};
 use crate::im::{Device, ImPublish, LastPeer};
 use crate::message::{Message, QoS, now_ms};
 use crate::persist::{self, QueuedHeader};
@@ -58,7 +58,7 @@ enum End {
     NormalWithWill,
     /// The network closed, a protocol error, a keepalive timeout, a takeover: the will is sent.
     Abnormal,
-    /// The broker is stopping.
+    /// The broker is stopping: the will stays stored for the next start.
     Shutdown,
 }
 
@@ -556,12 +556,14 @@ impl Conn {
     fn closed(mut self, end: End) {
         self.broker.metrics.disconnected();
         tracing::debug!(client_id = %self.client_id(), ?end, "connection closed");
-        let will = match end {
-            End::Normal | End::Shutdown => None,
-            End::NormalWithWill | End::Abnormal => self.extra.as_mut().and_then(|e| e.will.take()),
+        let will = self.extra.as_mut().and_then(|e| e.will.take());
+        let departure = match (end, will) {
+            (End::Shutdown, _) => Departure::Shutdown,
+            (End::NormalWithWill | End::Abnormal, Some(will)) => Departure::Will(will),
+            _ => Departure::Goodbye,
         };
         self.leave_im();
-        self.broker.detach(&self.session, self.owner, will);
+        self.broker.detach(&self.session, self.owner, departure);
     }
 
     /// Move what the session owes the client into the wire. `Err` when the session was taken.

@@ -184,6 +184,31 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// A persistent (clean session 0) v3.1.1 subscriber to `filter` at QoS 1, gone offline: what
+/// the filter matches is kept for it. Returns its CONNECT, to come back with.
+pub fn offline_subscriber(mqtt: SocketAddr, client_id: &str, filter: &str) -> raw::Connect {
+    let session = raw::Connect::v3(client_id).clean(false);
+    let mut subscriber = raw::Client::session(mqtt, &session);
+    assert_eq!(subscriber.subscribe(&[(filter, 1)]), [1]);
+    subscriber.disconnect();
+    session
+}
+
+/// `watcher` has nothing before a message published now on `topic` (which it subscribes to): a
+/// fresh client publishes one and it arrives next.
+pub fn nothing_comes_before_a_later_message(
+    mqtt: SocketAddr,
+    watcher: &mut raw::Client,
+    topic: &str,
+) {
+    let mut publisher = raw::Client::session(mqtt, &raw::Connect::v3("later-publisher"));
+    assert_eq!(publisher.publish(topic, 1, false, b"later"), 0);
+    let next = watcher
+        .next_publish_within(WAIT)
+        .expect("the later message");
+    assert_eq!(next.topic, topic, "something came before the later message");
+}
+
 /// Wait until the daemon at `mqtt` (started with `sys_interval = 1`) reports at least `n` idle
 /// connections parked (`$SYS/broker/clients/parked`): a test of what a parked connection still
 /// does must know it is parked. Each look is a connection of its own, closed before the next

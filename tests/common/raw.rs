@@ -117,6 +117,8 @@ pub struct Connect {
     pub will: Option<(String, Vec<u8>, u8, bool)>,
     /// v5 Session Expiry Interval.
     pub session_expiry: Option<u32>,
+    /// v5 Will Delay Interval.
+    pub will_delay: Option<u32>,
 }
 
 impl Connect {
@@ -130,6 +132,7 @@ impl Connect {
             password: None,
             will: None,
             session_expiry: None,
+            will_delay: None,
         }
     }
 
@@ -171,6 +174,12 @@ impl Connect {
         self
     }
 
+    /// v5: publish the will this long after the connection ends.
+    pub fn will_delay(mut self, secs: u32) -> Self {
+        self.will_delay = Some(secs);
+        self
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut body = string("MQTT");
         body.push(if self.v5 { 5 } else { 4 });
@@ -204,7 +213,14 @@ impl Connect {
         body.extend(string(&self.client_id));
         if let Some((topic, payload, _, _)) = &self.will {
             if self.v5 {
-                body.push(0); // no will properties
+                match self.will_delay {
+                    Some(delay) => {
+                        body.push(5);
+                        body.push(0x18);
+                        body.extend(delay.to_be_bytes());
+                    }
+                    None => body.push(0), // no will properties
+                }
             }
             body.extend(string(topic));
             body.extend(string(payload));
