@@ -91,6 +91,11 @@ impl std::fmt::Debug for Broker {
 
 /// The store (relations, sessions, retained messages, ...) and the message log (IM messages):
 /// one flush makes both durable.
+/// A topic of the broker's own `$SYS` tree.
+fn is_system(topic: &str) -> bool {
+    topic.starts_with("$SYS/")
+}
+
 fn flush_both(store: &dyn Store, log: &MessageLog) -> Result<(), StoreError> {
     store.flush()?;
     log.sync()?;
@@ -108,13 +113,24 @@ impl Broker {
         let log = Arc::new(MessageLog::open(&config.data.join("messages"))?);
         let im = Im::open(store.clone(), log.clone(), config.im.engine())?;
         let gate = Gate::new(im, config.im.clone());
+        let metrics = Metrics::default();
         let commit = {
             let store = store.clone();
+            let errors = metrics.store_errors.clone();
             let gap = match config.durability {
                 Durability::Sync => Duration::from_micros(config.flush_gap_us),
                 Durability::Async => Duration::ZERO,
             };
-            GroupCommit::start_with(move || flush_both(&*store, &log), gap)
+            GroupCommit::start_with(
+                move || {
+                    let flushed = flush_both(&*store, &log);
+                    if flushed.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    flushed
+                },
+                gap,
+            )
         };
         let broker = Arc::new(Self {
             gate,
@@ -125,7 +141,7 @@ impl Broker {
             sessions: Mutex::new(HashMap::new()),
             retained: RwLock::new(HashMap::new()),
             pending_wills: Mutex::new(HashMap::new()),
-            metrics: Metrics::default(),
+            metrics,
             next_token: AtomicU64::new(1),
             limits,
             hooks: RwLock::new(Vec::new()),
@@ -267,7 +283,11 @@ impl Broker {
 
     fn retain(&self, msg: &Arc<Message>, batch: &mut Batch) {
         let mut retained = self.retained.write().unwrap_or_else(|p| p.into_inner());
-        if msg.payload.is_empty() {
+        if is_system(&msg.topic) {
+            // `$SYS` values are the broker's own, published anew every interval from the first
+            // moment: kept in memory only (no store write per tick, nothing stale after a restart).
+            retained.insert(msg.topic.clone(), msg.clone());
+        } else if msg.payload.is_empty() {
             // An empty retained message clears the topic and is not stored [MQTT-3.3.1-10].
             if retained.remove(&msg.topic).is_some() {
                 batch.remove(Space::Retained, msg.topic.as_bytes().to_vec());
@@ -572,7 +592,13 @@ impl Broker {
     fn restore(self: &Arc<Self>) -> Result<(), StoreError> {
         let now = now_ms();
         let mut retained = self.retained.write().unwrap_or_else(|p| p.into_inner());
+        let mut stale = Batch::new();
         for (key, value) in self.store.scan_prefix(Space::Retained, b"")? {
+            if is_system(&String::from_utf8_lossy(&key)) {
+                // Stored by an earlier version: the values of a broker long gone.
+                stale.remove(Space::Retained, key);
+                continue;
+            }
             match persist::decode::<StoredMessage>(&value) {
                 Some(stored) => {
                     let msg = Message::from(stored);
@@ -586,6 +612,9 @@ impl Broker {
             }
         }
         drop(retained);
+        if !stale.is_empty() {
+            self.store.apply(stale)?;
+        }
 
         let mut restored = 0;
         for (key, value) in self.store.scan_prefix(Space::Sessions, b"")? {

@@ -186,6 +186,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
+        survive_file_size_limit();
         let store = SledStore::open(&config.data)
             .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
         let store: Arc<dyn Store> = Arc::new(store);
@@ -211,6 +212,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mqtter::run(broker, Listeners { tcp, ws }, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// A write past the process's file size limit (RLIMIT_FSIZE) raises SIGXFSZ, which kills by
+/// default: handled, the write fails with EFBIG instead, which the store treats as a full disk
+/// (nothing unwritten is acknowledged). Each occurrence is logged.
+fn survive_file_size_limit() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        const SIGXFSZ: i32 = 25;
+        match signal(SignalKind::from_raw(SIGXFSZ)) {
+            Ok(mut signal) => {
+                tokio::spawn(async move {
+                    while signal.recv().await.is_some() {
+                        tracing::error!("a write reached the file size limit (SIGXFSZ)");
+                    }
+                });
+            }
+            Err(err) => tracing::warn!(cause = %err, "cannot handle SIGXFSZ"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub dropped: AtomicU64,
+    /// Store writes and flushes that failed (a full disk, say): shared with the flush thread.
+    pub store_errors: Arc<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -35,6 +37,7 @@ impl Default for Metrics {
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            store_errors: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -110,6 +113,7 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
             "$SYS/broker/store/bytes",
             broker.store.size_on_disk().to_string(),
         ),
+        ("$SYS/broker/store/errors", get(&m.store_errors)),
     ]
 }
 

@@ -25,14 +25,16 @@ const WINDOW: usize = 16;
 /// Acknowledged messages to wait for before the kill.
 const BEFORE_KILL: usize = 300;
 
-/// Publish messages numbered 0, 1, 2, ... (the payload is the number) at `qos` on `topic`,
-/// keeping `WINDOW` in flight, until the connection breaks. Returns the numbers the broker
-/// acknowledged (PUBACK, or PUBREC for QoS 2, with a success code); `progress` counts them.
-fn stream_until_broken(
+/// Publish messages numbered 0, 1, 2, ... (the payload is the number, padded with spaces to
+/// `width` bytes) at `qos` on `topic`, keeping `WINDOW` in flight, until the connection breaks.
+/// Returns the numbers the broker acknowledged (PUBACK, or PUBREC for QoS 2, with a success
+/// code); `progress` counts them.
+pub fn stream_until_broken(
     addr: SocketAddr,
     v5: bool,
     qos: u8,
     topic: &str,
+    width: usize,
     progress: Arc<AtomicUsize>,
 ) -> BTreeSet<u32> {
     let connect = if v5 {
@@ -47,7 +49,8 @@ fn stream_until_broken(
     loop {
         while in_flight.len() < WINDOW {
             let id = (seq % 65535) as u16 + 1;
-            let packet = raw::publish(v5, topic, qos, false, id, seq.to_string().as_bytes());
+            let payload = format!("{seq:<width$}");
+            let packet = raw::publish(v5, topic, qos, false, id, payload.as_bytes());
             if client.send(&packet).is_err() {
                 return acked;
             }
@@ -87,7 +90,8 @@ fn stream_and_kill(daemon: &mut Daemon, v5: bool, qos: u8, topic: &'static str) 
     let progress = Arc::new(AtomicUsize::new(0));
     let addr = daemon.mqtt;
     let counter = progress.clone();
-    let streamer = std::thread::spawn(move || stream_until_broken(addr, v5, qos, topic, counter));
+    let streamer =
+        std::thread::spawn(move || stream_until_broken(addr, v5, qos, topic, 0, counter));
     eventually("acknowledged messages before the kill", || {
         progress.load(Ordering::Relaxed) >= BEFORE_KILL || streamer.is_finished()
     });
@@ -103,7 +107,11 @@ fn stream_and_kill(daemon: &mut Daemon, v5: bool, qos: u8, topic: &'static str) 
 
 /// Reconnect the persistent session and read until every acknowledged number has arrived.
 /// Returns how many times each number arrived.
-fn receive_all(daemon: &Daemon, connect: &Connect, acked: &BTreeSet<u32>) -> HashMap<u32, usize> {
+pub fn receive_all(
+    daemon: &Daemon,
+    connect: &Connect,
+    acked: &BTreeSet<u32>,
+) -> HashMap<u32, usize> {
     let (mut sub, connack) = Client::connect(daemon.mqtt, connect);
     assert_eq!(connack.code(), 0);
     // The session survived the crash [MQTT-3.2.2-2].
@@ -124,7 +132,7 @@ fn receive_all(daemon: &Daemon, connect: &Connect, acked: &BTreeSet<u32>) -> Has
                 &lost[..lost.len().min(10)]
             );
         };
-        let n: u32 = msg.payload_str().parse().expect("a number");
+        let n: u32 = msg.payload_str().trim_end().parse().expect("a number");
         let count = seen.entry(n).or_default();
         *count += 1;
         if *count == 1 && acked.contains(&n) {

@@ -9,6 +9,7 @@ mod access;
 mod bench;
 mod crash;
 mod daemon;
+mod full_disk;
 mod im_friends;
 mod im_groups;
 mod im_messages;

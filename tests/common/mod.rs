@@ -29,6 +29,9 @@ pub struct Daemon {
     _dir: Option<tempfile::TempDir>,
     config: Option<PathBuf>,
     extra: Vec<String>,
+    /// RLIMIT_FSIZE for the process: a write that would make a file larger fails (EFBIG), as
+    /// on a full disk. Applies to the next start.
+    pub file_size_limit: Option<u64>,
 }
 
 impl Daemon {
@@ -67,8 +70,22 @@ impl Daemon {
             _dir: Some(dir),
             config,
             extra,
+            file_size_limit: None,
         };
         daemon.spawn();
+        daemon
+    }
+
+    /// As `start_with`, with the process's file size limit set to `bytes`: the store's writes
+    /// fail (EFBIG) once a file would grow past it, as on a full disk.
+    pub fn start_with_file_size_limit(
+        bytes: u64,
+        args: &[&str],
+        config_toml: Option<&str>,
+    ) -> Daemon {
+        let mut daemon = Self::start_prepared(args, config_toml, |_| {});
+        daemon.file_size_limit = Some(bytes);
+        daemon.restart();
         daemon
     }
 
@@ -97,6 +114,28 @@ impl Daemon {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .stdin(Stdio::null());
+        if let Some(bytes) = self.file_size_limit {
+            use std::os::unix::process::CommandExt;
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into the struct given.
+            let got = unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) };
+            assert_eq!(got, 0, "getrlimit: {}", std::io::Error::last_os_error());
+            limit.rlim_cur = (bytes as libc::rlim_t).min(limit.rlim_max);
+            // SAFETY: between fork and exec only setrlimit runs (async-signal-safe), on a
+            // value owned by the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("start mqtter");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
@@ -166,6 +205,13 @@ impl Daemon {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The process is still running (it has not exited or been killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 }
 

@@ -1,0 +1,59 @@
+//! A full disk: the daemon runs under a file size limit (RLIMIT_FSIZE), so that its store's
+//! writes fail with EFBIG as they would on a full disk. It must acknowledge nothing it could not
+//! store, keep running and count the failures, and after a restart with room again, every
+//! message it acknowledged must be there.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use crate::common::raw::{Client, Connect};
+use crate::common::{Daemon, WAIT, offline_subscriber};
+use crate::crash::{receive_all, stream_until_broken};
+
+/// Small enough to fill in about a thousand messages, large enough for the daemon to start.
+const FILE_SIZE_LIMIT: u64 = 1 << 20;
+
+/// Bytes per message: about a thousand fill the limit.
+const WIDTH: usize = 1000;
+
+/// Room for every message in the subscriber's queue; `$SYS` every second.
+const CONFIG: &str = "sys_interval = 1\n[limits]\nmax_queued = 1000000\n";
+
+/// v5 QoS 1 to an offline persistent subscriber until the store cannot write: the publisher is
+/// disconnected without acknowledgements for what was not stored (a v5 client is told 0x80),
+/// the daemon keeps serving and reports `$SYS/broker/store/errors`, and after a restart every
+/// acknowledged message reaches the subscriber [MQTT-4.3.2-2] (the broker owns a message once it
+/// has sent PUBACK).
+#[test]
+fn a_full_disk_acknowledges_nothing_it_could_not_store() {
+    let mut daemon =
+        Daemon::start_with_file_size_limit(FILE_SIZE_LIMIT, &["--allow-anonymous"], Some(CONFIG));
+    let session = offline_subscriber(daemon.mqtt, "disk-keeper", "disk/full");
+
+    let progress = Arc::new(AtomicUsize::new(0));
+    let acked = stream_until_broken(daemon.mqtt, true, 1, "disk/full", WIDTH, progress);
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged before the disk filled"
+    );
+    assert!(daemon.is_running(), "the daemon died of the full disk");
+
+    // Still serving, and saying what went wrong.
+    let mut watcher = Client::session(daemon.mqtt, &Connect::v3("disk-watcher"));
+    assert_eq!(watcher.subscribe(&[("$SYS/broker/store/errors", 0)]), [0]);
+    let errors = loop {
+        let msg = watcher
+            .next_publish_within(WAIT)
+            .expect("$SYS/broker/store/errors");
+        let errors: u64 = msg.payload_str().parse().expect("a count");
+        if errors > 0 {
+            break errors;
+        }
+    };
+    assert!(errors > 0);
+
+    // Room again: what was acknowledged is all there.
+    daemon.file_size_limit = None;
+    daemon.restart();
+    receive_all(&daemon, &session, &acked);
+}
