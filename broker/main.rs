@@ -105,6 +105,9 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk) is lost, not reported with
+        // `eprintln!`, which would panic the thread that logged.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     if let Err(err) = dispatch(cli) {
@@ -216,7 +219,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// A write past the process's file size limit (RLIMIT_FSIZE) raises SIGXFSZ, which kills by
 /// default: handled, the write fails with EFBIG instead, which the store treats as a full disk
-/// (nothing unwritten is acknowledged). Each occurrence is logged.
+/// (nothing unwritten is acknowledged). Logged once: the log may be the file at its limit, and
+/// each failed write of it raises the signal again.
 fn survive_file_size_limit() {
     #[cfg(unix)]
     {
@@ -225,9 +229,12 @@ fn survive_file_size_limit() {
         match signal(SignalKind::from_raw(SIGXFSZ)) {
             Ok(mut signal) => {
                 tokio::spawn(async move {
-                    while signal.recv().await.is_some() {
-                        tracing::error!("a write reached the file size limit (SIGXFSZ)");
+                    if signal.recv().await.is_some() {
+                        tracing::error!(
+                            "a write reached the file size limit (SIGXFSZ); the writes past it fail"
+                        );
                     }
+                    while signal.recv().await.is_some() {}
                 });
             }
             Err(err) => tracing::warn!(cause = %err, "cannot handle SIGXFSZ"),

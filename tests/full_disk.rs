@@ -1,7 +1,8 @@
 //! A full disk: the daemon runs under a file size limit (RLIMIT_FSIZE), so that its store's
-//! writes fail with EFBIG as they would on a full disk. It must acknowledge nothing it could not
-//! store, keep running and count the failures, and after a restart with room again, every
-//! message it acknowledged must be there.
+//! writes fail with EFBIG as they would on a full disk, and so do the writes of its log (a file
+//! already past the limit). It must acknowledge nothing it could not store, keep running and
+//! count the failures, and after a restart with room again, every message it acknowledged must
+//! be there.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -27,7 +28,7 @@ const CONFIG: &str = "sys_interval = 1\n[limits]\nmax_queued = 1000000\n";
 #[test]
 fn a_full_disk_acknowledges_nothing_it_could_not_store() {
     let mut daemon =
-        Daemon::start_with_file_size_limit(FILE_SIZE_LIMIT, &["--allow-anonymous"], Some(CONFIG));
+        Daemon::start_on_a_full_disk(FILE_SIZE_LIMIT, &["--allow-anonymous"], Some(CONFIG));
     let session = offline_subscriber(daemon.mqtt, "disk-keeper", "disk/full");
 
     let progress = Arc::new(AtomicUsize::new(0));
@@ -54,6 +55,7 @@ fn a_full_disk_acknowledges_nothing_it_could_not_store() {
 
     // Room again: what was acknowledged is all there.
     daemon.file_size_limit = None;
+    daemon.log_file = None;
     daemon.restart();
     receive_all(&daemon, &session, &acked);
 }

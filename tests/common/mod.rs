@@ -32,6 +32,8 @@ pub struct Daemon {
     /// RLIMIT_FSIZE for the process: a write that would make a file larger fails (EFBIG), as
     /// on a full disk. Applies to the next start.
     pub file_size_limit: Option<u64>,
+    /// Where the daemon's log (stderr) goes, appended, instead of the test's own stderr.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -71,20 +73,22 @@ impl Daemon {
             config,
             extra,
             file_size_limit: None,
+            log_file: None,
         };
         daemon.spawn();
         daemon
     }
 
-    /// As `start_with`, with the process's file size limit set to `bytes`: the store's writes
-    /// fail (EFBIG) once a file would grow past it, as on a full disk.
-    pub fn start_with_file_size_limit(
-        bytes: u64,
-        args: &[&str],
-        config_toml: Option<&str>,
-    ) -> Daemon {
+    /// As `start_with`, on a full disk: the process's file size limit is `bytes`, so that the
+    /// store's writes fail (EFBIG) once a file would grow past it, and its log goes to a file
+    /// already past the limit (the same full disk), where no line can be written.
+    pub fn start_on_a_full_disk(bytes: u64, args: &[&str], config_toml: Option<&str>) -> Daemon {
         let mut daemon = Self::start_prepared(args, config_toml, |_| {});
+        let log = daemon.data.with_file_name("full-disk.log");
+        let filler = vec![b'.'; usize::try_from(bytes).expect("a small limit") + 1];
+        std::fs::write(&log, filler).expect("fill the log file");
         daemon.file_size_limit = Some(bytes);
+        daemon.log_file = Some(log);
         daemon.restart();
         daemon
     }
@@ -111,8 +115,18 @@ impl Daemon {
             "RUST_LOG",
             std::env::var("MQTTER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         );
+        let stderr = match &self.log_file {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open the log file"),
+            ),
+            None => Stdio::inherit(),
+        };
         cmd.stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .stdin(Stdio::null());
         if let Some(bytes) = self.file_size_limit {
             use std::os::unix::process::CommandExt;
