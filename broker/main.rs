@@ -1,7 +1,7 @@
 //! The `mqtter` command: `serve` the daemon, manage `account`s, print the default `config`,
 //! and `bench` a broker.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -207,10 +207,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let ws_local = ws.as_ref().map(|l| l.local_addr()).transpose()?;
         let broker = Broker::open(config.clone(), store).context("cannot restore the store")?;
         // One line on stdout that scripts and tests read to find the ports.
-        match ws_local {
-            Some(ws) => println!("mqtter listening mqtt={tcp_local} ws={ws}{}", config.ws_path),
-            None => println!("mqtter listening mqtt={tcp_local}"),
-        }
+        // Not `println!`: stdout on a full disk must not stop the daemon.
+        let ws_part = ws_local.map(|ws| format!(" ws={ws}{}", config.ws_path)).unwrap_or_default();
+        let _ = writeln!(std::io::stdout(), "mqtter listening mqtt={tcp_local}{ws_part}");
         tracing::info!(mqtt = %tcp_local, ws = ?ws_local, data = %config.data.display(), durability = ?config.durability, anonymous = config.allow_anonymous, "serving");
         mqtter::run(broker, Listeners { tcp, ws }, shutdown_signal()).await?;
         Ok(())
