@@ -10,6 +10,7 @@ mod bench;
 mod crash;
 mod daemon;
 mod full_disk;
+mod fuzz;
 mod im_friends;
 mod im_groups;
 mod im_messages;

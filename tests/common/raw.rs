@@ -268,6 +268,16 @@ pub fn subscribe(v5: bool, packet_id: u16, filters: &[(&str, u8)]) -> Vec<u8> {
     frame(0x82, &body)
 }
 
+/// An UNSUBSCRIBE of one filter.
+pub fn unsubscribe(v5: bool, packet_id: u16, filter: &str) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    if v5 {
+        body.push(0);
+    }
+    body.extend(string(filter));
+    frame(0xA2, &body)
+}
+
 /// An acknowledgement in its short form (packet id only), e.g. `ack(PUBACK, id)`.
 pub fn ack(kind: u8, packet_id: u16) -> Vec<u8> {
     let first = (kind << 4) | if kind == PUBREL { 0x02 } else { 0 };
