@@ -261,6 +261,20 @@ impl SessionState {
         false
     }
 
+    /// The packet id for a delivery: a stored one's follows from its place in the session's
+    /// queue (`seq`), so that if a crash loses the record of its sending, it is sent again after
+    /// the restart with the same id, which a client that already has it recognises
+    /// [MQTT-4.3.3-9]. Unless that id is in use; then, as for the rest, the next free one.
+    fn packet_id_for(&mut self, delivery: &Delivery) -> u16 {
+        if let Some(seq) = delivery.store_seq {
+            let id = (seq % 65535) as u16 + 1;
+            if !self.inflight.contains_key(&id) {
+                return id;
+            }
+        }
+        self.free_packet_id()
+    }
+
     fn free_packet_id(&mut self) -> u16 {
         loop {
             self.next_packet_id = self.next_packet_id.wrapping_add(1);
@@ -294,7 +308,7 @@ impl SessionState {
                     dup: false,
                 });
             } else {
-                let packet_id = self.free_packet_id();
+                let packet_id = self.packet_id_for(&delivery);
                 let order = self.next_order();
                 self.inflight.insert(
                     packet_id,

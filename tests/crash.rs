@@ -331,3 +331,116 @@ fn a_qos2_message_in_flight_at_the_crash_keeps_its_packet_id() {
         "a resend keeps its packet id"
     );
 }
+
+/// A QoS 2 message sent to a persistent subscriber keeps its packet id across a crash even when
+/// the record of its sending was not yet stored: the id follows from the message's place in the
+/// session's queue, so a client that already has it recognises the resend [MQTT-4.3.3-9]. Other
+/// messages went first, so a fresh numbering would give another id; the message is queued
+/// (and stored) while the subscriber is away and sent when it is back, and nothing flushes the
+/// store after that (a periodic flush every ten minutes).
+#[test]
+fn a_qos2_message_keeps_its_packet_id_even_if_its_sending_was_not_stored() {
+    let mut daemon =
+        Daemon::start_with(&["--allow-anonymous"], Some("flush_interval_ms = 600000\n"));
+    let session = Connect::v3("q2-numbered").clean(false);
+    let mut sub = Client::session(daemon.mqtt, &session);
+    assert_eq!(sub.subscribe(&[("crash/q2n", 2)]), [2]);
+    let mut publisher = Client::session(daemon.mqtt, &Connect::v3("q2n-pub"));
+    for n in 0..3 {
+        assert_eq!(publisher.publish("crash/q2n", 1, false, b"before"), 0);
+        assert_eq!(sub.next_publish().payload, b"before", "message {n}");
+    }
+    sub.disconnect();
+    assert_eq!(publisher.publish("crash/q2n", 2, false, b"once"), 0);
+    let mut sub = Client::session(daemon.mqtt, &session);
+    let first = sub.recv_kind(raw::PUBLISH);
+    let first = sub.decode_publish(&first);
+    assert_eq!((first.qos, first.payload.as_slice()), (2, &b"once"[..]));
+
+    daemon.kill();
+    daemon.restart();
+    let (mut sub, connack) = Client::connect(daemon.mqtt, &session);
+    assert!(connack.session_present());
+    let again = sub.recv_kind(raw::PUBLISH);
+    let again = sub.decode_publish(&again);
+    assert_eq!(again.payload, b"once");
+    assert_eq!(
+        again.packet_id, first.packet_id,
+        "a resend keeps its packet id"
+    );
+}
+
+/// A subscriber that answered a QoS 2 message with PUBREC gets the PUBREL only once the release
+/// is stored, so a crash after it resends the PUBREL, never the PUBLISH, which the client would
+/// take for a new message after completing the flow [MQTT-4.3.3-9], [MQTT-4.4.0-1]. Nothing else
+/// flushes the store here (a periodic flush every ten minutes).
+#[test]
+fn a_released_qos2_message_is_released_again_after_a_crash_not_sent_again() {
+    let mut daemon =
+        Daemon::start_with(&["--allow-anonymous"], Some("flush_interval_ms = 600000\n"));
+    let session = Connect::v3("q2-releaser").clean(false);
+    let mut sub = Client::session(daemon.mqtt, &session);
+    assert_eq!(sub.subscribe(&[("crash/q2r", 2)]), [2]);
+    let mut publisher = Client::session(daemon.mqtt, &Connect::v3("q2r-pub"));
+    assert_eq!(publisher.publish("crash/q2r", 2, false, b"once"), 0);
+    let first = sub.recv_kind(raw::PUBLISH);
+    let id = sub.decode_publish(&first).packet_id;
+    sub.send(&raw::ack(PUBREC, id)).expect("send PUBREC");
+    let release = sub.recv_kind(raw::PUBREL);
+    assert_eq!(release.packet_id(), id);
+
+    daemon.kill();
+    daemon.restart();
+    let (mut sub, connack) = Client::connect(daemon.mqtt, &session);
+    assert!(connack.session_present());
+    let next = sub.recv().expect("the PUBREL again");
+    assert_eq!(
+        (next.kind, next.packet_id()),
+        (raw::PUBREL, id),
+        "expected the PUBREL again, got {next:?}"
+    );
+}
+
+/// A QoS 2 flow from a publisher with a persistent session whose id was stored while in flight
+/// (here by a SUBSCRIBE) and completed after: if the broker restarts before the completion is
+/// stored, the id comes back. A new PUBLISH with that id (DUP = 0: not a resend) is then a new
+/// message, delivered, not swallowed as a resend [MQTT-3.3.1-1], [MQTT-4.3.3-9].
+#[test]
+fn a_reused_qos2_packet_id_after_a_crash_is_a_new_message() {
+    let mut daemon = Daemon::start();
+    let watcher = offline_subscriber(daemon.mqtt, "q2-reuse-watcher", "crash/reuse");
+    let session = Connect::v3("q2-reuser").clean(false);
+    let mut publisher = Client::session(daemon.mqtt, &session);
+    const ID: u16 = 5;
+    publisher
+        .send(&raw::publish(false, "crash/reuse", 2, false, ID, b"first"))
+        .expect("send PUBLISH");
+    assert_eq!(publisher.recv_kind(PUBREC).packet_id(), ID);
+    // The session record is written with the flow still open.
+    assert_eq!(publisher.subscribe(&[("crash/other", 1)]), [1]);
+    publisher
+        .send(&raw::ack(raw::PUBREL, ID))
+        .expect("send PUBREL");
+    assert_eq!(publisher.recv_kind(PUBCOMP).packet_id(), ID);
+    crash_after_a_durable_write(&mut daemon);
+
+    let mut publisher = Client::session(daemon.mqtt, &session);
+    publisher
+        .send(&raw::publish(false, "crash/reuse", 2, false, ID, b"second"))
+        .expect("send PUBLISH");
+    assert_eq!(publisher.recv_kind(PUBREC).packet_id(), ID);
+    publisher
+        .send(&raw::ack(raw::PUBREL, ID))
+        .expect("send PUBREL");
+    assert_eq!(publisher.recv_kind(PUBCOMP).packet_id(), ID);
+
+    let mut watcher = Client::session(daemon.mqtt, &watcher);
+    let mut payloads = Vec::new();
+    while payloads.len() < 2 {
+        let msg = watcher
+            .next_publish_within(WAIT)
+            .unwrap_or_else(|| panic!("only {payloads:?} arrived"));
+        payloads.push(msg.payload_str().to_owned());
+    }
+    assert_eq!(payloads, ["first", "second"]);
+}

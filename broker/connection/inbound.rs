@@ -51,8 +51,11 @@ impl Conn {
             .publish_received
             .fetch_add(1, Ordering::Relaxed);
         let packet_id = p.packet_id.unwrap_or(0);
-        if p.qos == QoS::ExactlyOnce && self.session.lock().has_inbound_qos2(packet_id) {
-            // A resend before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-9].
+        // A resend before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-9]. A resend
+        // carries DUP [MQTT-3.3.1-1]; without it the id is being used anew, which a client does
+        // only after the flow ended, so the id known here is stale (its PUBREL came, but the
+        // broker restarted before that was stored) and this is a new message.
+        if p.qos == QoS::ExactlyOnce && p.dup && self.session.lock().has_inbound_qos2(packet_id) {
             self.hold_or_write(wire, HeldAck::PubRec(packet_id, reason::SUCCESS), false);
             return Ok(());
         }

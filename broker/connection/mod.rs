@@ -89,6 +89,17 @@ enum HeldAck {
     /// durable before the client is told.
     SubAck(u16, Vec<u8>),
     UnsubAck(u16, Vec<u8>),
+    /// The answer to a subscriber's PUBREC for a persistent session: sent once the release is
+    /// stored, so that a restart resends the PUBREL, never the PUBLISH the client has already
+    /// completed (which would deliver it twice).
+    PubRel(u16),
+}
+
+impl HeldAck {
+    /// An acknowledgement of a PUBLISH from the client (counted against its receive maximum).
+    fn answers_a_publish(&self) -> bool {
+        matches!(self, HeldAck::PubAck(..) | HeldAck::PubRec(..))
+    }
 }
 
 type Durable = Pin<Box<dyn Future<Output = Result<(), Arc<StoreError>>> + Send>>;
@@ -735,6 +746,7 @@ impl Conn {
                 HeldAck::PubRec(id, code) => wire.pubrec(id, code),
                 HeldAck::SubAck(id, codes) => wire.suback(id, &codes),
                 HeldAck::UnsubAck(id, codes) => wire.unsuback(id, &codes),
+                HeldAck::PubRel(id) => wire.pubrel(id),
             }
         }
     }
@@ -752,7 +764,12 @@ impl Conn {
 
     fn unacked_inbound(&self) -> usize {
         let flow = self.flow.as_ref().map_or(0, |f| {
-            f.held.len() + f.waiting.as_ref().map_or(0, |(a, _)| a.len())
+            let waiting = f.waiting.as_ref().map_or(&[][..], |(a, _)| &a[..]);
+            f.held
+                .iter()
+                .chain(waiting)
+                .filter(|ack| ack.answers_a_publish())
+                .count()
         });
         flow + self.session.lock().inbound_qos2_len()
     }
@@ -780,14 +797,16 @@ impl Conn {
                         flight.released = true;
                         let delivery = flight.delivery.clone();
                         drop(state);
-                        wire.pubrel(id);
+                        let stored = delivery.store_seq.is_some();
                         if let Some(seq) = delivery.store_seq {
                             self.save_flight(seq, id, &delivery, true);
                         }
+                        let needs_flush = stored && self.broker.is_sync();
+                        self.hold_or_write(wire, HeldAck::PubRel(id), needs_flush);
                     }
                     None => {
                         drop(state);
-                        wire.pubrel(id);
+                        self.hold_or_write(wire, HeldAck::PubRel(id), false);
                     }
                 }
             }
