@@ -444,3 +444,37 @@ fn a_reused_qos2_packet_id_after_a_crash_is_a_new_message() {
     }
     assert_eq!(payloads, ["first", "second"]);
 }
+
+/// A publisher with a persistent session whose QoS 2 PUBLISH was routed, but whose PUBREC it
+/// did not get before the broker crashed, sends it again (DUP) after the restart: the broker
+/// stored the open flow's id with the routing, so it acknowledges the resend and does not
+/// deliver the message twice [MQTT-4.3.3-9].
+#[test]
+fn a_qos2_resend_after_a_crash_is_not_delivered_twice() {
+    let mut daemon = Daemon::start();
+    let watcher = offline_subscriber(daemon.mqtt, "q2-resend-watcher", "crash/resend");
+    let session = Connect::v3("q2-resender").clean(false);
+    let mut publisher = Client::session(daemon.mqtt, &session);
+    const ID: u16 = 7;
+    publisher
+        .send(&raw::publish(false, "crash/resend", 2, false, ID, b"once"))
+        .expect("send PUBLISH");
+    // The PUBREC means the routing is durable; the client acts as if it had not arrived.
+    assert_eq!(publisher.recv_kind(PUBREC).packet_id(), ID);
+
+    daemon.kill();
+    daemon.restart();
+    let mut publisher = Client::session(daemon.mqtt, &session);
+    let mut resend = raw::publish(false, "crash/resend", 2, false, ID, b"once");
+    resend[0] |= 0x08; // DUP
+    publisher.send(&resend).expect("send the PUBLISH again");
+    assert_eq!(publisher.recv_kind(PUBREC).packet_id(), ID);
+    publisher
+        .send(&raw::ack(raw::PUBREL, ID))
+        .expect("send PUBREL");
+    assert_eq!(publisher.recv_kind(PUBCOMP).packet_id(), ID);
+
+    let mut watcher = Client::session(daemon.mqtt, &watcher);
+    assert_eq!(watcher.next_publish().payload_str(), "once");
+    nothing_comes_before_a_later_message(daemon.mqtt, &mut watcher, "crash/resend");
+}

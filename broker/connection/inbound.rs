@@ -213,12 +213,19 @@ impl Conn {
                 published.needs_flush,
             ),
             QoS::ExactlyOnce => {
-                self.session.lock().add_inbound_qos2(packet_id);
-                self.hold_or_write(
-                    wire,
-                    HeldAck::PubRec(packet_id, code),
-                    published.needs_flush,
-                );
+                let persistent = {
+                    let mut state = self.session.lock();
+                    state.add_inbound_qos2(packet_id);
+                    state.is_persistent()
+                };
+                // A persistent session stores the open flow's id with the routing, before the
+                // PUBREC: a resend after a restart is then recognised, not delivered again.
+                let mut needs_flush = published.needs_flush;
+                if persistent {
+                    self.broker.save_session(&self.session, None);
+                    needs_flush |= self.broker.is_sync();
+                }
+                self.hold_or_write(wire, HeldAck::PubRec(packet_id, code), needs_flush);
             }
         }
         Ok(())

@@ -266,7 +266,11 @@ pub fn nothing_comes_before_a_later_message(
     let next = watcher
         .next_publish_within(WAIT)
         .expect("the later message");
-    assert_eq!(next.topic, topic, "something came before the later message");
+    assert_eq!(
+        (next.topic.as_str(), next.payload_str()),
+        (topic, "later"),
+        "something came before the later message"
+    );
 }
 
 /// Wait until the daemon at `mqtt` (started with `sys_interval = 1`) reports at least `n` idle
