@@ -401,6 +401,14 @@ fn a_released_qos2_message_is_released_again_after_a_crash_not_sent_again() {
     );
 }
 
+/// The publisher's end of a QoS 2 flow after its PUBREC: PUBREL, then PUBCOMP.
+fn release(publisher: &mut Client, id: u16) {
+    publisher
+        .send(&raw::ack(raw::PUBREL, id))
+        .expect("send PUBREL");
+    assert_eq!(publisher.recv_kind(PUBCOMP).packet_id(), id);
+}
+
 /// A QoS 2 flow from a publisher with a persistent session whose id was stored while in flight
 /// (here by a SUBSCRIBE) and completed after: if the broker restarts before the completion is
 /// stored, the id comes back. A new PUBLISH with that id (DUP = 0: not a resend) is then a new
@@ -412,27 +420,19 @@ fn a_reused_qos2_packet_id_after_a_crash_is_a_new_message() {
     let session = Connect::v3("q2-reuser").clean(false);
     let mut publisher = Client::session(daemon.mqtt, &session);
     const ID: u16 = 5;
-    publisher
-        .send(&raw::publish(false, "crash/reuse", 2, false, ID, b"first"))
-        .expect("send PUBLISH");
+    let first = raw::publish(false, "crash/reuse", 2, false, ID, b"first");
+    publisher.send(&first).expect("send PUBLISH");
     assert_eq!(publisher.recv_kind(PUBREC).packet_id(), ID);
     // The session record is written with the flow still open.
     assert_eq!(publisher.subscribe(&[("crash/other", 1)]), [1]);
-    publisher
-        .send(&raw::ack(raw::PUBREL, ID))
-        .expect("send PUBREL");
-    assert_eq!(publisher.recv_kind(PUBCOMP).packet_id(), ID);
+    release(&mut publisher, ID);
     crash_after_a_durable_write(&mut daemon);
 
     let mut publisher = Client::session(daemon.mqtt, &session);
-    publisher
-        .send(&raw::publish(false, "crash/reuse", 2, false, ID, b"second"))
-        .expect("send PUBLISH");
+    let second = raw::publish(false, "crash/reuse", 2, false, ID, b"second");
+    publisher.send(&second).expect("send PUBLISH");
     assert_eq!(publisher.recv_kind(PUBREC).packet_id(), ID);
-    publisher
-        .send(&raw::ack(raw::PUBREL, ID))
-        .expect("send PUBREL");
-    assert_eq!(publisher.recv_kind(PUBCOMP).packet_id(), ID);
+    release(&mut publisher, ID);
 
     let mut watcher = Client::session(daemon.mqtt, &watcher);
     let mut payloads = Vec::new();
@@ -469,10 +469,7 @@ fn a_qos2_resend_after_a_crash_is_not_delivered_twice() {
     resend[0] |= 0x08; // DUP
     publisher.send(&resend).expect("send the PUBLISH again");
     assert_eq!(publisher.recv_kind(PUBREC).packet_id(), ID);
-    publisher
-        .send(&raw::ack(raw::PUBREL, ID))
-        .expect("send PUBREL");
-    assert_eq!(publisher.recv_kind(PUBCOMP).packet_id(), ID);
+    release(&mut publisher, ID);
 
     let mut watcher = Client::session(daemon.mqtt, &watcher);
     assert_eq!(watcher.next_publish().payload_str(), "once");
