@@ -32,7 +32,14 @@ fn a_full_disk_acknowledges_nothing_it_could_not_store() {
     let session = offline_subscriber(daemon.mqtt, "disk-keeper", "disk/full");
 
     let progress = Arc::new(AtomicUsize::new(0));
-    let acked = stream_until_broken(daemon.mqtt, true, 1, "disk/full", WIDTH, progress);
+    let acked = stream_until_broken(
+        daemon.mqtt,
+        &Connect::v5("streamer"),
+        1,
+        "disk/full",
+        WIDTH,
+        progress,
+    );
     assert!(
         !acked.is_empty(),
         "nothing was acknowledged before the disk filled"
