@@ -254,9 +254,21 @@ impl Broker {
                 sent_packet_id: None,
             };
             match target.session.offer(delivery, &self.limits) {
-                Offered::Queued(seq) => {
+                Offered::Queued {
+                    store_seq,
+                    displaced,
+                } => {
                     published.delivered += 1;
-                    if let Some(seq) = seq {
+                    if let Some(oldest) = displaced {
+                        self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                        if let Some(seq) = oldest {
+                            batch.remove(
+                                Space::Queue,
+                                persist::queue_key(&target.session.client_id, seq),
+                            );
+                        }
+                    }
+                    if let Some(seq) = store_seq {
                         let body = encoded_body
                             .get_or_insert_with(|| persist::encode(&StoredMessage::from(&*msg)));
                         batch.put(

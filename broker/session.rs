@@ -134,8 +134,9 @@ struct Extra {
     next_order: u64,
     /// Last sequence number used for the store's queue keys.
     next_store_seq: u64,
-    /// Messages dropped because the queue was full.
-    dropped: u64,
+    /// Store sequence numbers of stored deliveries that expired in the queue: their entries
+    /// are to be removed from the store (see `take_expired`).
+    expired: Vec<u64>,
     /// The token of the pending expiry timer; a timer with another token is stale.
     expiry_token: u64,
 }
@@ -229,8 +230,13 @@ impl SessionState {
         self.extra_mut().expiry_token = token;
     }
 
-    fn count_dropped(&mut self) {
-        self.extra_mut().dropped += 1;
+    /// The store entries of deliveries that expired unsent since the last call: the caller
+    /// removes them from the store, which would otherwise bring them back at every restart.
+    pub fn take_expired(&mut self) -> Vec<u64> {
+        match self.extra.as_mut() {
+            Some(extra) if !extra.expired.is_empty() => std::mem::take(&mut extra.expired),
+            _ => Vec::new(),
+        }
     }
 
     /// Nothing may wake the previous owner any more, and the new one starts unsignalled (it
@@ -299,6 +305,9 @@ impl SessionState {
                 break;
             };
             if delivery.msg.is_expired(now_ms) {
+                if let Some(seq) = delivery.store_seq {
+                    self.extra_mut().expired.push(seq);
+                }
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
@@ -425,8 +434,13 @@ pub struct Session {
 /// What `Session::offer` did with a message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offered {
-    /// Queued; `Some(seq)` when it must be written to the store under that sequence number.
-    Queued(Option<u64>),
+    /// Queued. `store_seq`: it must be written to the store under that sequence number.
+    /// `displaced`: the oldest queued delivery was dropped to make room (`drop_oldest`), with
+    /// its store sequence number if it was stored (its entry must go).
+    Queued {
+        store_seq: Option<u64>,
+        displaced: Option<Option<u64>>,
+    },
     /// Not queued (QoS 0 for an offline session, or the queue was full).
     Dropped,
 }
@@ -477,23 +491,19 @@ impl Session {
         if !online && delivery.qos == QoS::AtMostOnce && !limits.qos0_offline {
             return Offered::Dropped;
         }
+        let mut displaced = None;
         if state.queue.len() >= limits.max_queued {
             match limits.overflow {
                 Overflow::DropOldest => {
-                    state.queue.pop_front();
-                    state.count_dropped();
+                    displaced = state.queue.pop_front().map(|oldest| oldest.store_seq);
                 }
                 Overflow::Disconnect if online => {
-                    state.count_dropped();
                     state.eviction = Some(Eviction::Overflow);
                     drop(state);
                     self.wake();
                     return Offered::Dropped;
                 }
-                _ => {
-                    state.count_dropped();
-                    return Offered::Dropped;
-                }
+                _ => return Offered::Dropped,
             }
         }
         let store_seq = if state.is_persistent() && delivery.qos != QoS::AtMostOnce {
@@ -509,7 +519,10 @@ impl Session {
         if let Some(waker) = waker {
             waker.wake();
         }
-        Offered::Queued(store_seq)
+        Offered::Queued {
+            store_seq,
+            displaced,
+        }
     }
 }
 
@@ -576,6 +589,23 @@ mod tests {
             sub_ids: vec![],
             store_seq: None,
         }
+    }
+
+    #[test]
+    fn stored_deliveries_that_expire_unsent_are_reported_for_removal() {
+        let mut state = SessionState::default();
+        let mut expiring = delivery(QoS::AtLeastOnce);
+        let mut msg = Message::system("t", Bytes::from_static(b"x"), false);
+        msg.expires_at_ms = Some(10);
+        expiring.msg = Arc::new(msg);
+        expiring.store_seq = Some(7);
+        state.queue.push_back(expiring);
+        state.queue.push_back(delivery(QoS::AtLeastOnce));
+        let mut out = Vec::new();
+        state.take_sendable(10, 20, &mut out);
+        assert_eq!(out.len(), 1, "the expired one is not sent");
+        assert_eq!(state.take_expired(), [7]);
+        assert!(state.take_expired().is_empty(), "reported once");
     }
 
     #[test]
@@ -661,18 +691,28 @@ mod tests {
             overflow: Overflow::DropNew,
             qos0_offline: false,
         };
-        assert_eq!(
-            session.offer(delivery(QoS::AtMostOnce), &limits),
-            Offered::Queued(None)
-        );
-        assert_eq!(
-            session.offer(delivery(QoS::AtMostOnce), &limits),
-            Offered::Queued(None)
-        );
+        let queued = Offered::Queued {
+            store_seq: None,
+            displaced: None,
+        };
+        assert_eq!(session.offer(delivery(QoS::AtMostOnce), &limits), queued);
+        assert_eq!(session.offer(delivery(QoS::AtMostOnce), &limits), queued);
         assert_eq!(
             session.offer(delivery(QoS::AtMostOnce), &limits),
             Offered::Dropped
         );
+        let drop_oldest = QueueLimits {
+            overflow: Overflow::DropOldest,
+            ..limits
+        };
+        assert_eq!(
+            session.offer(delivery(QoS::AtMostOnce), &drop_oldest),
+            Offered::Queued {
+                store_seq: None,
+                displaced: Some(None),
+            }
+        );
+        assert_eq!(session.lock().queue.len(), 2);
         let limits = QueueLimits {
             overflow: Overflow::Disconnect,
             ..limits

@@ -261,6 +261,45 @@ async fn offline_queue_is_bounded_and_drops_new_messages() {
     );
 }
 
+/// With `queue_overflow = "drop_oldest"` an offline session keeps the newest `max_queued`
+/// messages; the ones it dropped stay dropped after a restart (their stored copies go with
+/// them) and are counted in `$SYS/broker/publish/messages/dropped`.
+#[test]
+fn offline_queue_drop_oldest_keeps_the_newest_messages_across_a_restart() {
+    use crate::common::raw::{Client, Connect};
+    use crate::common::{nothing_comes_before_a_later_message, offline_subscriber};
+    let mut daemon = Daemon::start_with(
+        &["--allow-anonymous"],
+        Some("sys_interval = 1\n[limits]\nmax_queued = 3\nqueue_overflow = \"drop_oldest\"\n"),
+    );
+    let session = offline_subscriber(daemon.mqtt, "newest", "newest/#");
+    let mut publisher = Client::session(daemon.mqtt, &Connect::v3("newest-pub"));
+    for i in 0..6 {
+        let payload = format!("m{i}");
+        assert_eq!(
+            publisher.publish("newest/t", 1, false, payload.as_bytes()),
+            0
+        );
+    }
+    let mut watcher = Client::session(daemon.mqtt, &Connect::v3("newest-watcher"));
+    assert_eq!(
+        watcher.subscribe(&[("$SYS/broker/publish/messages/dropped", 0)]),
+        [0]
+    );
+    crate::common::eventually("three drops counted", || {
+        watcher
+            .next_publish_within(WAIT)
+            .is_some_and(|msg| msg.payload_str() == "3")
+    });
+
+    daemon.restart();
+    let mut sub = Client::session(daemon.mqtt, &session);
+    for i in 3..6 {
+        assert_eq!(sub.next_publish().payload_str(), format!("m{i}"));
+    }
+    nothing_comes_before_a_later_message(daemon.mqtt, &mut sub, "newest/t");
+}
+
 /// Sessions are stored: after a crash (SIGKILL) and restart a persistent session is resumed with
 /// its subscription and the QoS 1 message queued for it before the crash.
 #[tokio::test]

@@ -580,6 +580,7 @@ impl Conn {
     /// Move what the session owes the client into the wire. `Err` when the session was taken.
     fn drain(&mut self, wire: &mut wire::Wire) -> Result<(), End> {
         let mut out = Vec::new();
+        let expired;
         {
             let mut state = self.session.lock();
             if state.owner != self.owner || state.eviction.is_some() {
@@ -605,6 +606,16 @@ impl Conn {
                 });
             }
             state.take_sendable(self.window(), now_ms(), &mut out);
+            expired = state.take_expired();
+        }
+        if !expired.is_empty() {
+            let mut batch = Batch::new();
+            for seq in expired {
+                batch.remove(Space::Queue, persist::queue_key(self.client_id(), seq));
+            }
+            if let Err(err) = self.broker.store.apply(batch) {
+                tracing::error!(cause = %err, "cannot remove expired messages");
+            }
         }
         self.send(wire, out);
         Ok(())
