@@ -614,7 +614,10 @@ impl Broker {
             match persist::decode::<StoredMessage>(&value) {
                 Some(stored) => {
                     let msg = Message::from(stored);
-                    if !msg.is_expired(now) {
+                    if msg.is_expired(now) {
+                        // Its Message Expiry Interval passed [MQTT-3.3.2-5]: gone for good.
+                        stale.remove(Space::Retained, key);
+                    } else {
                         retained.insert(msg.topic.clone(), Arc::new(msg));
                     }
                 }
