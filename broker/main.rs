@@ -206,12 +206,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let tcp_local = tcp.local_addr()?;
         let ws_local = ws.as_ref().map(|l| l.local_addr()).transpose()?;
         let broker = Broker::open(config.clone(), store).context("cannot restore the store")?;
+        let shutdown = shutdown_signal();
         // One line on stdout that scripts and tests read to find the ports.
         // Not `println!`: stdout on a full disk must not stop the daemon.
         let ws_part = ws_local.map(|ws| format!(" ws={ws}{}", config.ws_path)).unwrap_or_default();
         let _ = writeln!(std::io::stdout(), "mqtter listening mqtt={tcp_local}{ws_part}");
         tracing::info!(mqtt = %tcp_local, ws = ?ws_local, data = %config.data.display(), durability = ?config.durability, anonymous = config.allow_anonymous, "serving");
-        mqtter::run(broker, Listeners { tcp, ws }, shutdown_signal()).await?;
+        mqtter::run(broker, Listeners { tcp, ws }, shutdown).await?;
         Ok(())
     })
 }
@@ -241,24 +242,36 @@ fn survive_file_size_limit() {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves at SIGTERM or SIGINT (Ctrl-C). The handlers are installed by this call, not when
+/// the future is first polled: the daemon must not die of a SIGTERM that arrives once it has
+/// said it is listening but before its serving loop started.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        if let Err(err) = &term {
+            tracing::warn!(cause = %err, "cannot handle SIGTERM");
         }
-    };
+        async move {
+            let wait = |found: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match found {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(term) => {}
+                _ = wait(interrupt) => {}
+            }
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -163,6 +163,17 @@ fn sigterm_stops_gracefully_and_keeps_the_store() {
     );
 }
 
+/// A SIGTERM the moment the daemon has said it is listening is already a graceful stop (exit
+/// status 0), not death by the signal.
+#[test]
+fn sigterm_right_after_the_start_is_a_graceful_stop() {
+    for _ in 0..20 {
+        let mut daemon = Daemon::start();
+        let status = daemon.terminate();
+        assert!(status.success(), "exit status {status}");
+    }
+}
+
 /// SIGTERM closes every connection without the client's goodbye, so the wills of the clients
 /// connected at the stop are kept and published at the next start, as after a crash
 /// [MQTT-3.1.2-8]; a client that left with DISCONNECT before leaves none [MQTT-3.1.2-10].

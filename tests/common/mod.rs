@@ -189,11 +189,10 @@ impl Daemon {
     /// SIGTERM and wait for the exit status (graceful stop).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running daemon");
-        let pid = child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: a plain system call on the pid of a child not yet waited for.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "kill: {}", std::io::Error::last_os_error());
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
