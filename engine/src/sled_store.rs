@@ -5,8 +5,9 @@
 //! are slower and, in testing here, mixed keys of different trees up).
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use crate::store::{Batch, Op, Pairs, Space, Store, StoreError};
 
@@ -18,6 +19,52 @@ pub struct SledStore {
     /// Set by every write, taken by `flush`: a flush with nothing written since the last one
     /// costs nothing (sled would still seal and write a buffer, and sync its file).
     dirty: Arc<AtomicBool>,
+    /// Wakes a flush that sled forgot to wake (see `watch_flushes`).
+    watch: Arc<FlushWatch>,
+}
+
+/// What the flush watchdog needs: when the running flush began, and where to poke.
+#[derive(Debug)]
+struct FlushWatch {
+    tree: sled::Tree,
+    /// When the running flush started, in ms since `epoch` plus one; 0 when none runs.
+    started: AtomicU64,
+    epoch: Instant,
+}
+
+impl FlushWatch {
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+}
+
+/// A flush running longer than this gets a probe write.
+const FLUSH_PATIENCE: Duration = Duration::from_millis(1000);
+
+/// How often the watchdog looks.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// The probe's key: a tag byte no `Space` uses, so no scan ever sees it.
+const PROBE_KEY: &[u8] = &[0xFF, b'p', b'r', b'o', b'b', b'e'];
+
+/// sled 0.34 records a failed background write of its log (a full disk) without waking the
+/// threads waiting for that write, so a `flush` under way can wait forever; any later write
+/// attempt finds the error and wakes them (and the flush then returns the error). So while a
+/// flush runs longer than `FLUSH_PATIENCE`, this thread makes a small probe write every
+/// `WATCH_EVERY`. It ends once the store is dropped.
+fn watch_flushes(watch: Weak<FlushWatch>) {
+    loop {
+        std::thread::sleep(WATCH_EVERY);
+        let Some(watch) = watch.upgrade() else {
+            return;
+        };
+        let started = watch.started.load(Ordering::Acquire);
+        let overdue =
+            started != 0 && watch.now().saturating_sub(started) > FLUSH_PATIENCE.as_millis() as u64;
+        if overdue && let Err(err) = watch.tree.insert(PROBE_KEY, &[][..]) {
+            tracing::warn!(cause = %err, "a flush is waiting on a store that fails its writes");
+        }
+    }
 }
 
 fn prefixed(space: Space, key: &[u8]) -> Vec<u8> {
@@ -40,10 +87,20 @@ impl SledStore {
             .open()
             .map_err(map_err)?;
         let tree = db.open_tree("mqtter").map_err(map_err)?;
+        let watch = Arc::new(FlushWatch {
+            tree: tree.clone(),
+            started: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let weak = Arc::downgrade(&watch);
+        std::thread::Builder::new()
+            .name("mqtter-store-watch".into())
+            .spawn(move || watch_flushes(weak))?;
         Ok(Self {
             db,
             tree,
             dirty: Arc::new(AtomicBool::new(false)),
+            watch,
         })
     }
 }
@@ -142,7 +199,12 @@ impl Store for SledStore {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        self.db.flush().map(|_| ()).map_err(|err| {
+        self.watch
+            .started
+            .store(self.watch.now(), Ordering::Release);
+        let flushed = self.db.flush();
+        self.watch.started.store(0, Ordering::Release);
+        flushed.map(|_| ()).map_err(|err| {
             // Not durable after all: the next flush must try again.
             self.dirty.store(true, Ordering::Release);
             map_err(err)
