@@ -314,18 +314,13 @@ fn a_qos2_message_in_flight_at_the_crash_keeps_its_packet_id() {
     let mut publisher = Client::session(daemon.mqtt, &Connect::v3("q2-pub"));
     assert_eq!(publisher.publish("crash/q2", 2, false, b"once"), 0);
     // Received and not answered (no PUBREC).
-    let first = sub.recv_kind(raw::PUBLISH);
-    let first = sub.decode_publish(&first);
+    let first = unanswered_publish(&mut sub);
     assert_eq!((first.qos, first.dup), (2, false));
     // A durable write after the send: its acknowledgement means the send's record is durable.
     assert_eq!(publisher.publish("crash/q2-marker", 1, true, b"flushed"), 0);
 
-    daemon.kill();
-    daemon.restart();
-    let (mut sub, connack) = Client::connect(daemon.mqtt, &session);
-    assert!(connack.session_present());
-    let again = sub.recv_kind(raw::PUBLISH);
-    let again = sub.decode_publish(&again);
+    let mut sub = resume_after_a_crash(&mut daemon, &session);
+    let again = unanswered_publish(&mut sub);
     assert_eq!(again.payload, b"once");
     assert!(again.dup, "a resend carries DUP");
     assert_eq!(
@@ -342,8 +337,7 @@ fn a_qos2_message_in_flight_at_the_crash_keeps_its_packet_id() {
 /// store after that (a periodic flush every ten minutes).
 #[test]
 fn a_qos2_message_keeps_its_packet_id_even_if_its_sending_was_not_stored() {
-    let mut daemon =
-        Daemon::start_with(&["--allow-anonymous"], Some("flush_interval_ms = 600000\n"));
+    let mut daemon = daemon_without_periodic_flush();
     let session = Connect::v3("q2-numbered").clean(false);
     let mut sub = Client::session(daemon.mqtt, &session);
     assert_eq!(sub.subscribe(&[("crash/q2n", 2)]), [2]);
@@ -355,16 +349,11 @@ fn a_qos2_message_keeps_its_packet_id_even_if_its_sending_was_not_stored() {
     sub.disconnect();
     assert_eq!(publisher.publish("crash/q2n", 2, false, b"once"), 0);
     let mut sub = Client::session(daemon.mqtt, &session);
-    let first = sub.recv_kind(raw::PUBLISH);
-    let first = sub.decode_publish(&first);
+    let first = unanswered_publish(&mut sub);
     assert_eq!((first.qos, first.payload.as_slice()), (2, &b"once"[..]));
 
-    daemon.kill();
-    daemon.restart();
-    let (mut sub, connack) = Client::connect(daemon.mqtt, &session);
-    assert!(connack.session_present());
-    let again = sub.recv_kind(raw::PUBLISH);
-    let again = sub.decode_publish(&again);
+    let mut sub = resume_after_a_crash(&mut daemon, &session);
+    let again = unanswered_publish(&mut sub);
     assert_eq!(again.payload, b"once");
     assert_eq!(
         again.packet_id, first.packet_id,
@@ -378,29 +367,45 @@ fn a_qos2_message_keeps_its_packet_id_even_if_its_sending_was_not_stored() {
 /// flushes the store here (a periodic flush every ten minutes).
 #[test]
 fn a_released_qos2_message_is_released_again_after_a_crash_not_sent_again() {
-    let mut daemon =
-        Daemon::start_with(&["--allow-anonymous"], Some("flush_interval_ms = 600000\n"));
+    let mut daemon = daemon_without_periodic_flush();
     let session = Connect::v3("q2-releaser").clean(false);
     let mut sub = Client::session(daemon.mqtt, &session);
     assert_eq!(sub.subscribe(&[("crash/q2r", 2)]), [2]);
     let mut publisher = Client::session(daemon.mqtt, &Connect::v3("q2r-pub"));
     assert_eq!(publisher.publish("crash/q2r", 2, false, b"once"), 0);
-    let first = sub.recv_kind(raw::PUBLISH);
-    let id = sub.decode_publish(&first).packet_id;
+    let id = unanswered_publish(&mut sub).packet_id;
     sub.send(&raw::ack(PUBREC, id)).expect("send PUBREC");
     let release = sub.recv_kind(raw::PUBREL);
     assert_eq!(release.packet_id(), id);
 
-    daemon.kill();
-    daemon.restart();
-    let (mut sub, connack) = Client::connect(daemon.mqtt, &session);
-    assert!(connack.session_present());
+    let mut sub = resume_after_a_crash(&mut daemon, &session);
     let next = sub.recv().expect("the PUBREL again");
     assert_eq!(
         (next.kind, next.packet_id()),
         (raw::PUBREL, id),
         "expected the PUBREL again, got {next:?}"
     );
+}
+
+/// A daemon whose store is flushed only when someone waits for it (the periodic flush comes
+/// every ten minutes): what no acknowledgement waited for is not durable at a crash.
+fn daemon_without_periodic_flush() -> Daemon {
+    Daemon::start_with(&["--allow-anonymous"], Some("flush_interval_ms = 600000\n"))
+}
+
+/// The next PUBLISH `client` receives, decoded, not acknowledged.
+fn unanswered_publish(client: &mut Client) -> raw::Publish {
+    let packet = client.recv_kind(raw::PUBLISH);
+    client.decode_publish(&packet)
+}
+
+/// SIGKILL, restart, and connect `session` again, which must be resumed.
+fn resume_after_a_crash(daemon: &mut Daemon, session: &Connect) -> Client {
+    daemon.kill();
+    daemon.restart();
+    let (client, connack) = Client::connect(daemon.mqtt, session);
+    assert!(connack.session_present(), "the session was lost");
+    client
 }
 
 /// The publisher's end of a QoS 2 flow after its PUBREC: PUBREL, then PUBCOMP.
