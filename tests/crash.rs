@@ -496,10 +496,16 @@ fn acknowledged_im_messages_survive_sigkill() {
 
     let bob = Connect::v3("bob:reader").login("bob", &password("bob"));
     let mut bob = Client::session(world.daemon.mqtt, &bob);
+    assert_replayed_unbroken(&mut bob, &acked);
+}
+
+/// Read `reader`'s sync up to `sync.done`: every number in `acked` must be among the text bodies
+/// of the replayed messages, whose `seq` must run 1, 2, 3, ... without a gap or a repeat.
+pub fn assert_replayed_unbroken(reader: &mut Client, acked: &BTreeSet<u32>) {
     let mut seqs = Vec::new();
     let mut numbers = BTreeSet::new();
     loop {
-        let msg = bob
+        let msg = reader
             .next_publish_within(WAIT)
             .expect("the sync, up to sync.done");
         let envelope: serde_json::Value =

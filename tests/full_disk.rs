@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
+use crate::common::im::{friends, password, persons};
 use crate::common::raw::{Client, Connect};
 use crate::common::{Daemon, WAIT, offline_subscriber};
-use crate::crash::{receive_all, stream_until_broken};
+use crate::crash::{assert_replayed_unbroken, receive_all, stream_until_broken};
 
 /// Small enough to fill in about a thousand messages, large enough for the daemon to start.
 const FILE_SIZE_LIMIT: u64 = 1 << 20;
@@ -65,4 +66,35 @@ fn a_full_disk_acknowledges_nothing_it_could_not_store() {
     daemon.log_file = None;
     daemon.restart();
     receive_all(&daemon, &session, &acked);
+}
+
+/// The same for IM direct messages, which go to the message log: the sender is disconnected
+/// without acknowledgements once the log cannot write, the daemon keeps serving, and after a
+/// restart with room the recipient's sync replays every acknowledged message, `seq` unbroken.
+#[test]
+fn a_full_disk_acknowledges_no_im_message_it_could_not_store() {
+    let rules = tempfile::tempdir().expect("definitions dir");
+    let yaml = persons(&["alice", "bob"]) + &friends(&[("alice", "bob")]);
+    std::fs::write(rules.path().join("world.yaml"), yaml).expect("write definitions");
+    let config = format!(
+        "rules_dir = {:?}\n[im]\nsync_max_per_conv = 1000000\n",
+        rules.path().display().to_string()
+    );
+    let mut daemon = Daemon::start_on_a_full_disk(FILE_SIZE_LIMIT, &[], Some(&config));
+
+    let alice = Connect::v5("alice:streamer").login("alice", &password("alice"));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let acked = stream_until_broken(daemon.mqtt, &alice, 1, "person/bob/inbox", WIDTH, progress);
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged before the disk filled"
+    );
+    assert!(daemon.is_running(), "the daemon died of the full disk");
+
+    daemon.file_size_limit = None;
+    daemon.log_file = None;
+    daemon.restart();
+    let bob = Connect::v3("bob:reader").login("bob", &password("bob"));
+    let mut bob = Client::session(daemon.mqtt, &bob);
+    assert_replayed_unbroken(&mut bob, &acked);
 }
