@@ -41,6 +41,11 @@ flush_interval_ms = 1000
 # microseconds. Under load more acknowledgements then share one fsync (each costs about
 # 0.1 ms of CPU on a virtual disk); a writer alone waits at most this long. 0: flush at once.
 flush_gap_us = 1000
+# When the store cannot write (a full disk): "degrade" keeps serving what needs no disk and
+# refuses (closes without acknowledging) what must be stored, until a restart; "stop" stops the
+# daemon (exit status 1) so that a supervisor restarts it, which is how it recovers once there
+# is room again (the store keeps its error until it is reopened).
+on_store_failure = "degrade"
 
 # Seconds between $SYS/broker/... updates. 0 turns them off.
 sys_interval = 10
@@ -111,6 +116,14 @@ purge_interval = 60
 pub enum Durability {
     Sync,
     Async,
+}
+
+/// What `on_store_failure` chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreFailure {
+    Degrade,
+    Stop,
 }
 
 /// What `queue_overflow` chooses.
@@ -234,6 +247,7 @@ pub struct Config {
     pub durability: Durability,
     pub flush_interval_ms: u64,
     pub flush_gap_us: u64,
+    pub on_store_failure: StoreFailure,
     pub sys_interval: u64,
     pub rules_dir: PathBuf,
     pub limits: Limits,
@@ -254,6 +268,7 @@ impl Default for Config {
             durability: Durability::Sync,
             flush_interval_ms: 1000,
             flush_gap_us: 1000,
+            on_store_failure: StoreFailure::Degrade,
             sys_interval: 10,
             rules_dir: PathBuf::new(),
             limits: Limits::default(),

@@ -111,13 +111,16 @@ fn main() {
         .init();
     let cli = Cli::parse();
     if let Err(err) = dispatch(cli) {
+        // Not `eprintln!`, which panics when stderr cannot be written (a full disk): the exit
+        // status must say 1 whatever happens to the message.
+        let mut stderr = std::io::stderr().lock();
         let message = err.to_string();
-        eprintln!("mqtter: {message}");
+        let _ = writeln!(stderr, "mqtter: {message}");
         // Errors that already print their cause (a config file's parse error) say it once.
         for cause in err.chain().skip(1) {
             let cause = cause.to_string();
             if !message.contains(&cause) {
-                eprintln!("  caused by: {cause}");
+                let _ = writeln!(stderr, "  caused by: {cause}");
             }
         }
         std::process::exit(1);

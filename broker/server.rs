@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -15,6 +16,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::broker::Broker;
+use crate::config::StoreFailure;
 use crate::{connection, sys};
 
 /// The bound listeners the broker serves.
@@ -53,7 +55,13 @@ pub async fn run(
     tasks.spawn(flush_periodically(broker.clone()));
     tasks.spawn(im_timers(broker.clone()));
 
-    shutdown.await;
+    let store_failed = tokio::select! {
+        _ = shutdown => false,
+        _ = store_failure(&broker) => true,
+    };
+    if store_failed {
+        tracing::error!("the store cannot write: stopping (on_store_failure = \"stop\")");
+    }
     tracing::info!("shutting down: no new connections, asking clients to go");
     tasks.abort_all();
     broker.evict_all();
@@ -71,8 +79,28 @@ pub async fn run(
         .await
         .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;
+    if store_failed {
+        return Err(std::io::Error::other(
+            "stopped because the store could not write (on_store_failure = \"stop\")",
+        ));
+    }
     tracing::info!("store flushed, stopped");
     Ok(())
+}
+
+/// Resolves once a store write or flush has failed, with `on_store_failure = "stop"`; never
+/// otherwise.
+async fn store_failure(broker: &Broker) {
+    if broker.config.on_store_failure != StoreFailure::Stop {
+        return std::future::pending().await;
+    }
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        ticker.tick().await;
+        if broker.metrics.store_errors.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+    }
 }
 
 /// Flush on a timer, so that what does not wait for a flush (QoS 0 retained messages, session

@@ -98,3 +98,24 @@ fn a_full_disk_acknowledges_no_im_message_it_could_not_store() {
     let mut bob = Client::session(daemon.mqtt, &bob);
     assert_replayed_unbroken(&mut bob, &acked);
 }
+
+/// With `on_store_failure = "stop"` the daemon stops at the first failed write (exit status 1),
+/// so that a supervisor restarts it, which is how it recovers once there is room; what it
+/// acknowledged is there after the restart.
+#[test]
+fn a_full_disk_stops_the_daemon_when_configured_to() {
+    let config = format!("on_store_failure = \"stop\"\n{CONFIG}");
+    let mut daemon =
+        Daemon::start_on_a_full_disk(FILE_SIZE_LIMIT, &["--allow-anonymous"], Some(&config));
+    let session = offline_subscriber(daemon.mqtt, "stop-keeper", "disk/stop");
+    let progress = Arc::new(AtomicUsize::new(0));
+    let streamer = Connect::v3("streamer");
+    let acked = stream_until_broken(daemon.mqtt, &streamer, 1, "disk/stop", WIDTH, progress);
+    let status = daemon.wait_for_exit("after the store failed");
+    assert_eq!(status.code(), Some(1), "exit status {status}");
+
+    daemon.file_size_limit = None;
+    daemon.log_file = None;
+    daemon.restart();
+    receive_all(&daemon, &session, &acked);
+}

@@ -188,20 +188,27 @@ impl Daemon {
 
     /// SIGTERM and wait for the exit status (graceful stop).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running daemon");
+        let child = self.child.as_ref().expect("running daemon");
         let pid = libc::pid_t::try_from(child.id()).expect("a pid");
         // SAFETY: a plain system call on the pid of a child not yet waited for.
         let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(sent, 0, "kill: {}", std::io::Error::last_os_error());
+        self.wait_for_exit("after SIGTERM")
+    }
+
+    /// Wait (within `WAIT`) for the daemon to exit by itself; `why` names the wait if it fails.
+    pub fn wait_for_exit(&mut self, why: &str) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running daemon");
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not stop after SIGTERM"
-            );
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon did not stop {why}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
