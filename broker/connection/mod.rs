@@ -360,6 +360,9 @@ struct Extra {
 struct Flow {
     held: Vec<HeldAck>,
     waiting: Option<(Vec<HeldAck>, Durable)>,
+    /// How many of `held` and `waiting` answer a PUBLISH from the client (its receive maximum
+    /// counts them), kept here so that the check per PUBLISH costs no scan.
+    unanswered_publishes: usize,
     /// Packet ids of PUBACKs read and not yet completed (see `finish_acked`).
     acked: Vec<u16>,
 }
@@ -471,9 +474,14 @@ impl Conn {
                 Event::Stop(end) => return Stop::End(end),
                 Event::Durable(result) => {
                     clock.idle_since = mono_ms();
-                    let Some((acks, _)) = self.flow.as_mut().and_then(|f| f.waiting.take()) else {
+                    let Some(flow) = self.flow.as_mut() else {
                         continue;
                     };
+                    let Some((acks, _)) = flow.waiting.take() else {
+                        continue;
+                    };
+                    flow.unanswered_publishes -=
+                        acks.iter().filter(|ack| ack.answers_a_publish()).count();
                     if let Err(err) = result {
                         tracing::error!(cause = %err, client_id = %self.client_id(), "store flush failed: closing without acknowledging");
                         wire.disconnect(reason::UNSPECIFIED, Some("storage failure"));
@@ -744,7 +752,9 @@ impl Conn {
             .as_ref()
             .is_some_and(|f| !f.held.is_empty() || f.waiting.is_some());
         if needs_flush || busy {
-            self.flow_mut().held.push(ack);
+            let flow = self.flow_mut();
+            flow.unanswered_publishes += usize::from(ack.answers_a_publish());
+            flow.held.push(ack);
         } else {
             self.write_acks(wire, vec![ack]);
         }
@@ -774,14 +784,7 @@ impl Conn {
     }
 
     fn unacked_inbound(&self) -> usize {
-        let flow = self.flow.as_ref().map_or(0, |f| {
-            let waiting = f.waiting.as_ref().map_or(&[][..], |(a, _)| &a[..]);
-            f.held
-                .iter()
-                .chain(waiting)
-                .filter(|ack| ack.answers_a_publish())
-                .count()
-        });
+        let flow = self.flow.as_ref().map_or(0, |f| f.unanswered_publishes);
         flow + self.session.lock().inbound_qos2_len()
     }
 
