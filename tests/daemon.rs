@@ -248,6 +248,24 @@ fn number(values: &HashMap<String, String>, topic: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `$SYS` values are the running broker's own: they are not stored, so after a restart with
+/// `$SYS` turned off a subscriber to `$SYS/#` gets no stale values of the broker before.
+#[test]
+fn sys_values_do_not_outlive_the_broker_that_published_them() {
+    let mut daemon = Daemon::start_with(&["--allow-anonymous"], Some("sys_interval = 1\n"));
+    let mut sys = Client::session(daemon.mqtt, &Connect::v3("sys-watcher"));
+    assert_eq!(sys.subscribe(&[("$SYS/broker/uptime", 0)]), [0]);
+    sys.next_publish();
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status}");
+
+    daemon.rewrite_config("sys_interval = 0\n");
+    daemon.restart();
+    let mut sys = Client::session(daemon.mqtt, &Connect::v3("sys-watcher"));
+    assert_eq!(sys.subscribe(&[("$SYS/#", 0), ("after", 1)]), [0, 1]);
+    nothing_comes_before_a_later_message(daemon.mqtt, &mut sys, "after");
+}
+
 /// `$SYS/broker/...` is published every `sys_interval` seconds: version, uptime, clients
 /// connected, messages received. `#` does not match it [MQTT-4.7.2-1] and clients cannot publish
 /// to it.

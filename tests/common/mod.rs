@@ -213,6 +213,15 @@ impl Daemon {
         }
     }
 
+    /// Replace the configuration file's body; it applies from the next start.
+    pub fn rewrite_config(&self, config_toml: &str) {
+        let path = self
+            .config
+            .as_ref()
+            .expect("a daemon started with a configuration");
+        std::fs::write(path, config_toml).expect("rewrite the configuration");
+    }
+
     /// Start again on the same data folder (new ports).
     pub fn restart(&mut self) {
         self.kill();
