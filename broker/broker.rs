@@ -281,6 +281,7 @@ impl Broker {
                 Offered::Dropped => {
                     self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
                 }
+                Offered::NotForOffline => {}
             }
         }
         if !batch.is_empty() {

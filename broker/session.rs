@@ -441,8 +441,11 @@ pub enum Offered {
         store_seq: Option<u64>,
         displaced: Option<Option<u64>>,
     },
-    /// Not queued (QoS 0 for an offline session, or the queue was full).
+    /// Not queued: the queue was full (a drop, counted).
     Dropped,
+    /// Not queued: QoS 0 is not kept for an offline session (`queue_qos0_offline = false`), as
+    /// MQTT allows; not a drop.
+    NotForOffline,
 }
 
 impl Session {
@@ -489,7 +492,7 @@ impl Session {
         let online = self.is_online();
         let mut state = self.lock();
         if !online && delivery.qos == QoS::AtMostOnce && !limits.qos0_offline {
-            return Offered::Dropped;
+            return Offered::NotForOffline;
         }
         let mut displaced = None;
         if state.queue.len() >= limits.max_queued {
@@ -725,7 +728,7 @@ mod tests {
         session.set_online(false);
         assert_eq!(
             session.offer(delivery(QoS::AtMostOnce), &limits),
-            Offered::Dropped
+            Offered::NotForOffline
         );
     }
 }
