@@ -16,6 +16,7 @@ use ntex_bytes::ByteString;
 
 use crate::auth::{Accounts, Acl};
 use crate::config::{Config, Durability};
+use crate::counted_store::CountedStore;
 use crate::hooks::PublishHook;
 use crate::im::Gate;
 use crate::message::{Message, QoS, StoredMessage, now_ms};
@@ -89,16 +90,20 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-/// The store (relations, sessions, retained messages, ...) and the message log (IM messages):
-/// one flush makes both durable.
 /// A topic of the broker's own `$SYS` tree.
 fn is_system(topic: &str) -> bool {
     topic.starts_with("$SYS/")
 }
 
-fn flush_both(store: &dyn Store, log: &MessageLog) -> Result<(), StoreError> {
+/// The store (relations, sessions, retained messages, ...) and the message log (IM messages):
+/// one flush makes both durable. A failure of the log's counts in `errors` (the store counts
+/// its own, see `CountedStore`).
+fn flush_both(store: &dyn Store, log: &MessageLog, errors: &AtomicU64) -> Result<(), StoreError> {
     store.flush()?;
-    log.sync()?;
+    if let Err(err) = log.sync() {
+        errors.fetch_add(1, Ordering::Relaxed);
+        return Err(err.into());
+    }
     Ok(())
 }
 
@@ -110,10 +115,12 @@ impl Broker {
             overflow: config.limits.queue_overflow,
             qos0_offline: config.limits.queue_qos0_offline,
         };
+        let metrics = Metrics::default();
+        let store: Arc<dyn Store> =
+            Arc::new(CountedStore::new(store, metrics.store_errors.clone()));
         let log = Arc::new(MessageLog::open(&config.data.join("messages"))?);
         let im = Im::open(store.clone(), log.clone(), config.im.engine())?;
         let gate = Gate::new(im, config.im.clone());
-        let metrics = Metrics::default();
         let commit = {
             let store = store.clone();
             let errors = metrics.store_errors.clone();
@@ -121,16 +128,7 @@ impl Broker {
                 Durability::Sync => Duration::from_micros(config.flush_gap_us),
                 Durability::Async => Duration::ZERO,
             };
-            GroupCommit::start_with(
-                move || {
-                    let flushed = flush_both(&*store, &log);
-                    if flushed.is_err() {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    flushed
-                },
-                gap,
-            )
+            GroupCommit::start_with(move || flush_both(&*store, &log, &errors), gap)
         };
         let broker = Arc::new(Self {
             gate,
@@ -185,7 +183,7 @@ impl Broker {
 
     /// Make everything written so far durable, blocking (at shutdown).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        flush_both(&*self.store, self.gate.im.log())
+        flush_both(&*self.store, self.gate.im.log(), &self.metrics.store_errors)
     }
 
     /// Resolves once everything written so far is durable.

@@ -22,6 +22,7 @@ pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod counted_store;
 pub mod hooks;
 pub mod im;
 pub mod message;

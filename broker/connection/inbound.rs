@@ -192,10 +192,6 @@ impl Conn {
         let published = match self.broker.publish(Arc::new(msg)) {
             Ok(published) => published,
             Err(err) => {
-                self.broker
-                    .metrics
-                    .store_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(cause = %err, "store write failed: closing without acknowledging");
                 return Err(Violation(reason::UNSPECIFIED, "storage failure"));
             }
