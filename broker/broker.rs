@@ -259,7 +259,7 @@ impl Broker {
                     published.delivered += 1;
                     if let Some(oldest) = displaced {
                         self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
-                        if let Some(seq) = oldest {
+                        if let Some(seq) = oldest.store_seq {
                             batch.remove(
                                 Space::Queue,
                                 persist::queue_key(&target.session.client_id, seq),

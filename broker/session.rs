@@ -431,15 +431,21 @@ pub struct Session {
     online: AtomicBool,
 }
 
+/// A queued delivery dropped to make room for a newer one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Displaced {
+    /// Its sequence number in the store, if it was stored: that entry must go too.
+    pub store_seq: Option<u64>,
+}
+
 /// What `Session::offer` did with a message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offered {
     /// Queued. `store_seq`: it must be written to the store under that sequence number.
-    /// `displaced`: the oldest queued delivery was dropped to make room (`drop_oldest`), with
-    /// its store sequence number if it was stored (its entry must go).
+    /// `displaced`: the oldest queued delivery, dropped to make room (`drop_oldest`).
     Queued {
         store_seq: Option<u64>,
-        displaced: Option<Option<u64>>,
+        displaced: Option<Displaced>,
     },
     /// Not queued: the queue was full (a drop, counted).
     Dropped,
@@ -498,7 +504,9 @@ impl Session {
         if state.queue.len() >= limits.max_queued {
             match limits.overflow {
                 Overflow::DropOldest => {
-                    displaced = state.queue.pop_front().map(|oldest| oldest.store_seq);
+                    displaced = state.queue.pop_front().map(|oldest| Displaced {
+                        store_seq: oldest.store_seq,
+                    });
                 }
                 Overflow::Disconnect if online => {
                     state.eviction = Some(Eviction::Overflow);
@@ -712,7 +720,7 @@ mod tests {
             session.offer(delivery(QoS::AtMostOnce), &drop_oldest),
             Offered::Queued {
                 store_seq: None,
-                displaced: Some(None),
+                displaced: Some(Displaced { store_seq: None }),
             }
         );
         assert_eq!(session.lock().queue.len(), 2);
