@@ -15,10 +15,8 @@
 //! - [`config`]: the TOML configuration and its commented defaults.
 //! - [`sys`]: counters and `$SYS/broker/...`.
 //! - [`hooks`]: the seam where the rules engine will see every routed message.
-//! - [`bench`]: the load generator behind `mqtter bench`.
 
 pub mod auth;
-pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod connection;

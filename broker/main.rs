@@ -42,7 +42,7 @@ enum Command {
         print_default: bool,
     },
     /// Load-test a broker (see docs/BENCHMARKS.md).
-    Bench(mqtter::bench::BenchArgs),
+    Bench(mqtter_bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -140,7 +140,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Account { action, store } => account(action, store),
         Command::Bench(args) => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-            runtime.block_on(mqtter::bench::run(args)).map(|_| ())
+            runtime.block_on(mqtter_bench::run(args)).map(|_| ())
         }
     }
 }

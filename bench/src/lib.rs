@@ -1,4 +1,5 @@
-//! `mqtter bench`: an MQTT 3.1.1 load generator that measures a broker on loopback.
+//! `mqtter bench`: an MQTT 3.1.1 load generator that measures a broker on loopback. Its own
+//! crate, with no tie to the daemon: the `mqtter` binary runs it as a subcommand.
 //!
 //! It speaks raw TCP with hand-encoded packets so that it costs little next to the broker it
 //! measures. Scenarios are data ([`scenario::Scenario`]); the engine ([`runner`]) runs any of
