@@ -18,6 +18,7 @@ mod im_presence;
 mod im_requests;
 mod malformed;
 mod mosquitto;
+mod pipelining;
 mod qos;
 mod retained;
 mod sessions;

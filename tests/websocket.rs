@@ -2,13 +2,12 @@
 //! between WebSocket and TCP clients, and the handshake and framing rules of chapter 6 hold,
 //! checked with a hand-made WebSocket client over a plain `TcpStream`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
 
 use crate::common::raw::{self, CONNACK, Connect, PINGRESP, SUBACK};
+use crate::common::ws::{ACCEPT, RawWs, header};
 use crate::common::{Daemon, WAIT};
 
 fn ws_options(daemon: &Daemon, client_id: &str) -> MqttOptions {
@@ -116,140 +115,6 @@ async fn a_parked_websocket_connection_still_gets_messages() {
         next_publish(&mut ws_events).await,
         ("to/parked".to_string(), b"wake up".to_vec())
     );
-}
-
-/// A hand-made WebSocket client: the HTTP upgrade, then masked client frames.
-struct RawWs {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    mqtt: Vec<u8>,
-}
-
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-/// RFC 6455's example: the accept value for `KEY`.
-const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-
-impl RawWs {
-    /// Send the upgrade request for `path` and return the connection and the response head.
-    fn upgrade(addr: SocketAddr, path: &str, protocols: Option<&str>) -> (RawWs, String) {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let mut request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
-        );
-        if let Some(protocols) = protocols {
-            request.push_str(&format!("Sec-WebSocket-Protocol: {protocols}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut ws = RawWs {
-            stream,
-            buf: Vec::new(),
-            mqtt: Vec::new(),
-        };
-        let head = loop {
-            if let Some(end) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&ws.buf[..end]).into_owned();
-                ws.buf.drain(..end + 4);
-                break head;
-            }
-            if !ws.fill() {
-                break String::from_utf8_lossy(&ws.buf).into_owned();
-            }
-        };
-        (ws, head)
-    }
-
-    /// Read more; `false` once the server closed.
-    fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 4096];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!("nothing from the server within {WAIT:?}")
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Send one masked frame with `opcode` (0x1 text, 0x2 binary).
-    fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
-        let mask = [0x12u8, 0x34, 0x56, 0x78];
-        let mut frame = vec![0x80 | opcode];
-        if payload.len() < 126 {
-            frame.push(0x80 | payload.len() as u8);
-        } else {
-            frame.push(0x80 | 126);
-            frame.extend((payload.len() as u16).to_be_bytes());
-        }
-        frame.extend(mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&frame).unwrap();
-    }
-
-    /// The next frame from the server: (opcode, payload); `None` when the connection closed.
-    fn recv_frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if self.buf.len() >= 2 {
-                let opcode = self.buf[0] & 0x0f;
-                assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
-                let (len, start) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => (
-                        usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
-                        4,
-                    ),
-                    127 if self.buf.len() >= 10 => {
-                        let mut bytes = [0u8; 8];
-                        bytes.copy_from_slice(&self.buf[2..10]);
-                        (u64::from_be_bytes(bytes) as usize, 10)
-                    }
-                    126 | 127 => (usize::MAX, 0),
-                    n => (usize::from(n), 2),
-                };
-                if len != usize::MAX && self.buf.len() >= start + len {
-                    let payload = self.buf[start..start + len].to_vec();
-                    self.buf.drain(..start + len);
-                    return Some((opcode, payload));
-                }
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
-    /// The next MQTT packet carried in binary frames.
-    fn recv_mqtt(&mut self) -> raw::Packet {
-        loop {
-            if let Some(packet) = raw::take_packet(&mut self.mqtt) {
-                return packet;
-            }
-            match self.recv_frame() {
-                Some((0x2, payload)) => self.mqtt.extend(payload),
-                Some((opcode, payload)) => {
-                    panic!("expected a binary frame, got opcode {opcode}: {payload:?}")
-                }
-                None => panic!("the connection closed while an MQTT packet was expected"),
-            }
-        }
-    }
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
-    })
 }
 
 /// The handshake selects the `mqtt` subprotocol [MQTT-6.0.0-4] and carries MQTT in binary

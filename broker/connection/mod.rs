@@ -428,7 +428,10 @@ impl Conn {
         let mut timer = pin!(tokio::time::sleep_until(park::instant_at(
             clock.next_check(parking, true, mono_ms())
         )));
-        let mut next = first;
+        // Input already read and not yet decoded (what came in the same read as the CONNECT)
+        // is handled at once: waiting for more would leave those packets unanswered until the
+        // client sends something else.
+        let mut next = first.or_else(|| (!io.buf.is_empty()).then_some(Event::Read(Ok(true))));
         loop {
             let event = match next.take() {
                 Some(event) => event,

@@ -589,19 +589,23 @@ async fn resume<S: Transport>(cell: Arc<Cell<S>>, record: Record<S>, alive: Arc<
         }
         Event::Read(read.map(|n| n > 0))
     });
-    if let Err(end) = conn.drain(&mut wire) {
-        first = Some(Event::Stop(end));
-    }
-    match S::write_parked(&mut stream, &mut wire) {
-        Ok(n) => {
-            let metrics = &conn.broker.metrics;
-            metrics.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+    // Input comes first: what the client sent before a takeover or an eviction (a DISCONNECT,
+    // say) is handled before the connection ends, and `run` drains the session after it.
+    if !matches!(first, Some(Event::Read(Ok(true)))) {
+        if let Err(end) = conn.drain(&mut wire) {
+            first = Some(Event::Stop(end));
         }
-        // As `run` does: a connection already ending keeps its reason.
-        Err(_) if !matches!(first, Some(Event::Stop(_))) => {
-            first = Some(Event::Stop(End::Abnormal));
+        match S::write_parked(&mut stream, &mut wire) {
+            Ok(n) => {
+                let metrics = &conn.broker.metrics;
+                metrics.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            // As `run` does: a connection already ending keeps its reason.
+            Err(_) if !matches!(first, Some(Event::Stop(_))) => {
+                first = Some(Event::Stop(End::Abnormal));
+            }
+            Err(_) => {}
         }
-        Err(_) => {}
     }
     let stream = match S::unpark(stream, &lot) {
         Ok(stream) => stream,
