@@ -212,6 +212,10 @@ pub struct Wire {
     max_inbound: u32,
     /// The client's Maximum Packet Size (v5; 0: none).
     max_outbound: u32,
+    /// A packet over `max_outbound` was discarded already: logged once per connection.
+    oversize_logged: bool,
+    /// The client's id, for that log line; only for a client with a Maximum Packet Size.
+    client_id: Option<Arc<str>>,
 }
 
 /// A `Wire` with nothing to write, kept small while its connection is parked: the codec is
@@ -226,17 +230,50 @@ pub struct ParkedWire {
     max_outbound: u32,
     alias_max: u16,
     proto: Proto,
+    oversize_logged: bool,
 }
 
 impl ParkedWire {
-    pub fn resume(self) -> Wire {
+    pub fn resume(self, client_id: &Arc<str>) -> Wire {
         let mut wire = Wire::new(self.proto, self.max_inbound);
-        wire.set_client_limits(Some(self.max_outbound).filter(|m| *m > 0), self.alias_max);
+        wire.set_client_limits(
+            Some(self.max_outbound).filter(|m| *m > 0),
+            self.alias_max,
+            client_id,
+        );
+        wire.oversize_logged = self.oversize_logged;
         if let Some(aliases) = self.aliases {
             wire.aliases = *aliases;
         }
         wire
     }
+}
+
+/// ntex's v5 encoders never go below this limit: those of the acknowledgements subtract 7 from
+/// it, and a smaller one overflows.
+const CODEC_FLOOR: u32 = 7;
+
+/// The Remaining Length limit for ntex's v5 codec under a client's Maximum Packet Size of `max`
+/// bytes. The codec compares it with the Remaining Length (and leaves out a reason string or
+/// user properties that would not fit); on its own it assumes the largest fixed header, which
+/// discards packets up to 3 bytes smaller than the maximum, and for a maximum under 6 bytes
+/// lets the fixed header go over it. So this is the largest Remaining Length of a packet of at
+/// most `max` bytes, fixed header included, and never below `CODEC_FLOOR` (`Wire::encode_within`
+/// then catches what does not fit).
+fn codec_limit(max: u32) -> u32 {
+    let varint_len = |n: u32| match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    let remaining = (1..=4u32)
+        .find_map(|len| {
+            let r = max.checked_sub(1 + len)?;
+            (varint_len(r) <= len).then_some(r)
+        })
+        .unwrap_or(0);
+    remaining.max(CODEC_FLOOR)
 }
 
 /// The page list a new encoding goes to.
@@ -282,6 +319,8 @@ impl Wire {
             alias_max: 0,
             max_inbound,
             max_outbound: 0,
+            oversize_logged: false,
+            client_id: None,
         }
     }
 
@@ -293,12 +332,57 @@ impl Wire {
     }
 
     /// The client's Maximum Packet Size and Topic Alias Maximum (v5), for what we send.
-    pub fn set_client_limits(&mut self, max_packet_size: Option<u32>, topic_alias_max: u16) {
-        if let (Inner::V5(codec), Some(max)) = (&self.inner, max_packet_size) {
-            codec.set_max_outbound_size(max);
+    pub fn set_client_limits(
+        &mut self,
+        max_packet_size: Option<u32>,
+        topic_alias_max: u16,
+        client_id: &Arc<str>,
+    ) {
+        if let (Inner::V5(codec), Some(max)) = (&self.inner, max_packet_size.filter(|m| *m > 0)) {
+            // The codec takes 5 bytes off for the largest fixed header.
+            codec.set_max_outbound_size(codec_limit(max) + 5);
             self.max_outbound = max;
+            self.client_id = Some(client_id.clone());
         }
         self.alias_max = topic_alias_max;
+    }
+
+    /// Encode one packet into the pending pages with `encode`. A packet over the client's
+    /// Maximum Packet Size, counted whole (fixed header included) [MQTT-3.1.2-24], is taken back
+    /// out: it is discarded as if it had been sent [MQTT-3.1.2-25], and the first discard of a
+    /// connection is logged (a client that announces a tiny maximum would otherwise log a line
+    /// per packet).
+    fn encode_within(
+        &mut self,
+        encode: impl FnOnce(&Inner, &mut BytePages) -> Result<(), EncodeError>,
+    ) -> Result<(), EncodeError> {
+        let out = pages(&mut self.out);
+        let before = out.len();
+        let mut result = encode(&self.inner, out);
+        if result.is_ok()
+            && self.max_outbound > 0
+            && out.len() - before > self.max_outbound as usize
+        {
+            let kept = out.split_to(before);
+            *out = kept;
+            result = Err(EncodeError::OverMaxPacketSize);
+        }
+        if result == Err(EncodeError::OverMaxPacketSize) {
+            self.discarded();
+        }
+        result
+    }
+
+    /// A packet over the client's Maximum Packet Size was discarded: logged for the first one.
+    fn discarded(&mut self) {
+        if !self.oversize_logged {
+            self.oversize_logged = true;
+            tracing::info!(
+                client_id = self.client_id.as_deref().unwrap_or_default(),
+                max_packet_size = self.max_outbound,
+                "a packet over the client's Maximum Packet Size is discarded (logged once per connection)"
+            );
+        }
     }
 
     /// Decode the next whole packet from `src`, if there is one.
@@ -354,24 +438,29 @@ impl Wire {
             max_outbound: self.max_outbound,
             alias_max: self.alias_max,
             proto,
+            oversize_logged: self.oversize_logged,
         }
     }
 
     fn put_v3(&mut self, packet: v3::codec::Packet) {
-        if let Inner::V3(codec) = &self.inner
-            && let Err(err) =
-                codec.encodev(v3::codec::Encoded::Packet(packet), pages(&mut self.out))
-        {
+        let encoded = self.encode_within(|inner, out| match inner {
+            Inner::V3(codec) => codec.encodev(v3::codec::Encoded::Packet(packet), out),
+            Inner::V5(_) => Ok(()),
+        });
+        if let Err(err) = encoded {
             tracing::warn!(?err, "cannot encode a v3 packet");
         }
     }
 
     fn put_v5(&mut self, packet: v5::codec::Packet) {
-        if let Inner::V5(codec) = &self.inner
-            && let Err(err) =
-                codec.encodev(v5::codec::Encoded::Packet(packet), pages(&mut self.out))
-        {
-            tracing::warn!(?err, "cannot encode a v5 packet");
+        let encoded = self.encode_within(|inner, out| match inner {
+            Inner::V5(codec) => codec.encodev(v5::codec::Encoded::Packet(packet), out),
+            Inner::V3(_) => Ok(()),
+        });
+        match encoded {
+            // Discarded as if sent, logged once (`encode_within`).
+            Ok(()) | Err(EncodeError::OverMaxPacketSize) => {}
+            Err(err) => tracing::warn!(?err, "cannot encode a v5 packet"),
         }
     }
 
@@ -424,7 +513,7 @@ impl Wire {
     ) -> Result<(), EncodeError> {
         let msg = &delivery.msg;
         match &self.inner {
-            Inner::V3(codec) => {
+            Inner::V3(_) => {
                 let packet = v3::codec::Publish {
                     dup,
                     retain: delivery.retain,
@@ -433,12 +522,13 @@ impl Wire {
                     packet_id: packet_id.and_then(NonZeroU16::new),
                     payload_size: msg.payload.len() as u32,
                 };
-                codec.encodev(
-                    v3::codec::Encoded::Publish(packet, Some(msg.payload.clone())),
-                    pages(&mut self.out),
-                )
+                let publish = v3::codec::Encoded::Publish(packet, Some(msg.payload.clone()));
+                self.encode_within(|inner, out| match inner {
+                    Inner::V3(codec) => codec.encodev(publish, out),
+                    Inner::V5(_) => Ok(()),
+                })
             }
-            Inner::V5(codec) => {
+            Inner::V5(_) => {
                 let mut properties = v5::codec::PublishProperties::default();
                 if let Some(p) = msg.props.as_deref() {
                     properties.is_utf8_payload = p.payload_is_utf8;
@@ -456,6 +546,7 @@ impl Wire {
                     .filter_map(|id| NonZeroU32::new(*id))
                     .collect();
                 let mut topic = msg.topic.clone();
+                let mut new_alias = false;
                 if self.alias_max > 0 {
                     if let Some(alias) = self.aliases.get(&msg.topic) {
                         properties.topic_alias = NonZeroU16::new(*alias);
@@ -464,6 +555,7 @@ impl Wire {
                         let alias = self.aliases.len() as u16 + 1;
                         self.aliases.insert(msg.topic.clone(), alias);
                         properties.topic_alias = NonZeroU16::new(alias);
+                        new_alias = true;
                     }
                 }
                 let packet = v5::codec::Publish {
@@ -475,10 +567,16 @@ impl Wire {
                     payload_size: msg.payload.len() as u32,
                     properties,
                 };
-                codec.encodev(
-                    v5::codec::Encoded::Publish(packet, Some(msg.payload.clone())),
-                    pages(&mut self.out),
-                )
+                let publish = v5::codec::Encoded::Publish(packet, Some(msg.payload.clone()));
+                let encoded = self.encode_within(|inner, out| match inner {
+                    Inner::V5(codec) => codec.encodev(publish, out),
+                    Inner::V3(_) => Ok(()),
+                });
+                if encoded.is_err() && new_alias {
+                    // The client never saw the alias: it is not one.
+                    self.aliases.remove(&msg.topic);
+                }
+                encoded
             }
         }
     }
@@ -545,6 +643,13 @@ impl Wire {
                 });
             }
             Inner::V5(_) => {
+                // ntex's SUBACK encoder subtracts the codes from the limit (and overflows below
+                // it); such a SUBACK cannot fit anyway.
+                if self.max_outbound > 0
+                    && codes.len() + 2 > codec_limit(self.max_outbound) as usize
+                {
+                    return self.discarded();
+                }
                 let status = codes
                     .iter()
                     .map(|c| {
@@ -916,6 +1021,49 @@ fn from_v5(decoded: v5::codec::Decoded) -> Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_codec_limit_is_the_largest_remaining_length_that_fits() {
+        assert_eq!(codec_limit(24), 22);
+        assert_eq!(codec_limit(129), 127);
+        assert_eq!(codec_limit(130), 127); // 128 would need a 2-byte length: 131 bytes
+        assert_eq!(codec_limit(131), 128);
+        assert_eq!(codec_limit(16_777_216), 16_777_211);
+        assert_eq!(codec_limit(1), CODEC_FLOOR);
+        assert_eq!(codec_limit(8), CODEC_FLOOR);
+    }
+
+    /// [MQTT-3.1.2-24]: under any Maximum Packet Size, however tiny, no packet larger is
+    /// written, and none makes the encoder fail or panic: what does not fit is discarded.
+    #[test]
+    fn nothing_over_a_tiny_maximum_packet_size_is_written() {
+        let client_id: Arc<str> = Arc::from("tiny");
+        for max in 1..=40u32 {
+            let mut wire = Wire::new(Proto::V5, 0);
+            wire.set_client_limits(Some(max), 0, &client_id);
+            let packets: [&dyn Fn(&mut Wire); 8] = [
+                &|w| w.puback(1, reason::SUCCESS),
+                &|w| w.puback(2, 0x10),
+                &|w| w.pubrec(3, 0x87),
+                &|w| w.pubrel(4),
+                &|w| w.pubcomp(5, reason::PACKET_ID_NOT_FOUND),
+                &|w| w.suback(6, &[1; 30]),
+                &|w| w.unsuback(7, &[0x11; 3]),
+                &|w| w.disconnect(reason::PROTOCOL_ERROR, Some("a reason string")),
+            ];
+            for (i, packet) in packets.iter().enumerate() {
+                let before = wire.pending().map_or(0, |p| p.len());
+                packet(&mut wire);
+                let after = wire.pending().map_or(0, |p| p.len());
+                assert!(
+                    after - before <= max as usize,
+                    "packet {i}: {} bytes under a maximum of {max}",
+                    after - before
+                );
+            }
+            wire.pingresp();
+        }
+    }
 
     #[test]
     fn detects_the_protocol_from_the_connect() {

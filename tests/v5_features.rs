@@ -474,6 +474,62 @@ async fn messages_over_the_client_maximum_packet_size_are_not_sent() {
     );
 }
 
+/// A client announcing a tiny Maximum Packet Size (24 bytes): nothing larger is sent, counting
+/// the whole packet with its fixed header [MQTT-3.1.2-24]; what does not fit (PUBLISHes, a
+/// SUBACK with many codes) is discarded as if sent [MQTT-3.1.2-25], and the connection goes on.
+/// The discards are logged once per connection, not once per packet, also across a park.
+#[test]
+fn a_tiny_maximum_packet_size_discards_what_does_not_fit_and_logs_it_once() {
+    use crate::common::raw::{Client, Connect, PINGRESP, subscribe};
+    const LIMIT: usize = 24;
+    let mut daemon = Daemon::start_with(&["--allow-anonymous"], Some("sys_interval = 1\n"));
+    let log = daemon.data.with_file_name("tiny-mps.log");
+    daemon.log_file = Some(log.clone());
+    daemon.log_filter = Some("info".into());
+    daemon.restart();
+
+    let mut tiny = Client::session(
+        daemon.mqtt,
+        &Connect::v5("mps-tiny").max_packet_size(LIMIT as u32),
+    );
+    assert_eq!(tiny.subscribe(&[("m/#", 1)]), [1]);
+    // 20 filters: a SUBACK of 25 bytes, discarded; the PINGRESP after it still comes.
+    let filters: Vec<(String, u8)> = (0..20).map(|i| (format!("f/{i}"), 0)).collect();
+    let filters: Vec<(&str, u8)> = filters.iter().map(|(f, q)| (f.as_str(), *q)).collect();
+    tiny.send(&subscribe(true, 77, &filters)).unwrap();
+    tiny.send(&[0xC0, 0x00]).unwrap();
+    let next = tiny.recv().expect("the PINGRESP");
+    assert_eq!(
+        next.kind, PINGRESP,
+        "a SUBACK over the limit was sent: {next:?}"
+    );
+
+    let publish = |payloads: &[&[u8]]| {
+        let mut publisher = Client::session(daemon.mqtt, &Connect::v5("mps-publisher"));
+        for payload in payloads {
+            assert_eq!(publisher.publish("m/b", 1, false, payload), 0);
+        }
+        publisher.disconnect();
+    };
+    publish(&[&[b'x'; 100]]);
+    crate::common::wait_parked(daemon.mqtt, 1);
+    // A QoS 1 PUBLISH to `m/b` without properties is 10 bytes and the payload: 15 bytes make
+    // a Remaining Length of 23, under the limit, but a packet of 25 bytes; 14 bytes fit.
+    publish(&[&[b'x'; 100], &[b'x'; 15], &[b'y'; 14], b"ok"]);
+    let fits = tiny.next_publish();
+    assert_eq!(fits.payload, [b'y'; 14], "the first message that fits");
+    assert_eq!(tiny.next_publish().payload_str(), "ok");
+    tiny.send(&[0xC0, 0x00]).unwrap();
+    assert_eq!(tiny.recv_kind(PINGRESP).kind, PINGRESP);
+
+    let logged = std::fs::read_to_string(&log).expect("the daemon's log");
+    let lines = logged
+        .lines()
+        .filter(|l| l.contains("Maximum Packet Size is discarded") && l.contains("mps-tiny"))
+        .count();
+    assert_eq!(lines, 1, "log:\n{logged}");
+}
+
 /// Section 3.4.2.1: the broker answers a QoS 1 PUBLISH nobody subscribed to with PUBACK 0x10 (No
 /// matching subscribers), a QoS 2 one with PUBREC 0x10, and 0x00 once a subscription matches.
 #[tokio::test]

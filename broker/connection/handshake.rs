@@ -196,8 +196,9 @@ impl Conn {
         let (session, present) = broker.attach(&client_id, connect.clean_start, expiry, owner);
         // The session's copy: one allocation for the id, however many hold it.
         let client_id = session.client_id.clone();
+        // The CONNACK is bound by the client's Maximum Packet Size too [MQTT-3.1.2-24].
+        wire.set_client_limits(connect.max_packet_size, connect.topic_alias_max, &client_id);
         wire.connack(present, reason::SUCCESS, props);
-        wire.set_client_limits(connect.max_packet_size, connect.topic_alias_max);
         let mut will = connect.will;
         if let Some(will) = will.as_mut() {
             will.msg.publisher = Some(client_id.clone());

@@ -682,7 +682,8 @@ impl Conn {
                         }
                         Err(err) => {
                             // Too big for the client's Maximum Packet Size: dropped for this
-                            // client as if delivered [MQTT-3.1.2-25].
+                            // client as if delivered [MQTT-3.1.2-25] (the wire logs the first
+                            // of a connection).
                             if err != EncodeError::OverMaxPacketSize {
                                 tracing::warn!(?err, client_id = %self.client_id(), "cannot encode a PUBLISH");
                             }

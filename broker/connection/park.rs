@@ -578,7 +578,7 @@ async fn resume<S: Transport>(cell: Arc<Cell<S>>, record: Record<S>, alive: Arc<
     // What can be done at once is done on the stream as the lot hands it back: a socket new to
     // the runtime is reported ready only at the reactor's next turn, which can be long in coming
     // when every worker is busy.
-    let mut wire = wire.resume();
+    let mut wire = wire.resume(conn.client_id());
     let mut buf = BytesMut::new();
     let metrics = &conn.broker.metrics;
     let mut first = S::read_parked(&mut stream, &mut buf).map(|read| {

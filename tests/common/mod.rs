@@ -35,6 +35,8 @@ pub struct Daemon {
     pub file_size_limit: Option<u64>,
     /// Where the daemon's log (stderr) goes, appended, instead of the test's own stderr.
     pub log_file: Option<PathBuf>,
+    /// The daemon's `RUST_LOG` (else `MQTTER_TEST_LOG`, else `warn`). Applies to the next start.
+    pub log_filter: Option<String>,
 }
 
 impl Daemon {
@@ -75,6 +77,7 @@ impl Daemon {
             extra,
             file_size_limit: None,
             log_file: None,
+            log_filter: None,
         };
         daemon.spawn();
         daemon
@@ -112,10 +115,11 @@ impl Daemon {
             cmd.arg("--config").arg(config);
         }
         cmd.args(&self.extra);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("MQTTER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        );
+        let filter = self
+            .log_filter
+            .clone()
+            .unwrap_or_else(|| std::env::var("MQTTER_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+        cmd.env("RUST_LOG", filter);
         let stderr = match &self.log_file {
             Some(path) => Stdio::from(
                 std::fs::OpenOptions::new()

@@ -119,6 +119,8 @@ pub struct Connect {
     pub session_expiry: Option<u32>,
     /// v5 Will Delay Interval.
     pub will_delay: Option<u32>,
+    /// v5 Maximum Packet Size.
+    pub max_packet_size: Option<u32>,
 }
 
 impl Connect {
@@ -133,6 +135,7 @@ impl Connect {
             will: None,
             session_expiry: None,
             will_delay: None,
+            max_packet_size: None,
         }
     }
 
@@ -174,6 +177,12 @@ impl Connect {
         self
     }
 
+    /// v5: the largest packet the client accepts.
+    pub fn max_packet_size(mut self, bytes: u32) -> Self {
+        self.max_packet_size = Some(bytes);
+        self
+    }
+
     /// v5: publish the will this long after the connection ends.
     pub fn will_delay(mut self, secs: u32) -> Self {
         self.will_delay = Some(secs);
@@ -206,6 +215,10 @@ impl Connect {
             if let Some(expiry) = self.session_expiry {
                 props.push(0x11);
                 props.extend(expiry.to_be_bytes());
+            }
+            if let Some(max) = self.max_packet_size {
+                props.push(0x27);
+                props.extend(max.to_be_bytes());
             }
             body.extend(varint(props.len()));
             body.extend(props);
