@@ -1,5 +1,27 @@
-//! MQTTER's rules engine (a later stage): YAML definitions and Rhai scripts from a watched folder.
+//! MQTTER's rules engine: rules in YAML files and Rhai scripts from one watched folder, run on the
+//! engine's events, acting through the engine's actions.
 //!
-//! Nothing is built here yet. The broker already hands every routed PUBLISH to a
-//! `mqtter::hooks::PublishHook`; the rules engine will be one such hook, and it will depend on
-//! `mqtter-engine` (never the reverse).
+//! # Layout
+//! - [`model`]: what a rule is, as written (`RuleDef`) and as run (`Rule`, `Trigger`, `Options`).
+//! - [`loader`]: reads the folder into rules and definitions, with a [`Diagnostic`] per problem.
+//! - [`diagnostic`]: file, line, column, message and a rustc-like snippet.
+//! - [`check`]: validates a folder without a broker (`mqtter check DIR`): references and loops.
+//! - [`index`]: which rules an event can fire (a trie of topic filters, a map of subjects).
+//! - [`world`]: the read-only questions a script can ask (`World`), and the folder's answers.
+//!
+//! **Architecture Invariant:** this crate depends on `mqtter-engine` only: no MQTT, no network,
+//! no daemon types. Events come in through the engine's event seam and actions go out through it.
+
+pub mod check;
+pub mod diagnostic;
+#[path = "seam.rs"]
+pub mod events;
+pub mod index;
+pub mod loader;
+pub mod model;
+pub mod world;
+
+pub use check::{CheckReport, check_dir};
+pub use diagnostic::{Diagnostic, Severity};
+pub use loader::{LoadConfig, Loaded, load_dir};
+pub use model::{Rule, RuleId, Trigger};

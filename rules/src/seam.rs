@@ -1,0 +1,286 @@
+//! The event seam's shape, kept here until `mqtter_engine::events` lands on main: the same
+//! names and fields, so that switching is one `use` line. Nothing in this file is the rules
+//! engine's own; it goes away when the engine's module arrives.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// What kind of account caused an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActorKind {
+    Person,
+    Thing,
+    /// A client that did not authenticate (no account).
+    Anonymous,
+    /// The rules engine, acting as the account named in the actor.
+    Rule,
+}
+
+/// Who caused an event: an account (none for an anonymous client) and its kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Actor {
+    pub account: Option<Arc<str>>,
+    pub kind: ActorKind,
+}
+
+impl Actor {
+    pub fn person(account: impl Into<Arc<str>>) -> Self {
+        Self {
+            account: Some(account.into()),
+            kind: ActorKind::Person,
+        }
+    }
+
+    pub fn anonymous() -> Self {
+        Self {
+            account: None,
+            kind: ActorKind::Anonymous,
+        }
+    }
+
+    /// The account's name, `""` for an anonymous client.
+    pub fn name(&self) -> &str {
+        self.account.as_deref().unwrap_or("")
+    }
+}
+
+/// The chain an event belongs to: what a person or device did first (hop 0) and what rules did
+/// because of it (each action one hop further). A rules engine stops a chain that runs too long.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Chain {
+    pub id: Arc<str>,
+    pub hop: u32,
+}
+
+impl Chain {
+    /// A new chain, started by the event it names.
+    pub fn start(id: impl Into<Arc<str>>) -> Self {
+        Self {
+            id: id.into(),
+            hop: 0,
+        }
+    }
+
+    /// The chain of what an action does because of this event.
+    pub fn next(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            hop: self.hop.saturating_add(1),
+        }
+    }
+}
+
+/// A person's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PresenceStatus {
+    Online,
+    Away,
+    Offline,
+}
+
+impl PresenceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceStatus::Online => "online",
+            PresenceStatus::Away => "away",
+            PresenceStatus::Offline => "offline",
+        }
+    }
+}
+
+/// A change of the relationship graph. Also what the IM domain returns for the broker to act
+/// on (see `im::Effect::Related`). Later issues add their kinds (bound/unbound,
+/// linked/unlinked).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RelationChange {
+    FriendAdded {
+        a: String,
+        b: String,
+    },
+    /// Unfriended or blocked.
+    FriendRemoved {
+        a: String,
+        b: String,
+    },
+    MemberJoined {
+        group: String,
+        member: String,
+    },
+    /// Left, kicked, or the group dissolved.
+    MemberLeft {
+        group: String,
+        member: String,
+    },
+}
+
+/// A plain MQTT PUBLISH, as routed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishEvent {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// An IM message, as stamped and stored (the fields of its envelope).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImMessageEvent {
+    pub conv: String,
+    pub seq: u64,
+    pub from: String,
+    /// The peer of a direct message, or the group.
+    pub to: String,
+    /// The text of the body's JSON object.
+    pub body: Bytes,
+    pub cid: Option<String>,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventData {
+    Publish(PublishEvent),
+    ImMessage(ImMessageEvent),
+    Presence {
+        account: String,
+        status: PresenceStatus,
+        text: Option<String>,
+    },
+    Relation(RelationChange),
+    /// A thing reported its state (the things world, a later stage).
+    ThingState {
+        thing: String,
+        state: Value,
+    },
+    /// A command was sent to a thing (later stage).
+    ThingCommand {
+        thing: String,
+        id: String,
+        command: Value,
+    },
+    /// A thing acknowledged a command (later stage).
+    ThingAck {
+        thing: String,
+        id: String,
+        result: Value,
+    },
+    /// A command got no acknowledgement in time (later stage).
+    ThingTimeout {
+        thing: String,
+        id: String,
+    },
+    /// A timer of the rules engine fired (later stage).
+    Tick {
+        timer: String,
+    },
+}
+
+/// The kinds of event, one bit each in an [`Interest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum EventKind {
+    Publish = 1 << 0,
+    ImMessage = 1 << 1,
+    Presence = 1 << 2,
+    Relation = 1 << 3,
+    ThingState = 1 << 4,
+    ThingCommand = 1 << 5,
+    ThingAck = 1 << 6,
+    ThingTimeout = 1 << 7,
+    Tick = 1 << 8,
+}
+
+impl EventData {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventData::Publish(_) => EventKind::Publish,
+            EventData::ImMessage(_) => EventKind::ImMessage,
+            EventData::Presence { .. } => EventKind::Presence,
+            EventData::Relation(_) => EventKind::Relation,
+            EventData::ThingState { .. } => EventKind::ThingState,
+            EventData::ThingCommand { .. } => EventKind::ThingCommand,
+            EventData::ThingAck { .. } => EventKind::ThingAck,
+            EventData::ThingTimeout { .. } => EventKind::ThingTimeout,
+            EventData::Tick { .. } => EventKind::Tick,
+        }
+    }
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub actor: Actor,
+    /// When it happened, ms since the epoch.
+    pub at: u64,
+    pub chain: Chain,
+    pub data: EventData,
+}
+
+/// The kinds a consumer wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Interest(u32);
+
+impl Interest {
+    pub const NONE: Interest = Interest(0);
+    pub const ALL: Interest = Interest(u32::MAX);
+
+    pub fn of(kinds: &[EventKind]) -> Self {
+        Interest(kinds.iter().fold(0, |bits, k| bits | *k as u32))
+    }
+
+    pub fn contains(self, kind: EventKind) -> bool {
+        self.0 & kind as u32 != 0
+    }
+}
+
+/// A consumer of events (the rules engine, a simulator, a test). `on_event` runs on the thread
+/// of the source, possibly under one of its locks (an IM message is emitted under its
+/// conversation's order lock, so consumers see a conversation in order): it must be quick, must
+/// not block, and must not call [`Actions`] itself; real work (and every action) goes to the
+/// consumer's own threads.
+pub trait EventSink: Send + Sync {
+    /// The kinds this consumer wants; asked once, when it is added.
+    fn interest(&self) -> Interest;
+    fn on_event(&self, event: &Event);
+}
+
+/// Why an action was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// The account may not do this (the same check a client's PUBLISH gets).
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("storage failed: {0}")]
+    Store(String),
+    /// The daemon is stopping or gone.
+    #[error("the daemon is not running")]
+    Stopped,
+}
+
+/// A message an action publishes.
+#[derive(Debug, Clone)]
+pub struct ActionPublish {
+    /// The account it is published as: it needs the rights a client of that account would need.
+    pub account: String,
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    /// The chain of the event the action answers; the message carries `chain.next()`.
+    pub chain: Chain,
+}
+
+/// How a non-network component (the rules engine, a simulator) acts on the world. The daemon
+/// implements it so that every action enters as a PUBLISH of the named account would: the same
+/// authorisation, stamping and storage, and it is emitted as an event again (one hop further).
+pub trait Actions: Send + Sync {
+    /// Publish a message as an account (a plain topic, or an IM topic: `person/{p}/inbox`,
+    /// `group/{g}`).
+    fn publish(&self, message: ActionPublish) -> Result<(), ActionError>;
+    /// Send a notice envelope (`{"type": ..., ...}`) to every online device of a person's inbox.
+    fn notify(&self, person: &str, envelope: Value, chain: &Chain) -> Result<(), ActionError>;
+}
