@@ -47,11 +47,17 @@ pub enum Space {
     Inboxes,
     /// Last wills of connected clients, by client id (published after a crash).
     Wills,
+    /// The things world: state documents, claim codes, item counters, feeds and their cursors.
+    Things,
+    /// Open commands to things (queued or delivered, unanswered) and the `cid`s seen.
+    Commands,
+    /// Each thing's audit of commands, by thing + sequence number.
+    Audit,
 }
 
 impl Space {
     /// Every space, in a fixed order (backends open them all at start).
-    pub const ALL: [Space; 14] = [
+    pub const ALL: [Space; 17] = [
         Space::Sessions,
         Space::Queue,
         Space::Retained,
@@ -66,6 +72,9 @@ impl Space {
         Space::Cursors,
         Space::Inboxes,
         Space::Wills,
+        Space::Things,
+        Space::Commands,
+        Space::Audit,
     ];
 
     /// The stable one-byte tag of the space on disk. Never reuse or renumber a tag.
@@ -85,6 +94,9 @@ impl Space {
             Space::Cursors => 11,
             Space::Inboxes => 12,
             Space::Wills => 13,
+            Space::Things => 14,
+            Space::Commands => 15,
+            Space::Audit => 16,
         }
     }
 
@@ -105,6 +117,9 @@ impl Space {
             Space::Cursors => "cursors",
             Space::Inboxes => "inboxes",
             Space::Wills => "wills",
+            Space::Things => "things",
+            Space::Commands => "commands",
+            Space::Audit => "audit",
         }
     }
 }

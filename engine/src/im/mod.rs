@@ -151,7 +151,7 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
 }
 
 fn relation_key(tag: &str, a: &str, b: &str) -> Vec<u8> {
-    let (a, b) = if tag == "friend" && a > b {
+    let (a, b) = if crate::graph::symmetric(tag) && a > b {
         (b, a)
     } else {
         (a, b)
@@ -296,7 +296,7 @@ impl Im {
     }
 
     /// Write a relation to the store and the graph.
-    fn put_relation(&self, batch: &mut Batch, a: &str, b: &str, relation: Relation) {
+    pub(crate) fn put_relation(&self, batch: &mut Batch, a: &str, b: &str, relation: Relation) {
         batch.put(
             Space::Relations,
             relation_key(relation.tag(), a, b),
@@ -306,7 +306,13 @@ impl Im {
     }
 
     /// Remove a relation from the store and the graph; returns it.
-    fn drop_relation(&self, batch: &mut Batch, a: &str, b: &str, tag: &str) -> Option<Relation> {
+    pub(crate) fn drop_relation(
+        &self,
+        batch: &mut Batch,
+        a: &str,
+        b: &str,
+        tag: &str,
+    ) -> Option<Relation> {
         let removed = self.graph_mut().unset(a, b, tag);
         if removed.is_some() {
             batch.remove(Space::Relations, relation_key(tag, a, b));

@@ -1,4 +1,4 @@
-//! The recycle bin: a removed friendship or group membership stays restorable, as it was, until
+//! The recycle bin: a removed friendship, group membership or thing binding stays restorable, as it was, until
 //! its retention ends; then it is purged for good (also across restarts: expiry is a stored time).
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,8 @@ use crate::store::{Batch, Space};
 pub enum RecycleKind {
     Friend,
     Group,
+    /// A thing's ownership or a share of it (`crate::things`).
+    Binding,
 }
 
 impl RecycleKind {
@@ -20,6 +22,7 @@ impl RecycleKind {
         match self {
             RecycleKind::Friend => "friend",
             RecycleKind::Group => "group",
+            RecycleKind::Binding => "binding",
         }
     }
 }
@@ -53,7 +56,7 @@ impl Im {
     /// Put a removed relation into `owner`'s bin for `retain_secs` (default and cap from the
     /// configuration).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn bin_put(
+    pub(crate) fn bin_put(
         &self,
         batch: &mut Batch,
         owner: &str,
@@ -78,7 +81,7 @@ impl Im {
     }
 
     /// Take an entry out of the bin if it is there and not expired.
-    pub(super) fn bin_take(
+    pub(crate) fn bin_take(
         &self,
         batch: &mut Batch,
         owner: &str,
