@@ -80,6 +80,8 @@ pub struct Broker {
     pub gate: Gate,
     /// Where idle connections wait without a task (see `crate::connection`).
     pub parking: crate::connection::Parking,
+    /// Password checks, bounded (see `crate::logins`).
+    pub logins: crate::logins::Logins,
 }
 
 impl std::fmt::Debug for Broker {
@@ -144,6 +146,10 @@ impl Broker {
             limits,
             hooks: RwLock::new(Vec::new()),
             parking: Default::default(),
+            logins: crate::logins::Logins::new(
+                config.limits.password_checks,
+                config.limits.password_queue,
+            ),
             config,
             store,
         });

@@ -82,6 +82,11 @@ max_session_expiry = 4294967295
 max_topic_alias = 65535
 # Seconds a new connection has to send its CONNECT.
 connect_timeout = 10
+# Password checks (argon2, about 19 MiB each) that run at once. 0: one per CPU core.
+password_checks = 0
+# CONNECTs that may wait for a password check; more are refused as Server busy (v5 CONNACK
+# 0x89, v3 0x03 Server unavailable).
+password_queue = 64
 
 [im]
 # The IM world (person/, group/, $im/ topics; docs/PROTOCOL.md).
@@ -173,6 +178,8 @@ pub struct Limits {
     pub max_session_expiry: u32,
     pub max_topic_alias: u16,
     pub connect_timeout: u64,
+    pub password_checks: usize,
+    pub password_queue: usize,
 }
 
 impl Default for Limits {
@@ -189,6 +196,8 @@ impl Default for Limits {
             max_session_expiry: u32::MAX,
             max_topic_alias: 65535,
             connect_timeout: 10,
+            password_checks: 0,
+            password_queue: 64,
         }
     }
 }

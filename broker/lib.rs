@@ -12,6 +12,7 @@
 //! - [`message`]: the version-neutral message model and its stored form.
 //! - [`persist`]: how sessions, queues and retained messages are laid out in the store.
 //! - [`auth`]: accounts (argon2) and the ACL for plain topics.
+//! - [`logins`]: password checks, bounded in number and slowed down after failures.
 //! - [`config`]: the TOML configuration and its commented defaults.
 //! - [`sys`]: counters and `$SYS/broker/...`.
 //! - [`hooks`]: the seam where the rules engine will see every routed message.
@@ -23,6 +24,7 @@ pub mod connection;
 pub mod counted_store;
 pub mod hooks;
 pub mod im;
+pub mod logins;
 pub mod message;
 pub mod persist;
 pub mod router;

@@ -114,6 +114,14 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
             broker.store.size_on_disk().to_string(),
         ),
         ("$SYS/broker/store/errors", get(&m.store_errors)),
+        (
+            "$SYS/broker/auth/failures",
+            broker.logins.failures.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "$SYS/broker/auth/busy",
+            broker.logins.busy.load(Ordering::Relaxed).to_string(),
+        ),
     ]
 }
 

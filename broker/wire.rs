@@ -166,6 +166,7 @@ pub mod reason {
     pub const BAD_USER_OR_PASSWORD: u8 = 0x86;
     pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const SERVER_UNAVAILABLE: u8 = 0x88;
+    pub const SERVER_BUSY: u8 = 0x89;
     pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
     pub const BAD_AUTH_METHOD: u8 = 0x8C;
     pub const KEEPALIVE_TIMEOUT: u8 = 0x8D;

@@ -16,6 +16,7 @@ mod im_groups;
 mod im_messages;
 mod im_presence;
 mod im_requests;
+mod logins;
 mod malformed;
 mod mosquitto;
 mod pipelining;

@@ -2,6 +2,7 @@
 //! session attach and the CONNACK (the IM world's sync starts here too).
 
 use super::*;
+use crate::logins::Verdict;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     /// Read up to the CONNECT; `None` when the peer went away or spoke something else.
@@ -85,26 +86,29 @@ impl Conn {
         // Who is it?
         let username = match &connect.username {
             Some(name) => {
-                let accounts = broker.accounts.clone();
-                let name_owned = name.to_string();
                 let password = connect.password.clone().unwrap_or_default().to_vec();
-                let verdict =
-                    tokio::task::spawn_blocking(move || accounts.verify(&name_owned, &password))
-                        .await;
+                let verdict = broker
+                    .logins
+                    .check(&broker.accounts, peer.ip(), name, password)
+                    .await;
                 match verdict {
-                    Ok(Ok(Some(true))) => Some(name.to_string()),
-                    Ok(Ok(Some(false))) => {
+                    Verdict::Good => Some(name.to_string()),
+                    Verdict::Bad => {
                         return refuse(wire, reason::BAD_USER_OR_PASSWORD, "bad password");
                     }
-                    Ok(Ok(None)) if broker.config.allow_anonymous => None,
-                    Ok(Ok(None)) => {
+                    Verdict::NoAccount if broker.config.allow_anonymous => None,
+                    Verdict::NoAccount => {
                         return refuse(wire, reason::BAD_USER_OR_PASSWORD, "no such account");
                     }
-                    Ok(Err(err)) => {
+                    // v3 has no busy: its nearest is 0x03 Server unavailable (`wire::connack`).
+                    Verdict::Busy => {
+                        return refuse(wire, reason::SERVER_BUSY, "too many password checks");
+                    }
+                    Verdict::Failed(err) => {
                         tracing::error!(cause = %err, "account lookup failed");
                         return refuse(wire, reason::SERVER_UNAVAILABLE, "account store failed");
                     }
-                    Err(_) => {
+                    Verdict::Lost => {
                         return refuse(wire, reason::SERVER_UNAVAILABLE, "account check failed");
                     }
                 }
