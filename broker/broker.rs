@@ -36,6 +36,9 @@ pub struct Published {
     pub matched: usize,
     /// The message was written to the store and must be flushed before it is acknowledged.
     pub needs_flush: bool,
+    /// Online sessions whose queue it was queued beyond the bound of (backpressure, see
+    /// `publish_or_hold`): the publisher waits for room in each before it goes on.
+    pub full: Vec<Arc<Session>>,
 }
 
 /// How a connection left, as far as its will is concerned.
@@ -116,6 +119,7 @@ impl Broker {
             max_queued: config.limits.max_queued,
             overflow: config.limits.queue_overflow,
             qos0_offline: config.limits.queue_qos0_offline,
+            backpressure: config.limits.backpressure,
         };
         let metrics = Metrics::default();
         let store: Arc<dyn Store> =
@@ -217,8 +221,19 @@ impl Broker {
 
     // ----- publishing -------------------------------------------------------------------------
 
-    /// Route one message to every matching session. See the module doc.
+    /// Route one message to every matching session. See the module doc. A full queue applies
+    /// `queue_overflow` (wills, `$SYS`, actions of the broker itself: nobody to hold back).
     pub fn publish(&self, msg: Arc<Message>) -> Result<Published, StoreError> {
+        self.route(msg, false)
+    }
+
+    /// As `publish`, for a client's PUBLISH: the full queue of an online session takes it beyond
+    /// its bound (with `backpressure`), and `Published::full` names the sessions to wait for.
+    pub fn publish_or_hold(&self, msg: Arc<Message>) -> Result<Published, StoreError> {
+        self.route(msg, true)
+    }
+
+    fn route(&self, msg: Arc<Message>, hold: bool) -> Result<Published, StoreError> {
         let mut batch = Batch::new();
         if msg.retain {
             self.retain(&msg, &mut batch);
@@ -257,35 +272,44 @@ impl Broker {
                 released_packet_id: None,
                 sent_packet_id: None,
             };
-            match target.session.offer(delivery, &self.limits) {
+            let offered = if hold {
+                target.session.offer_or_hold(delivery, &self.limits)
+            } else {
+                target.session.offer(delivery, &self.limits)
+            };
+            let (store_seq, displaced) = match offered {
                 Offered::Queued {
                     store_seq,
                     displaced,
-                } => {
-                    published.delivered += 1;
-                    if let Some(oldest) = displaced {
-                        self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
-                        if let Some(seq) = oldest.store_seq {
-                            batch.remove(
-                                Space::Queue,
-                                persist::queue_key(&target.session.client_id, seq),
-                            );
-                        }
-                    }
-                    if let Some(seq) = store_seq {
-                        let body = encoded_body
-                            .get_or_insert_with(|| persist::encode(&StoredMessage::from(&*msg)));
-                        batch.put(
-                            Space::Queue,
-                            persist::queue_key(&target.session.client_id, seq),
-                            persist::queued_value(&header, body),
-                        );
-                    }
+                } => (store_seq, displaced),
+                Offered::Full { store_seq } => {
+                    published.full.push(target.session.clone());
+                    (store_seq, None)
                 }
                 Offered::Dropped => {
                     self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-                Offered::NotForOffline => {}
+                Offered::NotForOffline => continue,
+            };
+            published.delivered += 1;
+            if let Some(oldest) = displaced {
+                self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                if let Some(seq) = oldest.store_seq {
+                    batch.remove(
+                        Space::Queue,
+                        persist::queue_key(&target.session.client_id, seq),
+                    );
+                }
+            }
+            if let Some(seq) = store_seq {
+                let body = encoded_body
+                    .get_or_insert_with(|| persist::encode(&StoredMessage::from(&*msg)));
+                batch.put(
+                    Space::Queue,
+                    persist::queue_key(&target.session.client_id, seq),
+                    persist::queued_value(&header, body),
+                );
             }
         }
         if !batch.is_empty() {

@@ -73,6 +73,15 @@ max_queued = 1000
 queue_overflow = "drop_new"
 # Queue QoS 0 messages for offline persistent sessions (Mosquitto's queue_qos0_messages).
 queue_qos0_offline = false
+# When an online subscriber's queue is full, slow the publisher instead of dropping: stop
+# reading from it and hold its PUBACK/PUBREC until the queue is half empty (docs/PROTOCOL.md,
+# "Slow subscribers"). false: queue_overflow applies to online sessions too.
+backpressure = true
+# Seconds a publisher may wait for one subscriber's queue; then that subscriber is "slow".
+slow_subscriber_timeout = 10
+# What a slow subscriber gets: "disconnect" (DISCONNECT 0x97; a persistent session keeps its
+# queue for its return) or "drop" (queue_overflow applies to it until its queue is half empty).
+slow_subscriber = "disconnect"
 # The largest keepalive granted, in seconds; a v5 client asking for more is told this one
 # (Server Keep Alive). 0 keepalive from a client is kept as 0.
 max_keepalive = 65535
@@ -140,6 +149,14 @@ pub enum Overflow {
     Disconnect,
 }
 
+/// What `slow_subscriber` chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowSubscriber {
+    Disconnect,
+    Drop,
+}
+
 /// What an ACL rule grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -174,6 +191,9 @@ pub struct Limits {
     pub max_queued: usize,
     pub queue_overflow: Overflow,
     pub queue_qos0_offline: bool,
+    pub backpressure: bool,
+    pub slow_subscriber_timeout: u64,
+    pub slow_subscriber: SlowSubscriber,
     pub max_keepalive: u16,
     pub max_session_expiry: u32,
     pub max_topic_alias: u16,
@@ -192,6 +212,9 @@ impl Default for Limits {
             max_queued: 1000,
             queue_overflow: Overflow::DropNew,
             queue_qos0_offline: false,
+            backpressure: true,
+            slow_subscriber_timeout: 10,
+            slow_subscriber: SlowSubscriber::Disconnect,
             max_keepalive: 65535,
             max_session_expiry: u32::MAX,
             max_topic_alias: 65535,

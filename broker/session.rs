@@ -139,6 +139,11 @@ struct Extra {
     expired: Vec<u64>,
     /// The token of the pending expiry timer; a timer with another token is stale.
     expiry_token: u64,
+    /// Publishers waiting for room in the queue (see `Session::has_room`).
+    waiters: Vec<Waker>,
+    /// The subscriber was found slow with `slow_subscriber = "drop"`: `queue_overflow` applies
+    /// to it, not backpressure, until its queue is half empty again.
+    shedding: bool,
 }
 
 impl SessionState {
@@ -398,6 +403,34 @@ impl SessionState {
         self.pending_resends = false;
     }
 
+    /// After a drain: the publishers waiting for room, if the queue is at most half full now
+    /// (they are woken once the lock is released). A subscriber shedding load stops shedding.
+    pub fn take_waiters(&mut self, limits: &QueueLimits) -> Vec<Waker> {
+        match self.extra.as_mut() {
+            Some(extra)
+                if (!extra.waiters.is_empty() || extra.shedding)
+                    && self.queue.len() <= limits.low_mark() =>
+            {
+                extra.shedding = false;
+                std::mem::take(&mut extra.waiters)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The connection `owner` must stop: taken over or evicted. If not, `waker` is woken at the
+    /// next wake-up. Unlike `poll_wake`, the wake-up is not consumed.
+    pub fn poll_evicted(&mut self, owner: u64, waker: &Waker) -> bool {
+        if self.owner != owner || self.eviction.is_some() {
+            return true;
+        }
+        match &self.waker {
+            Some(current) if current.will_wake(waker) => {}
+            _ => self.waker = Some(waker.clone()),
+        }
+        false
+    }
+
     /// Put back a message taken with `take_sendable` that could not be written.
     pub fn requeue_front(&mut self, packet_id: Option<u16>, delivery: Delivery) {
         if let Some(id) = packet_id {
@@ -447,6 +480,9 @@ pub enum Offered {
         store_seq: Option<u64>,
         displaced: Option<Displaced>,
     },
+    /// Queued beyond the bound of a full queue (backpressure): the publisher must wait for room
+    /// (`Session::has_room`). `store_seq` as for `Queued`.
+    Full { store_seq: Option<u64> },
     /// Not queued: the queue was full (a drop, counted).
     Dropped,
     /// Not queued: QoS 0 is not kept for an offline session (`queue_qos0_offline = false`), as
@@ -477,6 +513,56 @@ impl Session {
 
     pub fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Relaxed);
+        if !online {
+            // An offline session holds no publisher back: the waiting ones go on.
+            let waiters = self
+                .lock()
+                .extra
+                .as_mut()
+                .map(|e| std::mem::take(&mut e.waiters))
+                .unwrap_or_default();
+            waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Whether a publisher held back by this session's full queue may go on: the queue is at
+    /// most half full, or the session is offline, evicted or shedding load. If not, `waker` is
+    /// woken when that may have changed (`take_waiters`, `set_online`, `slow`).
+    pub fn has_room(&self, limits: &QueueLimits, waker: &Waker) -> bool {
+        let mut state = self.lock();
+        if !self.is_online() || state.eviction.is_some() || state.queue.len() <= limits.low_mark() {
+            return true;
+        }
+        let extra = state.extra_mut();
+        if extra.shedding {
+            return true;
+        }
+        if !extra.waiters.iter().any(|w| w.will_wake(waker)) {
+            extra.waiters.push(waker.clone());
+        }
+        false
+    }
+
+    /// A publisher waited `slow_subscriber_timeout` for room here: the subscriber is slow.
+    /// `disconnect`: it is evicted (DISCONNECT 0x97); otherwise it sheds load. `false` when it
+    /// was not slow any more.
+    pub fn slow(&self, limits: &QueueLimits, disconnect: bool) -> bool {
+        let mut state = self.lock();
+        if !self.is_online() || state.eviction.is_some() || state.queue.len() <= limits.low_mark() {
+            return false;
+        }
+        let waiters = if disconnect {
+            state.eviction = Some(Eviction::Overflow);
+            Vec::new()
+        } else {
+            let extra = state.extra_mut();
+            extra.shedding = true;
+            std::mem::take(&mut extra.waiters)
+        };
+        let owner = state.signal();
+        drop(state);
+        waiters.into_iter().chain(owner).for_each(Waker::wake);
+        true
     }
 
     /// Wake the connection that owns the session, if any (new messages, or an eviction).
@@ -493,16 +579,32 @@ impl Session {
         !self.lock().poll_wake(owner, waker)
     }
 
-    /// Queue a delivery for the client and wake its connection.
-    pub fn offer(&self, mut delivery: Delivery, limits: &QueueLimits) -> Offered {
+    /// Queue a delivery for the client and wake its connection. A full queue applies
+    /// `queue_overflow` (the IM world, retained messages, wills and `$SYS` take this path).
+    pub fn offer(&self, delivery: Delivery, limits: &QueueLimits) -> Offered {
+        self.offer_with(delivery, limits, false)
+    }
+
+    /// As `offer`, for a client's PUBLISH: with `backpressure`, the full queue of an online
+    /// session takes the delivery beyond its bound and answers `Full`: the publisher waits for
+    /// room (`has_room`) before it is acknowledged or read from again.
+    pub fn offer_or_hold(&self, delivery: Delivery, limits: &QueueLimits) -> Offered {
+        self.offer_with(delivery, limits, limits.backpressure)
+    }
+
+    fn offer_with(&self, mut delivery: Delivery, limits: &QueueLimits, hold: bool) -> Offered {
         let online = self.is_online();
         let mut state = self.lock();
         if !online && delivery.qos == QoS::AtMostOnce && !limits.qos0_offline {
             return Offered::NotForOffline;
         }
         let mut displaced = None;
+        let mut full = false;
         if state.queue.len() >= limits.max_queued {
+            // An evicted session is on its way offline: it holds nobody back any more.
+            let shedding = state.extra.as_ref().is_some_and(|e| e.shedding);
             match limits.overflow {
+                _ if hold && online && !shedding && state.eviction.is_none() => full = true,
                 Overflow::DropOldest => {
                     displaced = state.queue.pop_front().map(|oldest| Displaced {
                         store_seq: oldest.store_seq,
@@ -529,6 +631,9 @@ impl Session {
         drop(state);
         if let Some(waker) = waker {
             waker.wake();
+        }
+        if full {
+            return Offered::Full { store_seq };
         }
         Offered::Queued {
             store_seq,
@@ -585,6 +690,15 @@ pub struct QueueLimits {
     pub max_queued: usize,
     pub overflow: Overflow,
     pub qos0_offline: bool,
+    /// Hold publishers back instead of dropping for an online session (see `offer_or_hold`).
+    pub backpressure: bool,
+}
+
+impl QueueLimits {
+    /// A publisher held back by a full queue goes on once it is at most this long.
+    pub fn low_mark(&self) -> usize {
+        self.max_queued / 2
+    }
 }
 
 #[cfg(test)]
@@ -701,6 +815,7 @@ mod tests {
             max_queued: 2,
             overflow: Overflow::DropNew,
             qos0_offline: false,
+            backpressure: true,
         };
         let queued = Offered::Queued {
             store_seq: None,

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub dropped: AtomicU64,
+    /// Subscribers found slow: a publisher waited `slow_subscriber_timeout` for their queue.
+    pub slow_subscribers: AtomicU64,
     /// Store writes and flushes that failed (a full disk, say): shared with the flush thread.
     pub store_errors: Arc<AtomicU64>,
 }
@@ -37,6 +39,7 @@ impl Default for Metrics {
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            slow_subscribers: AtomicU64::new(0),
             store_errors: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -102,6 +105,7 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
         ),
         ("$SYS/broker/publish/messages/sent", get(&m.publish_sent)),
         ("$SYS/broker/publish/messages/dropped", get(&m.dropped)),
+        ("$SYS/broker/clients/slow", get(&m.slow_subscribers)),
         ("$SYS/broker/bytes/received", get(&m.bytes_received)),
         ("$SYS/broker/bytes/sent", get(&m.bytes_sent)),
         (

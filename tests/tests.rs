@@ -6,6 +6,7 @@ mod clients;
 mod common;
 
 mod access;
+mod backpressure;
 mod bench;
 mod crash;
 mod daemon;

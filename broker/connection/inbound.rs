@@ -189,13 +189,15 @@ impl Conn {
             publisher: Some(self.client_id().clone()),
             stamp: None,
         };
-        let published = match self.broker.publish(Arc::new(msg)) {
+        let mut published = match self.broker.publish_or_hold(Arc::new(msg)) {
             Ok(published) => published,
             Err(err) => {
                 tracing::error!(cause = %err, "store write failed: closing without acknowledging");
                 return Err(Violation(reason::UNSPECIFIED, "storage failure"));
             }
         };
+        // A full subscriber queue holds this publisher back, and its acknowledgement with it.
+        self.hold_back(std::mem::take(&mut published.full));
         let code = if published.matched == 0 && self.proto == Proto::V5 {
             reason::NO_MATCHING_SUBSCRIBERS
         } else {
@@ -203,7 +205,7 @@ impl Conn {
         };
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.hold_or_write(
+            QoS::AtLeastOnce => self.ack_publish(
                 wire,
                 HeldAck::PubAck(packet_id, code),
                 published.needs_flush,
@@ -221,7 +223,7 @@ impl Conn {
                     self.broker.save_session(&self.session, None);
                     needs_flush |= self.broker.is_sync();
                 }
-                self.hold_or_write(wire, HeldAck::PubRec(packet_id, code), needs_flush);
+                self.ack_publish(wire, HeldAck::PubRec(packet_id, code), needs_flush);
             }
         }
         Ok(())

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 mod handshake;
 mod inbound;
 mod park;
+mod pause;
 
 pub use park::{Lot, Parked, Parking, Transport, start_parking};
 
@@ -71,6 +72,10 @@ enum Event {
     Timer,
     /// The connection must end (found while it came back from the parking lot).
     Stop(End),
+    /// Every full queue that held the publisher back has room (see `pause.rs`).
+    Room,
+    /// The publisher has been held back for `slow_subscriber_timeout`.
+    Stuck,
 }
 
 /// Why `Conn::run` returned.
@@ -184,7 +189,8 @@ async fn drive<S: Transport>(mut live: Live<S>, mut first: Option<Event>) {
                     alive,
                     ..
                 } = live;
-                let _ = io.flush(&mut wire).await;
+                // Bounded: a client that reads nothing (evicted as slow) does not hold it open.
+                let _ = tokio::time::timeout(LINGER, io.flush(&mut wire)).await;
                 // The session and the will are settled before the client sees the close: a
                 // client that waits for it (after its DISCONNECT) finds its will already gone.
                 conn.closed(end);
@@ -365,11 +371,16 @@ struct Flow {
     unanswered_publishes: usize,
     /// Packet ids of PUBACKs read and not yet completed (see `finish_acked`).
     acked: Vec<u16>,
+    /// Held back by full queues (backpressure, see `pause.rs`); never parked then.
+    pause: Option<pause::Pause>,
 }
 
 impl Flow {
     fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.waiting.is_none() && self.acked.is_empty()
+        self.held.is_empty()
+            && self.waiting.is_none()
+            && self.acked.is_empty()
+            && self.pause.is_none()
     }
 }
 
@@ -437,11 +448,17 @@ impl Conn {
                 Some(event) => event,
                 None => {
                     if let Err(end) = self.drain(wire) {
-                        let _ = io.flush(wire).await;
+                        let _ = tokio::time::timeout(LINGER, io.flush(wire)).await;
                         return Stop::End(end);
                     }
-                    if io.flush(wire).await.is_err() {
-                        return Stop::End(End::Abnormal);
+                    match self.flush_unless_evicted(io, wire).await {
+                        Ok(true) => {}
+                        // Evicted while its client does not read (a slow subscriber): what is
+                        // left unwritten goes with the connection.
+                        Ok(false) => {
+                            return Stop::End(self.drain(wire).err().unwrap_or(End::Abnormal));
+                        }
+                        Err(_) => return Stop::End(End::Abnormal),
                     }
                     if self.redrain {
                         self.redrain = false;
@@ -449,7 +466,21 @@ impl Conn {
                     }
                     let owner = self.owner;
                     let session = &self.session;
-                    let flow = &mut self.flow;
+                    let broker = &self.broker;
+                    let (waiting, mut held_back) = match self.flow.as_deref_mut() {
+                        Some(Flow { waiting, pause, .. }) => (waiting.as_mut(), pause.as_mut()),
+                        None => (None, None),
+                    };
+                    let held = held_back.is_some();
+                    let reading = !held || io.buf.len() < pause::READ_LIMIT;
+                    let stuck_at = held_back.as_ref().map_or(u64::MAX, |p| p.stuck_at(broker));
+                    let room = poll_fn(|cx| match held_back.as_deref_mut() {
+                        Some(pause) => pause.poll_room(broker, cx),
+                        None => Poll::Pending,
+                    });
+                    let stuck = async {
+                        tokio::time::sleep_until(park::instant_at(stuck_at)).await;
+                    };
                     let wake = poll_fn(|cx| {
                         if session.lock().poll_wake(owner, cx.waker()) {
                             Poll::Ready(())
@@ -458,7 +489,7 @@ impl Conn {
                         }
                     });
                     let durable = async {
-                        match flow.as_mut().and_then(|f| f.waiting.as_mut()) {
+                        match waiting {
                             Some((_, fut)) => fut.await,
                             None => std::future::pending().await,
                         }
@@ -467,7 +498,9 @@ impl Conn {
                         biased;
                         () = wake => Event::Wake,
                         result = durable => Event::Durable(result),
-                        read = io.fill() => Event::Read(read),
+                        () = room, if held => Event::Room,
+                        read = io.fill(), if reading => Event::Read(read),
+                        () = stuck, if held => Event::Stuck,
                         () = timer.as_mut() => Event::Timer,
                     }
                 }
@@ -501,12 +534,28 @@ impl Conn {
                     let now = mono_ms();
                     clock.deadline = self.keepalive_deadline(now);
                     clock.idle_since = now;
-                    if let Some(end) = self.on_input(io, wire) {
+                    let ended = if self.is_held() {
+                        self.on_held_input(io, wire)
+                    } else {
+                        self.on_input(io, wire)
+                    };
+                    if let Some(end) = ended {
                         return Stop::End(end);
                     }
                 }
+                Event::Room => {
+                    clock.idle_since = mono_ms();
+                    if let Some(end) = self.resume(io, wire) {
+                        return Stop::End(end);
+                    }
+                }
+                Event::Stuck => self.on_stuck(),
                 Event::Timer => {
                     let now = mono_ms();
+                    if self.is_held() {
+                        // Not read from by choice: the client is not silent.
+                        clock.deadline = self.keepalive_deadline(now);
+                    }
                     if now >= clock.deadline {
                         tracing::info!(client_id = %self.client_id(), "keepalive timeout");
                         wire.disconnect(reason::KEEPALIVE_TIMEOUT, None);
@@ -526,12 +575,26 @@ impl Conn {
 
     /// Decode and handle every whole packet read. `Some` when the connection must end.
     fn on_input<S>(&mut self, io: &mut Io<S>, wire: &mut wire::Wire) -> Option<End> {
+        let mut ended = self.on_packets(&mut io.buf, wire);
+        if ended.is_none() && self.is_held() {
+            // Acknowledgements read with the PUBLISH that held the connection back.
+            ended = self.on_held_input(io, wire);
+        }
+        io.release_buf();
+        ended
+    }
+
+    /// Decode and handle the whole packets in `buf`, until one holds the publisher back
+    /// (`pause.rs`). `Some` when the connection must end.
+    fn on_packets(&mut self, buf: &mut BytesMut, wire: &mut wire::Wire) -> Option<End> {
         let mut received = 0u64;
+        let held = self.is_held();
         let ended = loop {
-            match wire.decode(&mut io.buf) {
+            match wire.decode(buf) {
                 Ok(Some(packet)) => {
                     received += 1;
                     match self.handle(wire, packet) {
+                        Ok(None) if !held && self.is_held() => break None,
                         Ok(None) => {}
                         Ok(Some(end)) => break Some(end),
                         Err(Violation(code, why)) => {
@@ -541,10 +604,7 @@ impl Conn {
                         }
                     }
                 }
-                Ok(None) => {
-                    io.release_buf();
-                    break None;
-                }
+                Ok(None) => break None,
                 Err(err) => {
                     tracing::info!(client_id = %self.client_id(), ?err, "malformed packet");
                     let code = match err {
@@ -588,10 +648,33 @@ impl Conn {
         self.broker.detach(&self.session, self.owner, departure);
     }
 
+    /// `io.flush`, unless the session is taken over or evicted first (`Ok(false)`): a client
+    /// that reads nothing must not keep its connection from noticing.
+    async fn flush_unless_evicted<S: Transport>(
+        &mut self,
+        io: &mut Io<S>,
+        wire: &mut wire::Wire,
+    ) -> std::io::Result<bool> {
+        let (session, owner) = (&self.session, self.owner);
+        let evicted = poll_fn(|cx| {
+            if session.lock().poll_evicted(owner, cx.waker()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::select! {
+            biased;
+            flushed = io.flush(wire) => flushed.map(|()| true),
+            () = evicted => Ok(false),
+        }
+    }
+
     /// Move what the session owes the client into the wire. `Err` when the session was taken.
     fn drain(&mut self, wire: &mut wire::Wire) -> Result<(), End> {
         let mut out = Vec::new();
         let expired;
+        let waiters;
         {
             let mut state = self.session.lock();
             if state.owner != self.owner || state.eviction.is_some() {
@@ -603,7 +686,8 @@ impl Conn {
                         End::Abnormal
                     }
                     Eviction::Overflow => {
-                        self.session.lock().eviction = None;
+                        // It stays until the session is detached (`attach` clears it): until
+                        // then the session holds no publisher back (`Session::offer_or_hold`).
                         wire.disconnect(
                             reason::QUOTA_EXCEEDED,
                             Some("client too slow: queue full"),
@@ -618,7 +702,10 @@ impl Conn {
             }
             state.take_sendable(self.window(), now_ms(), &mut out);
             expired = state.take_expired();
+            waiters = state.take_waiters(&self.broker.limits);
         }
+        // Publishers held back by this queue go on (`pause.rs`).
+        waiters.into_iter().for_each(std::task::Waker::wake);
         if !expired.is_empty() {
             let mut batch = Batch::new();
             for seq in expired {
