@@ -3,15 +3,18 @@
 //! its own, and a file that fails is reported (file, line, column, message) and skipped.
 //!
 //! What a file declares is added to what runtime created; runtime relations are never removed by
-//! a file. `rules:` and the things relations (`bind`, `link`) belong to later stages: they are
-//! accepted and reported as not applied yet.
+//! a file. `rules:` belong to a later stage: accepted and reported as not applied. The things
+//! relations (`bind`, `share`, `link`) are applied by [`apply_things`], through the things world,
+//! once the broker carries it; until then [`apply`] reports them as not applied.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::accounts::{AccountKind, Accounts};
+use crate::graph::Rights;
 use crate::im::{Im, PersonSettings};
+use crate::things::{Effect, Things};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,9 +62,26 @@ pub struct GroupDef {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum RelationDef {
-    Friends { friends: [String; 2] },
-    Bind { bind: String, to: String },
-    Link { link: [String; 2] },
+    Friends {
+        friends: [String; 2],
+    },
+    Bind {
+        bind: String,
+        to: String,
+    },
+    Share {
+        share: String,
+        with: String,
+        #[serde(default = "control")]
+        rights: Rights,
+    },
+    Link {
+        link: [String; 2],
+    },
+}
+
+fn control() -> Rights {
+    Rights::Control
 }
 
 /// A problem in one file.
@@ -219,10 +239,62 @@ fn apply(
                     fail(format!("friends {a}, {b}: {err}"));
                 }
             }
-            RelationDef::Bind { .. } | RelationDef::Link { .. } => report.not_applied += 1,
+            RelationDef::Bind { .. } | RelationDef::Share { .. } | RelationDef::Link { .. } => {
+                report.not_applied += 1
+            }
         }
     }
     report.not_applied += defs.rules.len();
+}
+
+/// Apply one file's things relations through the things world: owners first, then shares (given
+/// by the owner), then links (no owner needed). Call it after [`apply`], which counted them as not
+/// applied: each handled here (applied or reported) is taken off that count. What fails is
+/// reported and the rest applied; the effects are for the broker to carry out.
+pub fn apply_things(
+    file: &Path,
+    defs: &Definitions,
+    things: &Things,
+    now: u64,
+    report: &mut Report,
+) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    for pass in 0..3 {
+        for relation in &defs.relations {
+            let (what, result) = match (pass, relation) {
+                (0, RelationDef::Bind { bind, to }) => (
+                    format!("bind {bind} to {to}"),
+                    things.define_owner(bind, to, now),
+                ),
+                (
+                    1,
+                    RelationDef::Share {
+                        share,
+                        with,
+                        rights,
+                    },
+                ) => (
+                    format!("share {share} with {with}"),
+                    things.define_share(share, with, *rights, now),
+                ),
+                (2, RelationDef::Link { link: [a, b] }) => {
+                    (format!("link {a}, {b}"), things.define_link(a, b, now))
+                }
+                _ => continue,
+            };
+            report.not_applied = report.not_applied.saturating_sub(1);
+            match result {
+                Ok(done) => effects.extend(done),
+                Err(err) => report.diagnostics.push(Diagnostic {
+                    file: file.to_owned(),
+                    line: 0,
+                    column: 0,
+                    message: format!("{what}: {err}"),
+                }),
+            }
+        }
+    }
+    effects
 }
 
 #[cfg(test)]
@@ -258,5 +330,63 @@ rules:
         assert_eq!(defs.things.len(), 2);
         assert_eq!(defs.relations.len(), 3);
         assert_eq!(defs.rules.len(), 1);
+    }
+
+    #[test]
+    fn things_relations_are_applied_through_the_things_world() {
+        use crate::graph::Access;
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn crate::Store> =
+            std::sync::Arc::new(crate::SledStore::open(dir.path()).unwrap());
+        let log =
+            std::sync::Arc::new(crate::im::MessageLog::open(&dir.path().join("messages")).unwrap());
+        let im = std::sync::Arc::new(
+            Im::open(store.clone(), log, crate::im::ImConfig::default()).unwrap(),
+        );
+        let things = Things::open(store.clone(), im.clone(), Default::default()).unwrap();
+        let accounts = Accounts::new(store);
+        let text = r#"
+persons: [{ id: alice, password: "a" }, { id: bob, password: "b" }, { id: carol, password: "c" }]
+things:  [{ id: door, secret: "s" }, { id: lamp, secret: "t" }]
+relations:
+  - { link: [door, lamp] }
+  - { share: door, with: bob }
+  - { share: door, with: carol, rights: view }
+  - { bind: door, to: alice }
+  - { bind: lamp, to: nobody }
+"#;
+        let file = Path::new("home.yaml");
+        let defs = parse(file, text).unwrap();
+        let mut report = Report::default();
+        apply(file, &defs, &accounts, &im, 1, &mut report);
+        assert_eq!(report.not_applied, 5);
+        let effects = apply_things(file, &defs, &things, 1, &mut report);
+        assert_eq!(report.not_applied, 0);
+        assert_eq!(report.diagnostics.len(), 1, "{:?}", report.diagnostics);
+        assert!(
+            report.diagnostics[0]
+                .message
+                .contains("bind lamp to nobody")
+        );
+        assert!(!effects.is_empty());
+        assert_eq!(things.access("alice", "door"), Some(Access::Owner));
+        assert_eq!(things.access("bob", "door"), Some(Access::Control));
+        assert_eq!(things.access("carol", "door"), Some(Access::View));
+        assert_eq!(things.access("door", "lamp"), Some(Access::Linked));
+        // Applied again at the next start: nothing changes, nothing fails.
+        apply_things(file, &defs, &things, 2, &mut Report::default());
+        assert_eq!(things.access("bob", "door"), Some(Access::Control));
+        // A binding made at runtime to someone else is kept, and said so.
+        let bad = parse(file, "relations: [{ bind: door, to: bob }]\n").unwrap();
+        let mut report = Report::default();
+        apply_things(file, &bad, &things, 3, &mut report);
+        assert!(report.diagnostics[0].message.contains("bound to alice"));
+        assert!(
+            parse(
+                file,
+                "relations: [{ share: door, with: bob, rights: all }]\n"
+            )
+            .is_err()
+        );
     }
 }

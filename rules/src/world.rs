@@ -17,7 +17,7 @@ pub trait World: Send + Sync {
     fn state(&self, thing: &str) -> Option<Value>;
     /// The person a thing is bound to (its owner).
     fn owner_of(&self, thing: &str) -> Option<String>;
-    /// The things bound to a person.
+    /// The things bound to a person (owned or shared with it).
     fn bound_to(&self, person: &str) -> Vec<String>;
     /// The things linked with a thing.
     fn linked(&self, thing: &str) -> Vec<String>;
@@ -37,6 +37,8 @@ pub struct FolderWorld {
     groups: BTreeMap<String, BTreeSet<String>>,
     friends: BTreeMap<String, BTreeSet<String>>,
     owners: BTreeMap<String, String>,
+    /// The things shared with each person (any rights).
+    shared: BTreeMap<String, BTreeSet<String>>,
     links: BTreeMap<String, BTreeSet<String>>,
 }
 
@@ -58,6 +60,10 @@ impl FolderWorld {
                 }
                 RelationDef::Bind { bind, to } => {
                     self.owners.insert(bind.clone(), to.clone());
+                }
+                RelationDef::Share { share, with, .. } => {
+                    let things = self.shared.entry(with.clone()).or_default();
+                    things.insert(share.clone());
                 }
                 RelationDef::Link { link: [a, b] } => {
                     self.links.entry(a.clone()).or_default().insert(b.clone());
@@ -90,7 +96,9 @@ impl World for FolderWorld {
     }
     fn bound_to(&self, person: &str) -> Vec<String> {
         let owned = self.owners.iter().filter(|(_, p)| *p == person);
-        owned.map(|(t, _)| t.clone()).collect()
+        let mut things: BTreeSet<String> = owned.map(|(t, _)| t.clone()).collect();
+        things.extend(list(self.shared.get(person)));
+        things.into_iter().collect()
     }
     fn linked(&self, thing: &str) -> Vec<String> {
         list(self.links.get(thing))
