@@ -10,7 +10,8 @@
 #   SCENARIOS     scenarios; each runs against every broker in turn before the next one
 #                 (default: every plain-MQTT scenario, then the IM ones, which run against
 #                 MQTTER only; `conns` always gets freshly started brokers, which are
-#                 restarted after it)
+#                 restarted after it; the sustain-* scenarios run last, against brokers
+#                 restarted with their default queue limits)
 #   ROUNDS        rounds (default 3); each round starts fresh brokers and rotates their order;
 #                 the table shows the median over rounds
 #   BENCH_ARGS    extra arguments for `mqtter bench`, e.g. "--quick" or "--connections 5000"
@@ -26,7 +27,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BROKERS="${BROKERS:-mqtter mqtter-async mosquitto rumqttd}"
-SCENARIOS="${SCENARIOS:-conns pairs-qos0 pairs-qos1 pairs-qos0-rate pairs-qos1-rate fanout-qos0 fanout-qos1 fanin-qos0 fanin-qos1 im-direct im-direct-ref im-group im-group-ref im-reconnect}"
+SCENARIOS="${SCENARIOS:-conns pairs-qos0 pairs-qos1 pairs-qos0-rate pairs-qos1-rate fanout-qos0 fanout-qos1 fanin-qos0 fanin-qos1 im-direct im-direct-ref im-group im-group-ref im-reconnect sustain-pairs2-qos0 sustain-pairs2-qos1 sustain-pairs10-qos0 sustain-pairs10-qos1 sustain-fanout8-qos0 sustain-fanout8-qos1}"
 ROUNDS="${ROUNDS:-3}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 TIMEOUT_SECS="${TIMEOUT_SECS:-60}"
@@ -39,6 +40,7 @@ RUMQTTD_VERSION="0.20.0"
 TMP="$(mktemp -d /tmp/mqtter-compare.XXXXXX)"
 declare -A PID=()
 declare -A PORT=()
+DEFAULT_QUEUES=0
 # 1 while brokers are started for `conns` (MQTTER then starts without the IM accounts).
 CONNS_PHASE=0
 
@@ -170,13 +172,16 @@ start_broker() {
   case "$b" in
     mosquitto)
       # Equivalent limits: no connection cap, 100 QoS 1 messages in flight per client,
-      # unbounded queues (no QoS 1 drops), TCP_NODELAY, no persistence.
+      # unbounded queues (no QoS 1 drops), TCP_NODELAY, no persistence. For the sustain-*
+      # scenarios, its default queue (max_queued_messages 1000).
+      local queued=0
+      [[ "$DEFAULT_QUEUES" == 1 ]] && queued=1000
       cat >"$TMP/mosquitto.conf" <<EOF
 listener $port 127.0.0.1
 allow_anonymous true
 max_connections -1
 max_inflight_messages 100
-max_queued_messages 0
+max_queued_messages $queued
 set_tcp_nodelay true
 persistence false
 log_dest stderr
@@ -221,7 +226,8 @@ EOF
       # leaves freed memory that the connections then reuse, hiding what they cost.
       local durability=sync config=()
       [[ "$b" == mqtter-async ]] && durability=async
-      [[ "$CONNS_PHASE" == 1 ]] || config=(--config "$TMP/im/mqtter.toml")
+      # For the sustain-* scenarios, its defaults (max_queued 1000, backpressure).
+      [[ "$CONNS_PHASE" == 1 || "$DEFAULT_QUEUES" == 1 ]] || config=(--config "$TMP/im/mqtter.toml")
       "$MQTTER_BIN" serve "${config[@]}" --listen "127.0.0.1:$port" \
         --ws-listen off --allow-anonymous --data "$TMP/$b-data" --durability "$durability" \
         >"$TMP/$b.log" 2>&1 &
@@ -345,6 +351,8 @@ for round in $(seq 1 "$ROUNDS"); do
     log "warning: the machine is ${busy}% busy with other work; figures will be noisy"
   fi
   [[ "${scenario_list[0]}" == conns ]] && CONNS_PHASE=1
+  DEFAULT_QUEUES=0
+  [[ "${scenario_list[0]}" == sustain-* ]] && DEFAULT_QUEUES=1
   start_all "${order[@]}"
   fresh=1
   for s in "${scenario_list[@]}"; do
@@ -353,6 +361,13 @@ for round in $(seq 1 "$ROUNDS"); do
     if [[ "$s" == conns && "$fresh" == 0 ]]; then
       stop_brokers
       CONNS_PHASE=1
+      start_all "${order[@]}"
+    fi
+    # The sustained scenarios measure the brokers as configured by default: restarted once
+    # with their default queue limits.
+    if [[ "$s" == sustain-* && "$DEFAULT_QUEUES" == 0 ]]; then
+      stop_brokers
+      DEFAULT_QUEUES=1
       start_all "${order[@]}"
     fi
     fresh=0

@@ -97,6 +97,32 @@ fn every_plain_scenario_runs_against_the_daemon() {
     );
 }
 
+/// The sustained shape runs against the daemon's default queue limits: publishers as fast as it
+/// takes them, and not one acknowledged QoS 1 message lost (backpressure, docs/PROTOCOL.md).
+#[test]
+fn the_sustained_scenarios_lose_no_acknowledged_message_with_default_limits() {
+    let daemon = Daemon::start();
+    let broker = daemon.mqtt.to_string();
+    // QoS 0 publishers fill their sockets' buffers (megabytes each) before the broker slows
+    // them: only the smallest QoS 0 shape, whose backlog an unoptimised build drains in time.
+    let scenarios = [
+        "sustain-pairs2-qos0",
+        "sustain-pairs2-qos1",
+        "sustain-pairs10-qos1",
+        "sustain-fanout8-qos1",
+    ];
+    let records = bench(&[
+        "--broker",
+        &broker,
+        "--quick",
+        "--timeout-secs",
+        "120",
+        "--scenario",
+        &scenarios.join(","),
+    ]);
+    check(&records, &scenarios);
+}
+
 #[test]
 fn every_im_scenario_runs_against_the_daemon() {
     let setup = tempfile::tempdir().expect("temp dir");

@@ -30,8 +30,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub broker: String,
     /// Scenario or group to run (repeatable or comma-separated): pairs, fanout, fanin, conns,
-    /// im (MQTTER's IM world), or a single one such as pairs-qos1-rate or im-direct.
-    /// Default: all plain-MQTT scenarios.
+    /// sustain (as fast as the broker takes them for --seconds), im (MQTTER's IM world), or a
+    /// single one such as pairs-qos1-rate or sustain-pairs2-qos1.
+    /// Default: the plain-MQTT scenarios of fixed size.
     #[arg(long, value_delimiter = ',')]
     pub scenario: Vec<String>,
     /// Connections of each scenario: pairs for `pairs` and `im-direct`, subscribers for
@@ -44,7 +45,7 @@ pub struct BenchArgs {
     /// Messages per second (all publishers together) of the fixed-rate scenarios [default: 20000].
     #[arg(long)]
     pub rate: Option<u64>,
-    /// Duration of the fixed-rate scenarios in seconds [default: 5].
+    /// Duration of the fixed-rate and sustained scenarios in seconds [default: 5].
     #[arg(long)]
     pub seconds: Option<f64>,
     /// Payload bytes of each PUBLISH; the first 8 carry the send timestamp.
@@ -297,6 +298,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ScenarioResult>> {
     }
     let broker = runner::resolve_loopback(&args.broker).await?;
     let mut all = scenario::builtin(&sizes);
+    all.extend(scenario::builtin_sustain(&sizes));
     all.extend(scenario::builtin_im(&sizes));
     let scenarios = scenario::select(all, &args.scenario)?;
     let run_id = format!("{:08x}", rand::random::<u32>());

@@ -60,6 +60,8 @@ pub struct Measured {
     pub published: u64,
     pub expected: u64,
     pub delivered: u64,
+    /// Deliveries owed for what the broker accepted (sustained load: the expected ones).
+    pub owed: u64,
     /// First publish to last delivery.
     pub seconds: f64,
     pub latency: Histogram,
@@ -76,6 +78,7 @@ impl Measured {
     /// Adds a finished publisher's figures; `first_ns` tracks the earliest publish.
     fn absorb_publisher(&mut self, o: PubOutcome, first_ns: &mut Option<u64>) {
         self.published += o.sent;
+        self.owed += o.owed;
         if let Some(f) = o.first_ns {
             *first_ns = Some(first_ns.map_or(f, |x| x.min(f)));
         }
@@ -514,6 +517,11 @@ impl Subscriber {
 
 struct PubOutcome {
     sent: u64,
+    /// PUBACKs received.
+    acked: u64,
+    /// Deliveries owed for what the broker accepted: each message acknowledged (QoS 1) or
+    /// written (QoS 0), once per matching subscriber.
+    owed: u64,
     first_ns: Option<u64>,
     error: Option<String>,
 }
@@ -526,6 +534,10 @@ struct Publisher {
     messages: u64,
     /// Messages per second for this publisher, `None` to saturate.
     rate: Option<f64>,
+    /// Sustained load: stop sending after this long (and wait for the acknowledgements).
+    sustain: Option<Duration>,
+    /// Subscribers that match this publisher's topic.
+    fanout: u64,
     window: u64,
     epoch: Instant,
     start: watch::Receiver<bool>,
@@ -538,12 +550,16 @@ impl Publisher {
     async fn run(mut self) -> PubOutcome {
         let mut out = PubOutcome {
             sent: 0,
+            acked: 0,
+            owed: 0,
             first_ns: None,
             error: None,
         };
         if let Err(e) = self.send(&mut out).await {
             out.error = Some(format!("{e:#}"));
         }
+        let accepted = if self.qos == 0 { out.sent } else { out.acked };
+        out.owed = accepted * self.fanout;
         close(self.stream).await;
         out
     }
@@ -581,10 +597,15 @@ impl Publisher {
             _ = flagged(&mut self.start) => {}
         }
         let started = tokio::time::Instant::now();
+        let until = self.sustain.map(|d| started + d);
         let mut wbuf = Vec::with_capacity(self.template.len() * BATCH as usize);
         let mut inflight = 0u64;
         let mut next_id: u16 = 1;
         loop {
+            if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                // Sustained load: no more new messages; the loop waits for the last PUBACKs.
+                self.messages = out.sent;
+            }
             if out.sent == self.messages && inflight == 0 {
                 return Ok(());
             }
@@ -614,7 +635,9 @@ impl Publisher {
                 out.sent += allowed;
                 if self.qos > 0 {
                     inflight += allowed;
-                    inflight = inflight.saturating_sub(self.take_acks()?);
+                    let acked = self.take_acks()?;
+                    out.acked += acked;
+                    inflight = inflight.saturating_sub(acked);
                 }
                 continue;
             }
@@ -641,7 +664,9 @@ impl Publisher {
                 _ = flagged(&mut self.stop) => return Ok(()),
                 r = self.stream.readable(), if wait_acks => {
                     r?;
-                    inflight = inflight.saturating_sub(self.take_acks()?);
+                    let acked = self.take_acks()?;
+                    out.acked += acked;
+                    inflight = inflight.saturating_sub(acked);
                 }
                 _ = sleep_until(wake.unwrap_or(started)), if wake.is_some() => {}
                 else => return Ok(()),
@@ -745,8 +770,12 @@ pub async fn run_messaging(
         };
         sub_tasks.spawn(s.run());
     }
+    let sustain = match sc.load {
+        LoadShape::Sustain { seconds } => Some(Duration::from_secs_f64(seconds)),
+        _ => None,
+    };
     let per_pub_rate = match sc.load {
-        LoadShape::Saturate { .. } => None,
+        LoadShape::Saturate { .. } | LoadShape::Sustain { .. } => None,
         LoadShape::Rate { per_sec, .. } => {
             Some((per_sec as f64 / pubs.len().max(1) as f64).max(1e-3))
         }
@@ -763,6 +792,15 @@ pub async fn run_messaging(
             qos,
             messages: spec.messages,
             rate: per_pub_rate,
+            sustain,
+            fanout: subs
+                .iter()
+                .filter(|s| {
+                    s.filter
+                        .as_deref()
+                        .is_some_and(|f| super::scenario::topic_matches(f, &spec.topic))
+                })
+                .count() as u64,
             window: cfg.window.max(1),
             epoch,
             start: start_rx.clone(),
@@ -787,6 +825,10 @@ pub async fn run_messaging(
         }
     }
 
+    if sustain.is_some() {
+        // What must arrive is what the broker accepted.
+        m.expected = m.owed;
+    }
     // Wait for the deliveries while they keep coming.
     let mut seen = delivered.load(Ordering::Relaxed);
     let mut progress_at = tokio::time::Instant::now();
@@ -861,6 +903,8 @@ pub async fn run_im_reconnect(cfg: &Arc<RunConfig>, sc: &Scenario) -> anyhow::Re
         qos: 1,
         messages: missed,
         rate: None,
+        sustain: None,
+        fanout: 1,
         window: cfg.window.max(1),
         epoch,
         start: start_rx,

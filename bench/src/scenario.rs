@@ -44,7 +44,13 @@ pub enum LoadShape {
     /// Send `per_sec` PUBLISH packets per second in total (split over the publishers) for
     /// `seconds` seconds.
     Rate { per_sec: u64, seconds: f64 },
+    /// Every publisher sends as fast as the broker takes them for `seconds` seconds (no fixed
+    /// count); what the broker accepted (QoS 1: acknowledged) is what must arrive.
+    Sustain { seconds: f64 },
 }
+
+/// The message count a sustained publisher stands for in a topology: more than it can send.
+pub const SUSTAIN_NOMINAL: u64 = 1 << 40;
 
 impl LoadShape {
     /// Total PUBLISH packets this shape sends.
@@ -52,6 +58,7 @@ impl LoadShape {
         match *self {
             LoadShape::Saturate { messages } => messages,
             LoadShape::Rate { per_sec, seconds } => (per_sec as f64 * seconds).round() as u64,
+            LoadShape::Sustain { .. } => SUSTAIN_NOMINAL,
         }
     }
 
@@ -59,6 +66,7 @@ impl LoadShape {
         match *self {
             LoadShape::Saturate { messages } => format!("saturate, {messages} messages"),
             LoadShape::Rate { per_sec, seconds } => format!("{per_sec} msg/s for {seconds} s"),
+            LoadShape::Sustain { seconds } => format!("sustained for {seconds} s"),
         }
     }
 }
@@ -412,6 +420,31 @@ pub fn builtin(s: &Sizes) -> Vec<Scenario> {
     out
 }
 
+/// The sustained-load scenarios (`--scenario sustain`, not in the default selection): 2 and 10
+/// publisher/subscriber pairs and a 1 -> 8 fan-out, QoS 0 and 1, each publisher sending as fast
+/// as the broker takes its messages for `--seconds`. Meant for a broker with its default queue
+/// limits: `lost` is what it accepted (QoS 1: acknowledged) and did not deliver.
+pub fn builtin_sustain(s: &Sizes) -> Vec<Scenario> {
+    let shapes = [
+        ("pairs2", ConnectionPlan::Pairs { n: 2 }),
+        ("pairs10", ConnectionPlan::Pairs { n: 10 }),
+        ("fanout8", ConnectionPlan::FanOut { subscribers: 8 }),
+    ];
+    let mut out = Vec::new();
+    for (shape, plan) in shapes {
+        for qos in [0u8, 1] {
+            out.push(Scenario {
+                name: format!("sustain-{shape}-qos{qos}"),
+                group: "sustain",
+                plan: plan.clone(),
+                load: LoadShape::Sustain { seconds: s.seconds },
+                qos,
+            });
+        }
+    }
+    out
+}
+
 /// The IM scenarios (MQTTER only: they need the accounts of [`im_definitions`]), QoS 1 as
 /// persons' clients use it. Not part of the default selection; `--scenario im` runs them.
 pub fn builtin_im(s: &Sizes) -> Vec<Scenario> {
@@ -478,10 +511,14 @@ pub fn builtin_im(s: &Sizes) -> Vec<Scenario> {
 }
 
 /// Picks scenarios by exact name or group name; an empty selection means every plain-MQTT
-/// scenario (the `im` group, with its plain references, runs only when named).
+/// scenario of fixed size (the `im` group, with its plain references, and `sustain` run only
+/// when named).
 pub fn select(all: Vec<Scenario>, names: &[String]) -> anyhow::Result<Vec<Scenario>> {
     if names.is_empty() {
-        return Ok(all.into_iter().filter(|s| s.group != "im").collect());
+        return Ok(all
+            .into_iter()
+            .filter(|s| s.group != "im" && s.group != "sustain")
+            .collect());
     }
     for n in names {
         if !all.iter().any(|s| s.name == *n || s.group == n.as_str()) {
