@@ -18,6 +18,7 @@ use crate::auth::{Accounts, Acl};
 use crate::config::{Config, Durability};
 use crate::counted_store::CountedStore;
 use crate::hooks::PublishHook;
+use crate::identity::{self, Claim, Holder};
 use crate::im::Gate;
 use crate::message::{Message, QoS, StoredMessage, now_ms};
 use crate::persist::{self, QueuedHeader, SessionRecord, WillRecord};
@@ -360,21 +361,38 @@ impl Broker {
 
     /// Attach a new connection (generation `owner`) to the session of `client_id`, creating it,
     /// resuming it, or replacing it when `clean_start`. An older connection on the same client id
-    /// is told to go [MQTT-3.1.4-3]. Returns the session and whether an old one was resumed.
+    /// is told to go [MQTT-3.1.4-3]. Returns the session and whether an old one was resumed;
+    /// `None` when the session belongs to another identity than `account` (see `identity`):
+    /// then nothing changed.
     pub fn attach(
         &self,
         client_id: &str,
+        account: Option<&str>,
         clean_start: bool,
         expiry_secs: u32,
         owner: u64,
-    ) -> (Arc<Session>, bool) {
+    ) -> Option<(Arc<Session>, bool)> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let existing = sessions.get(client_id).cloned();
+        let mut clean_start = clean_start;
+        if let Some(old) = &existing {
+            match identity::claim(old.lock().holder(), account, client_id) {
+                Claim::Own => {}
+                Claim::Foreign => return None,
+                Claim::Reclaim => {
+                    tracing::warn!(
+                        client_id,
+                        "a session made before its account existed is ended, not resumed"
+                    );
+                    clean_start = true;
+                }
+            }
+        }
         // A new connection for this client id stops a delayed will [MQTT-3.1.3-9].
         self.pending_wills
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(client_id);
-        let existing = sessions.get(client_id).cloned();
         if let Some(old) = &existing {
             let mut state = old.lock();
             if state.owner != 0 {
@@ -402,6 +420,7 @@ impl Broker {
         {
             let mut state = session.lock();
             state.owner = owner;
+            state.set_holder(Holder::of(account));
             state.eviction = None;
             state.expiry_secs = expiry_secs;
             state.take_waker();
@@ -415,7 +434,7 @@ impl Broker {
             // The session was persistent and now ends with this connection: forget it on disk.
             self.forget_on_disk(&session.client_id);
         }
-        (session, present)
+        Some((session, present))
     }
 
     /// A connection of generation `owner` has ended. Publishes or schedules the will, and ends
@@ -565,6 +584,7 @@ impl Broker {
                 .collect(),
             inbound_qos2: state.inbound_qos2().collect(),
             disconnected_at_ms,
+            holder: state.holder().into(),
         };
         drop(state);
         let mut batch = Batch::new();
@@ -663,7 +683,7 @@ impl Broker {
         let mut restored = 0;
         for (key, value) in self.store.scan_prefix(Space::Sessions, b"")? {
             let client_id = String::from_utf8_lossy(&key).into_owned();
-            let Some(record) = persist::decode::<SessionRecord>(&value) else {
+            let Some(record) = SessionRecord::decode(&value) else {
                 tracing::warn!(client_id, "unreadable session record skipped");
                 continue;
             };
@@ -678,6 +698,7 @@ impl Broker {
             {
                 let mut state = session.lock();
                 state.expiry_secs = record.expiry_secs;
+                state.set_holder(record.holder.into());
                 for id in &record.inbound_qos2 {
                     state.add_inbound_qos2(*id);
                 }

@@ -13,6 +13,7 @@
 //! - [`persist`]: how sessions, queues and retained messages are laid out in the store.
 //! - [`auth`]: accounts (argon2) and the ACL for plain topics.
 //! - [`logins`]: password checks, bounded in number and slowed down after failures.
+//! - [`identity`]: who a client id and its session belong to.
 //! - [`config`]: the TOML configuration and its commented defaults.
 //! - [`sys`]: counters and `$SYS/broker/...`.
 //! - [`hooks`]: the seam where the rules engine will see every routed message.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod counted_store;
 pub mod hooks;
+pub mod identity;
 pub mod im;
 pub mod logins;
 pub mod message;

@@ -306,13 +306,23 @@ fn account(action: AccountAction, store: StoreArgs) -> anyhow::Result<()> {
             data.display()
         )
     })?;
-    let accounts = Accounts::new(Arc::new(sled));
+    let sled = Arc::new(sled);
+    let accounts = Accounts::new(sled.clone());
     match action {
         AccountAction::Add {
             name,
             kind,
             password,
         } => {
+            let taken = mqtter::identity::foreign_sessions(&*sled, &name)?;
+            if !taken.is_empty() {
+                bail!(
+                    "the client ids {} have stored sessions of clients that are not {name}: an \
+                     account {name} would take them over (let them end or expire, or choose \
+                     another name)",
+                    taken.join(", ")
+                );
+            }
             let password = read_password(password)?;
             accounts.add(&name, kind, &password)?;
             println!("added {kind:?} account {name}");

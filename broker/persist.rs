@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::StoredHolder;
 use crate::message::StoredMessage;
 use crate::session::SubOpts;
 
@@ -22,6 +23,34 @@ pub struct SessionRecord {
     /// When the client went away; `None` while connected (a crash leaves it `None`: the
     /// restart then counts the expiry from the restart).
     pub disconnected_at_ms: Option<u64>,
+    /// Who the session belongs to (see `identity`); records written before it was kept decode
+    /// as `Unknown`.
+    pub holder: StoredHolder,
+}
+
+/// A session record as versions before `holder` wrote it.
+#[derive(Deserialize)]
+struct LegacySessionRecord {
+    expiry_secs: u32,
+    subscriptions: Vec<(String, SubOpts)>,
+    inbound_qos2: Vec<u16>,
+    disconnected_at_ms: Option<u64>,
+}
+
+impl SessionRecord {
+    /// Decode a record of this version or of an earlier one.
+    pub fn decode(bytes: &[u8]) -> Option<SessionRecord> {
+        decode(bytes).or_else(|| {
+            let old: LegacySessionRecord = decode(bytes)?;
+            Some(SessionRecord {
+                expiry_secs: old.expiry_secs,
+                subscriptions: old.subscriptions,
+                inbound_qos2: old.inbound_qos2,
+                disconnected_at_ms: old.disconnected_at_ms,
+                holder: StoredHolder::Unknown,
+            })
+        })
+    }
 }
 
 /// The last will of a connected client, kept so that a broker crash does not lose it.
@@ -109,6 +138,41 @@ mod tests {
         assert!(a1.starts_with(&client_prefix("a")));
         assert!(!ab.starts_with(&client_prefix("a")));
         assert_eq!(seq_of(&a2), 256);
+    }
+
+    #[test]
+    fn session_records_of_an_earlier_version_still_decode() {
+        #[derive(Serialize)]
+        struct Old {
+            expiry_secs: u32,
+            subscriptions: Vec<(String, SubOpts)>,
+            inbound_qos2: Vec<u16>,
+            disconnected_at_ms: Option<u64>,
+        }
+        let old = encode(&Old {
+            expiry_secs: 60,
+            subscriptions: vec![(
+                "a/#".into(),
+                SubOpts {
+                    qos: 1,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: 0,
+                    sub_id: None,
+                },
+            )],
+            inbound_qos2: vec![4],
+            disconnected_at_ms: Some(9),
+        });
+        let record = SessionRecord::decode(&old).expect("an old record");
+        assert_eq!(record.expiry_secs, 60);
+        assert_eq!(record.inbound_qos2, [4]);
+        assert_eq!(record.holder, StoredHolder::Unknown);
+        let new = SessionRecord {
+            holder: StoredHolder::Account("bob".into()),
+            ..record.clone()
+        };
+        assert_eq!(SessionRecord::decode(&encode(&new)), Some(new));
     }
 
     #[test]

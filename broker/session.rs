@@ -11,6 +11,7 @@ use std::task::Waker;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Overflow;
+use crate::identity::Holder;
 use crate::message::{Message, QoS};
 
 /// Options of one subscription, as the client asked (v3 clients only set `qos`).
@@ -144,6 +145,8 @@ struct Extra {
     /// The subscriber was found slow with `slow_subscriber = "drop"`: `queue_overflow` applies
     /// to it, not backpressure, until its queue is half empty again.
     shedding: bool,
+    /// Who the session belongs to (anonymous unless set).
+    holder: Holder,
 }
 
 impl SessionState {
@@ -224,6 +227,19 @@ impl SessionState {
     pub fn restored_store_seq(&mut self, seq: u64) {
         let extra = self.extra_mut();
         extra.next_store_seq = extra.next_store_seq.max(seq);
+    }
+
+    /// Who the session belongs to (see `identity`).
+    pub fn holder(&self) -> &Holder {
+        self.extra
+            .as_ref()
+            .map_or(&Holder::Anonymous, |e| &e.holder)
+    }
+
+    pub fn set_holder(&mut self, holder: Holder) {
+        if holder != *self.holder() {
+            self.extra_mut().holder = holder;
+        }
     }
 
     /// The token of the pending expiry timer (0: none).

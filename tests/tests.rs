@@ -12,6 +12,7 @@ mod crash;
 mod daemon;
 mod full_disk;
 mod fuzz;
+mod identity;
 mod im_friends;
 mod im_groups;
 mod im_messages;

@@ -2,6 +2,7 @@
 //! session attach and the CONNACK (the IM world's sync starts here too).
 
 use super::*;
+use crate::identity;
 use crate::logins::Verdict;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
@@ -173,22 +174,20 @@ impl Conn {
             }
         }
 
-        // A person's client id is `<account>` or `<account>:<device>`; one naming another account
-        // is refused.
-        if let Some(account) = username.as_deref() {
-            let named = client_id.split(':').next().unwrap_or_default();
-            if named != account
-                && broker
-                    .gate
-                    .im
-                    .with_graph(|g| g.account_kind(named).is_some())
-            {
-                return refuse(
-                    wire,
-                    reason::CLIENT_ID_NOT_VALID,
-                    "client id names another account",
-                );
-            }
+        // `<account>` and `<account>:<device>` belong to that account: anyone else, anonymous
+        // or not, is refused such a client id (see `identity`).
+        let named = identity::namespace(&client_id);
+        if username.as_deref() != Some(named)
+            && broker
+                .gate
+                .im
+                .with_graph(|g| g.account_kind(named).is_some())
+        {
+            return refuse(
+                wire,
+                reason::CLIENT_ID_NOT_VALID,
+                "client id names another account",
+            );
         }
 
         // The place is taken here, atomically, after every other check (the early check above
@@ -197,7 +196,20 @@ impl Conn {
             return refuse(wire, reason::QUOTA_EXCEEDED, "too many connections");
         }
         let owner = broker.next_token();
-        let (session, present) = broker.attach(&client_id, connect.clean_start, expiry, owner);
+        let Some((session, present)) = broker.attach(
+            &client_id,
+            username.as_deref(),
+            connect.clean_start,
+            expiry,
+            owner,
+        ) else {
+            broker.metrics.disconnected();
+            return refuse(
+                wire,
+                reason::CLIENT_ID_NOT_VALID,
+                "client id in use by another identity",
+            );
+        };
         // The session's copy: one allocation for the id, however many hold it.
         let client_id = session.client_id.clone();
         // The CONNACK is bound by the client's Maximum Packet Size too [MQTT-3.1.2-24].
