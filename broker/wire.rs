@@ -74,6 +74,42 @@ pub fn detect(buf: &[u8]) -> Detected {
     }
 }
 
+/// How to answer a CONNECT at a level this broker does not speak (`detect` said
+/// `Unsupported { level: Some(level) }`): with a v5 CONNACK 0x84 when the packet is v5-shaped
+/// (it is a well-formed v5 CONNECT once its level reads 5, and, at a level below 5, not also a
+/// well-formed 3.1.1 one), else with a 3.1.1 CONNACK 0x01 [MQTT-3.1.2-2]. `None` until the whole
+/// packet is in `buf`.
+pub fn unsupported_answer(buf: &[u8], level: u8, max_packet_size: u32) -> Option<Proto> {
+    let total = match whole_packet_len(buf, max_packet_size) {
+        Ok(Some(total)) => total,
+        Ok(None) => return None,
+        Err(_) => return Some(Proto::V3),
+    };
+    let decodes_as = |proto: Proto, as_level: u8| {
+        let Some(at) = level_at(buf) else {
+            return false;
+        };
+        let mut packet = BytesMut::from(&buf[..total]);
+        packet[at] = as_level;
+        let mut wire = Wire::new(proto, max_packet_size);
+        matches!(wire.decode(&mut packet), Ok(Some(Inbound::Connect(_))))
+    };
+    let name_is_mqtt = level_at(buf).is_some_and(|at| buf[at - 4..at] == *b"MQTT");
+    let v5 = name_is_mqtt && decodes_as(Proto::V5, 5) && (level > 5 || !decodes_as(Proto::V3, 4));
+    Some(if v5 { Proto::V5 } else { Proto::V3 })
+}
+
+/// Where a CONNECT's protocol level byte is.
+fn level_at(buf: &[u8]) -> Option<usize> {
+    let mut pos = 1;
+    while buf.get(pos)? & 0x80 != 0 {
+        pos += 1;
+    }
+    let name_len = u16::from_be_bytes([*buf.get(pos + 1)?, *buf.get(pos + 2)?]) as usize;
+    let at = pos + 3 + name_len;
+    (at < buf.len()).then_some(at)
+}
+
 /// A last will, as the CONNECT carried it.
 #[derive(Debug, Clone)]
 pub struct Will {
@@ -1081,6 +1117,27 @@ mod tests {
         let mut wrong_name = v3.to_vec();
         wrong_name[4..8].copy_from_slice(b"MQTX");
         assert_eq!(detect(&wrong_name), Detected::Unsupported { level: None });
+    }
+
+    #[test]
+    fn an_unknown_level_is_answered_in_the_shape_of_the_connect() {
+        // v5: flags (clean start), keepalive 60, a Session Expiry Interval, client id "c".
+        let v5 = b"\x10\x13\x00\x04MQTT\x05\x02\x00\x3c\x05\x11\x00\x00\x00\x0a\x00\x01c";
+        let v3 = b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01c";
+        let at = |packet: &[u8], level: u8| {
+            let mut p = packet.to_vec();
+            p[8] = level;
+            unsupported_answer(&p, level, 0)
+        };
+        assert_eq!(at(v5, 6), Some(Proto::V5));
+        assert_eq!(at(v5, 3), Some(Proto::V5));
+        assert_eq!(at(v3, 6), Some(Proto::V3));
+        assert_eq!(at(v3, 3), Some(Proto::V3));
+        assert_eq!(at(&v5[..10], 6), None);
+        let mut isdp = b"\x10\x0f\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x01c".to_vec();
+        assert_eq!(unsupported_answer(&isdp, 3, 0), Some(Proto::V3));
+        isdp[10] = 9;
+        assert_eq!(unsupported_answer(&isdp, 9, 0), Some(Proto::V3));
     }
 
     #[test]

@@ -325,19 +325,21 @@ fn a_connect_with_the_reserved_flag_closes_the_connection() {
 }
 
 /// An unsupported protocol level gets CONNACK 0x01 (unacceptable protocol version), then the
-/// connection closes [MQTT-3.1.2-2].
+/// connection closes [MQTT-3.1.2-2]; a v5-shaped CONNECT (one with a properties field) at an
+/// unknown level gets a v5 CONNACK 0x84 (Unsupported Protocol Version) instead, as MQTT 5 says
+/// [MQTT-3.1.2-2].
 #[test]
-fn an_unsupported_protocol_level_gets_connack_0x01() {
+fn an_unsupported_protocol_level_gets_connack_0x01_or_v5_0x84() {
     let daemon = Daemon::start();
     let mut watch = Watch::new(&daemon);
-    // MQTT 3.1 ("MQIsdp", level 3) and an unknown level 6 of "MQTT".
+    // MQTT 3.1 ("MQIsdp", level 3) and an unknown level 6 of "MQTT" shaped as 3.1.1.
     let mut v31 = string("MQIsdp");
     v31.extend([3, 0x02, 0x00, 0x3c]);
     v31.extend(string("old-client"));
-    let mut v6 = string("MQTT");
-    v6.extend([6, 0x02, 0x00, 0x3c, 0x00]);
-    v6.extend(string("future-client"));
-    for body in [v31, v6] {
+    let mut v6_as_v3 = string("MQTT");
+    v6_as_v3.extend([6, 0x02, 0x00, 0x3c]);
+    v6_as_v3.extend(string("future-client"));
+    for body in [v31, v6_as_v3] {
         let mut old = Client::open(daemon.mqtt);
         old.send(&frame(0x10, &body)).unwrap();
         let packets = old.expect_closed();
@@ -350,6 +352,27 @@ fn an_unsupported_protocol_level_gets_connack_0x01() {
             }],
             "expected CONNACK 0x01 then a close"
         );
+        watch.check();
+    }
+    // Level 6 and level 3 of "MQTT" shaped as v5: properties (here a Session Expiry Interval),
+    // then the client id.
+    for level in [6, 3] {
+        let mut v5_shaped = string("MQTT");
+        v5_shaped.extend([level, 0x02, 0x00, 0x3c, 0x05, 0x11, 0x00, 0x00, 0x00, 0x0a]);
+        v5_shaped.extend(string("future-client"));
+        let mut future = Client::open(daemon.mqtt);
+        future.send(&frame(0x10, &v5_shaped)).unwrap();
+        let packets = future.expect_closed();
+        assert_eq!(packets.len(), 1, "level {level}: {packets:?}");
+        let connack = &packets[0];
+        assert_eq!(connack.kind, CONNACK);
+        assert_eq!(
+            connack.body[..2],
+            [0x00, 0x84],
+            "level {level}: expected v5 CONNACK 0x84"
+        );
+        // A v5 CONNACK: its properties length follows the reason code.
+        assert!(connack.body.len() > 2, "level {level}: {connack:?}");
         watch.check();
     }
 }

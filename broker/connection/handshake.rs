@@ -19,9 +19,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                     }
                 }
                 Detected::Unsupported { level: Some(level) } => {
-                    // [MQTT-3.1.2-2]: answer an unknown protocol level with 0x01 and close.
-                    tracing::debug!(level, "unsupported protocol level");
-                    let mut w = wire::Wire::new(Proto::V3, 0);
+                    // [MQTT-3.1.2-2]: answer an unknown protocol level (v5 0x84, v3 0x01, as
+                    // the CONNECT is shaped) and close.
+                    let max = self.broker.config.limits.max_packet_size;
+                    let answer = loop {
+                        match wire::unsupported_answer(&self.buf, level, max) {
+                            Some(proto) => break proto,
+                            None if self.fill().await? => {}
+                            None => return Ok(None),
+                        }
+                    };
+                    tracing::debug!(level, ?answer, "unsupported protocol level");
+                    let mut w = wire::Wire::new(answer, 0);
                     w.connack(false, reason::UNSUPPORTED_PROTOCOL, ConnackProps::default());
                     self.flush(&mut w).await?;
                     return Ok(None);
