@@ -17,6 +17,7 @@ use ntex_bytes::ByteString;
 use crate::auth::{Accounts, Acl};
 use crate::config::{Config, Durability};
 use crate::counted_store::CountedStore;
+use crate::disk::{Disk, FreeLimit};
 use crate::hooks::PublishHook;
 use crate::identity::{self, Claim, Holder};
 use crate::im::Gate;
@@ -86,6 +87,8 @@ pub struct Broker {
     pub parking: crate::connection::Parking,
     /// Password checks, bounded (see `crate::logins`).
     pub logins: crate::logins::Logins,
+    /// The free space of the data folder's filesystem against `disk_free_limit`.
+    pub disk: Arc<Disk>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -126,6 +129,9 @@ impl Broker {
         let store: Arc<dyn Store> =
             Arc::new(CountedStore::new(store, metrics.store_errors.clone()));
         let log = Arc::new(MessageLog::open(&config.data.join("messages"))?);
+        let free_limit =
+            FreeLimit::parse(&config.store.disk_free_limit).unwrap_or(FreeLimit::Bytes(0));
+        let disk = Arc::new(Disk::new(config.data.clone(), free_limit));
         let im = Im::open(store.clone(), log.clone(), config.im.engine())?;
         let gate = Gate::new(im, config.im.clone());
         let commit = {
@@ -155,6 +161,7 @@ impl Broker {
                 config.limits.password_checks,
                 config.limits.password_queue,
             ),
+            disk,
             config,
             store,
         });
@@ -321,6 +328,25 @@ impl Broker {
             hook.on_publish(&msg);
         }
         Ok(published)
+    }
+
+    /// Would routing `msg` write to the store: a retained message kept, or a QoS 1/2 copy for
+    /// a persistent session? (Asked below the free-space limit, see `disk`.)
+    pub fn would_store(&self, msg: &Message) -> bool {
+        if msg.retain && !msg.payload.is_empty() && !is_system(&msg.topic) {
+            return true;
+        }
+        if msg.qos == QoS::AtMostOnce {
+            return false;
+        }
+        let targets = self
+            .router
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .matches(&msg.topic);
+        targets
+            .iter()
+            .any(|t| t.qos > 0 && t.session.lock().is_persistent())
     }
 
     fn retain(&self, msg: &Arc<Message>, batch: &mut Batch) {

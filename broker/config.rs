@@ -113,6 +113,16 @@ away_after = 300
 # Seconds between sweeps of the recycle bin (expired entries are purged for good).
 purge_interval = 60
 
+[store]
+# Free space the data folder's filesystem must keep, as RabbitMQ's disk_free_limit: a size
+# ("100MiB", "2GB", bytes) or a share of the filesystem ("5%"); "0" turns it off. Below it the
+# broker refuses new durable work (a QoS 1/2 PUBLISH that would be stored: v5 PUBACK/PUBREC
+# 0x97, v3 a closed connection without acknowledgement; IM messages and requests), says so in
+# $SYS/broker/store/disk_low and the log, and accepts again by itself once there is room.
+disk_free_limit = "100MiB"
+# Milliseconds between two looks at the free space.
+disk_check_interval_ms = 1000
+
 # Topic access rules for plain topics, as in Mosquitto's acl_file. With no rules every account
 # may publish and subscribe anywhere. With rules, what no rule allows is denied, and a "deny"
 # rule wins over any allow. `account` names one account, or "*" for everyone (anonymous too);
@@ -266,6 +276,23 @@ impl ImSection {
     }
 }
 
+/// The `[store]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    pub disk_free_limit: String,
+    pub disk_check_interval_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            disk_free_limit: "100MiB".into(),
+            disk_check_interval_ms: 1000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -284,6 +311,7 @@ pub struct Config {
     pub rules_dir: PathBuf,
     pub limits: Limits,
     pub im: ImSection,
+    pub store: StoreSection,
     pub acl: Vec<AclRule>,
 }
 
@@ -305,6 +333,7 @@ impl Default for Config {
             rules_dir: PathBuf::new(),
             limits: Limits::default(),
             im: ImSection::default(),
+            store: StoreSection::default(),
             acl: Vec::new(),
         }
     }
@@ -373,6 +402,13 @@ impl Config {
                 reason: err.to_string(),
             })?;
         }
+        if let Err(reason) = crate::disk::FreeLimit::parse(&self.store.disk_free_limit) {
+            return Err(ConfigError::Invalid {
+                key: "store.disk_free_limit",
+                value: self.store.disk_free_limit.clone(),
+                reason,
+            });
+        }
         if self.limits.max_inflight == 0 || self.limits.receive_maximum == 0 {
             return Err(ConfigError::Invalid {
                 key: "limits",
@@ -404,5 +440,8 @@ mod tests {
         let config: Config =
             toml::from_str("[[acl]]\ntopic = \"a/#/b\"\naccess = \"read\"").unwrap();
         assert!(config.check().is_err());
+        let config: Config = toml::from_str("[store]\ndisk_free_limit = \"much\"").unwrap();
+        let err = config.check().unwrap_err().to_string();
+        assert!(err.contains("disk_free_limit"), "{err}");
     }
 }

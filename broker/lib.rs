@@ -15,6 +15,7 @@
 //! - [`logins`]: password checks, bounded in number and slowed down after failures.
 //! - [`identity`]: who a client id and its session belong to.
 //! - [`config`]: the TOML configuration and its commented defaults.
+//! - [`disk`]: the free-space limit of the data folder's filesystem.
 //! - [`sys`]: counters and `$SYS/broker/...`.
 //! - [`hooks`]: the seam where the rules engine will see every routed message.
 
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod counted_store;
+pub mod disk;
 pub mod hooks;
 pub mod identity;
 pub mod im;

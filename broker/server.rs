@@ -53,6 +53,10 @@ pub async fn run(
         ));
     }
     tasks.spawn(flush_periodically(broker.clone()));
+    tasks.spawn(crate::disk::watch(
+        broker.disk.clone(),
+        Duration::from_millis(broker.config.store.disk_check_interval_ms.max(10)),
+    ));
     tasks.spawn(im_timers(broker.clone()));
 
     let store_failed = tokio::select! {

@@ -126,6 +126,14 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
             "$SYS/broker/auth/busy",
             broker.logins.busy.load(Ordering::Relaxed).to_string(),
         ),
+        (
+            "$SYS/broker/store/disk_free",
+            broker.disk.free_bytes().to_string(),
+        ),
+        (
+            "$SYS/broker/store/disk_low",
+            u8::from(broker.disk.is_low()).to_string(),
+        ),
     ]
 }
 

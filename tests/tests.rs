@@ -10,6 +10,7 @@ mod backpressure;
 mod bench;
 mod crash;
 mod daemon;
+mod disk_free;
 mod full_disk;
 mod fuzz;
 mod identity;

@@ -41,6 +41,30 @@ impl Conn {
         }
     }
 
+    /// Below the free-space limit (see `disk`), a PUBLISH that would be stored is refused, not
+    /// acknowledged: v5 PUBACK / PUBREC 0x97 (Quota exceeded); v3, which cannot refuse, and a v5
+    /// QoS 0 IM message close the connection (v5 DISCONNECT 0x97), so the client sends it again.
+    fn refuse_for_disk(
+        &mut self,
+        wire: &mut wire::Wire,
+        qos: QoS,
+        packet_id: u16,
+    ) -> Result<(), Violation> {
+        tracing::debug!(client_id = %self.client_id(), "publish refused: disk space low");
+        let code = reason::QUOTA_EXCEEDED;
+        match (self.proto, qos) {
+            (Proto::V5, QoS::AtLeastOnce) => {
+                self.ack_publish(wire, HeldAck::PubAck(packet_id, code), false);
+                Ok(())
+            }
+            (Proto::V5, QoS::ExactlyOnce) => {
+                self.ack_publish(wire, HeldAck::PubRec(packet_id, code), false);
+                Ok(())
+            }
+            _ => Err(Violation(code, "free disk space below disk_free_limit")),
+        }
+    }
+
     pub(super) fn on_publish(
         &mut self,
         wire: &mut wire::Wire,
@@ -111,6 +135,9 @@ impl Conn {
                 .activity(&device.account, now_ms(), &self.broker.limits);
         }
         if crate::im::is_im_topic(&topic) {
+            if self.broker.disk.is_low() {
+                return self.refuse_for_disk(wire, p.qos, packet_id);
+            }
             // The device and its remembered peer are two fields of the same `Extra`.
             let (device, last_peer) = match self.extra.as_deref_mut() {
                 Some(extra) => (extra.device.as_ref(), Some(&mut extra.last_peer)),
@@ -189,6 +216,10 @@ impl Conn {
             publisher: Some(self.client_id().clone()),
             stamp: None,
         };
+        if msg.qos != QoS::AtMostOnce && self.broker.disk.is_low() && self.broker.would_store(&msg)
+        {
+            return self.refuse_for_disk(wire, msg.qos, packet_id);
+        }
         let mut published = match self.broker.publish_or_hold(Arc::new(msg)) {
             Ok(published) => published,
             Err(err) => {
