@@ -23,6 +23,7 @@ use crate::identity::{self, Claim, Holder};
 use crate::im::Gate;
 use crate::message::{Message, QoS, StoredMessage, now_ms};
 use crate::persist::{self, QueuedHeader, SessionRecord, WillRecord};
+use crate::prometheus::Histogram;
 use crate::router::Router;
 use crate::session::{Delivery, Eviction, Offered, QueueLimits, Session};
 use crate::sys::Metrics;
@@ -41,6 +42,17 @@ pub struct Published {
     /// Online sessions whose queue it was queued beyond the bound of (backpressure, see
     /// `publish_or_hold`): the publisher waits for room in each before it goes on.
     pub full: Vec<Arc<Session>>,
+}
+
+/// Messages held by sessions (see `Broker::queue_depths`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueDepths {
+    /// Queued in all sessions, waiting to be sent.
+    pub queued: u64,
+    /// Queued in the fullest session.
+    pub largest: u64,
+    /// Sent and not yet acknowledged, in all sessions.
+    pub inflight: u64,
 }
 
 /// How a connection left, as far as its will is concerned.
@@ -107,13 +119,22 @@ fn is_system(topic: &str) -> bool {
 /// The store (relations, sessions, retained messages, ...) and the message log (IM messages):
 /// one flush makes both durable. A failure of the log's counts in `errors` (the store counts
 /// its own, see `CountedStore`).
-fn flush_both(store: &dyn Store, log: &MessageLog, errors: &AtomicU64) -> Result<(), StoreError> {
-    store.flush()?;
-    if let Err(err) = log.sync() {
-        errors.fetch_add(1, Ordering::Relaxed);
-        return Err(err.into());
-    }
-    Ok(())
+/// Its time goes into `latency`.
+fn flush_both(
+    store: &dyn Store,
+    log: &MessageLog,
+    errors: &AtomicU64,
+    latency: &Histogram,
+) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let result = store.flush().and_then(|()| {
+        log.sync().map_err(|err| {
+            errors.fetch_add(1, Ordering::Relaxed);
+            StoreError::from(err)
+        })
+    });
+    latency.observe(started.elapsed());
+    result
 }
 
 impl Broker {
@@ -137,11 +158,12 @@ impl Broker {
         let commit = {
             let store = store.clone();
             let errors = metrics.store_errors.clone();
+            let latency = metrics.flush_latency.clone();
             let gap = match config.durability {
                 Durability::Sync => Duration::from_micros(config.flush_gap_us),
                 Durability::Async => Duration::ZERO,
             };
-            GroupCommit::start_with(move || flush_both(&*store, &log, &errors), gap)
+            GroupCommit::start_with(move || flush_both(&*store, &log, &errors, &latency), gap)
         };
         let broker = Arc::new(Self {
             gate,
@@ -201,7 +223,12 @@ impl Broker {
 
     /// Make everything written so far durable, blocking (at shutdown).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        flush_both(&*self.store, self.gate.im.log(), &self.metrics.store_errors)
+        flush_both(
+            &*self.store,
+            self.gate.im.log(),
+            &self.metrics.store_errors,
+            &self.metrics.flush_latency,
+        )
     }
 
     /// Resolves once everything written so far is durable.
@@ -218,6 +245,31 @@ impl Broker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+
+    /// Every session, connected or not (a snapshot: none is locked).
+    fn all_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Messages waiting in sessions' queues and in flight (for `/metrics`): each session is
+    /// locked a moment in turn.
+    pub fn queue_depths(&self) -> QueueDepths {
+        let sessions = self.all_sessions();
+        let mut depths = QueueDepths::default();
+        for session in sessions {
+            let state = session.lock();
+            let queued = state.queue.len() as u64;
+            depths.queued += queued;
+            depths.largest = depths.largest.max(queued);
+            depths.inflight += state.inflight.len() as u64;
+        }
+        depths
     }
 
     pub fn retained_count(&self) -> usize {
@@ -857,13 +909,7 @@ impl Broker {
 
     /// Tell every connection to go (shutdown); they flush what they owe and close.
     pub fn evict_all(&self) {
-        let sessions: Vec<Arc<Session>> = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let sessions = self.all_sessions();
         for session in sessions {
             let mut state = session.lock();
             if state.owner != 0 {

@@ -47,6 +47,9 @@ flush_gap_us = 1000
 # is room again (the store keeps its error until it is reopened).
 on_store_failure = "degrade"
 
+# Prometheus text endpoint: GET /metrics on this address (HTTP/1.1). Empty string: none.
+metrics_listen = ""
+
 # Seconds between $SYS/broker/... updates. 0 turns them off.
 sys_interval = 10
 
@@ -307,6 +310,7 @@ pub struct Config {
     pub flush_interval_ms: u64,
     pub flush_gap_us: u64,
     pub on_store_failure: StoreFailure,
+    pub metrics_listen: String,
     pub sys_interval: u64,
     pub rules_dir: PathBuf,
     pub limits: Limits,
@@ -329,6 +333,7 @@ impl Default for Config {
             flush_interval_ms: 1000,
             flush_gap_us: 1000,
             on_store_failure: StoreFailure::Degrade,
+            metrics_listen: String::new(),
             sys_interval: 10,
             rules_dir: PathBuf::new(),
             limits: Limits::default(),
@@ -377,8 +382,12 @@ impl Config {
 
     /// Check what serde cannot: addresses parse, topics in the ACL are valid filters.
     pub fn check(&self) -> Result<(), ConfigError> {
-        for (key, value) in [("listen", &self.listen), ("ws_listen", &self.ws_listen)] {
-            if !(value.is_empty() && key == "ws_listen") {
+        for (key, value) in [
+            ("listen", &self.listen),
+            ("ws_listen", &self.ws_listen),
+            ("metrics_listen", &self.metrics_listen),
+        ] {
+            if !(value.is_empty() && key != "listen") {
                 value
                     .parse::<SocketAddr>()
                     .map_err(|err| ConfigError::Invalid {

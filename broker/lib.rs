@@ -17,6 +17,7 @@
 //! - [`config`]: the TOML configuration and its commented defaults.
 //! - [`disk`]: the free-space limit of the data folder's filesystem.
 //! - [`sys`]: counters and `$SYS/broker/...`.
+//! - [`prometheus`]: the `/metrics` endpoint (Prometheus text format).
 //! - [`hooks`]: the seam where the rules engine will see every routed message.
 
 pub mod auth;
@@ -31,6 +32,7 @@ pub mod im;
 pub mod logins;
 pub mod message;
 pub mod persist;
+pub mod prometheus;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -206,16 +206,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let addr: SocketAddr = config.ws_listen.parse().context("ws_listen address")?;
             Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?)
         };
+        let metrics = if config.metrics_listen.is_empty() {
+            None
+        } else {
+            let addr: SocketAddr = config.metrics_listen.parse().context("metrics_listen address")?;
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?)
+        };
         let tcp_local = tcp.local_addr()?;
         let ws_local = ws.as_ref().map(|l| l.local_addr()).transpose()?;
+        let metrics_local = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
         let broker = Broker::open(config.clone(), store).context("cannot restore the store")?;
         let shutdown = shutdown_signal();
         // One line on stdout that scripts and tests read to find the ports.
         // Not `println!`: stdout on a full disk must not stop the daemon.
         let ws_part = ws_local.map(|ws| format!(" ws={ws}{}", config.ws_path)).unwrap_or_default();
-        let _ = writeln!(std::io::stdout(), "mqtter listening mqtt={tcp_local}{ws_part}");
+        let metrics_part = metrics_local.map(|m| format!(" metrics={m}/metrics")).unwrap_or_default();
+        let _ = writeln!(std::io::stdout(), "mqtter listening mqtt={tcp_local}{ws_part}{metrics_part}");
         tracing::info!(mqtt = %tcp_local, ws = ?ws_local, data = %config.data.display(), durability = ?config.durability, anonymous = config.allow_anonymous, "serving");
-        mqtter::run(broker, Listeners { tcp, ws }, shutdown).await?;
+        mqtter::run(broker, Listeners { tcp, ws, metrics }, shutdown).await?;
         Ok(())
     })
 }

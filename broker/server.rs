@@ -23,6 +23,8 @@ use crate::{connection, sys};
 pub struct Listeners {
     pub tcp: TcpListener,
     pub ws: Option<TcpListener>,
+    /// The Prometheus endpoint (`metrics_listen`), if any.
+    pub metrics: Option<TcpListener>,
 }
 
 /// Serve until `shutdown` resolves, then stop accepting, ask every client to go, flush, return.
@@ -45,6 +47,9 @@ pub async fn run(
     tasks.spawn(accept_tcp(broker.clone(), listeners.tcp, alive.clone()));
     if let Some(ws) = listeners.ws {
         tasks.spawn(accept_ws(broker.clone(), ws, alive.clone()));
+    }
+    if let Some(metrics) = listeners.metrics {
+        tasks.spawn(crate::prometheus::serve(broker.clone(), metrics));
     }
     if broker.config.sys_interval > 0 {
         tasks.spawn(sys::run(

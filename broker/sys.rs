@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::broker::Broker;
 use crate::message::Message;
+use crate::prometheus::Histogram;
 
 /// Counters updated on the hot path (relaxed atomics: they are statistics, not synchronisation).
 #[derive(Debug)]
@@ -24,6 +25,10 @@ pub struct Metrics {
     pub slow_subscribers: AtomicU64,
     /// Store writes and flushes that failed (a full disk, say): shared with the flush thread.
     pub store_errors: Arc<AtomicU64>,
+    /// Connected clients that came through the WebSocket listener (the rest came over TCP).
+    pub ws_connected: AtomicU64,
+    /// How long flushes of the store and the message log take: shared with the flush thread.
+    pub flush_latency: Arc<Histogram>,
 }
 
 impl Default for Metrics {
@@ -41,6 +46,8 @@ impl Default for Metrics {
             dropped: AtomicU64::new(0),
             slow_subscribers: AtomicU64::new(0),
             store_errors: Arc::new(AtomicU64::new(0)),
+            ws_connected: AtomicU64::new(0),
+            flush_latency: Arc::new(Histogram::default()),
         }
     }
 }

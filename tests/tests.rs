@@ -21,6 +21,7 @@ mod im_presence;
 mod im_requests;
 mod logins;
 mod malformed;
+mod metrics;
 mod mosquitto;
 mod pipelining;
 mod qos;

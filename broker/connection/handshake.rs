@@ -72,6 +72,7 @@ impl Conn {
         wire: &mut wire::Wire,
         connect: ConnectIn,
         peer: SocketAddr,
+        websocket: bool,
     ) -> Option<Conn> {
         let proto = wire.proto();
         let limits = &broker.config.limits;
@@ -221,6 +222,9 @@ impl Conn {
         };
         // The session's copy: one allocation for the id, however many hold it.
         let client_id = session.client_id.clone();
+        if websocket {
+            broker.metrics.ws_connected.fetch_add(1, Ordering::Relaxed);
+        }
         // The CONNACK is bound by the client's Maximum Packet Size too [MQTT-3.1.2-24].
         wire.set_client_limits(connect.max_packet_size, connect.topic_alias_max, &client_id);
         wire.connack(present, reason::SUCCESS, props);
@@ -246,6 +250,7 @@ impl Conn {
             window: connect.receive_max.min(limits.max_inflight).max(1),
             proto,
             redrain: false,
+            websocket,
             extra,
             flow: None,
         };

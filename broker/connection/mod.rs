@@ -131,7 +131,7 @@ pub async fn serve<S: Transport>(broker: Arc<Broker>, stream: S, peer: SocketAdd
             return;
         }
     };
-    let Some(conn) = Conn::accept(&broker, &mut wire, *connect, peer).await else {
+    let Some(conn) = Conn::accept(&broker, &mut wire, *connect, peer, S::WEBSOCKET).await else {
         let _ = io.flush(&mut wire).await;
         return;
     };
@@ -338,6 +338,8 @@ struct Conn {
     /// Drain the session again before waiting: a delivery was skipped, its place in the window
     /// is free.
     redrain: bool,
+    /// Came through the WebSocket listener.
+    websocket: bool,
     /// What only some clients have (an account, a will, topic aliases, the IM world).
     extra: Option<Box<Extra>>,
     /// Acknowledgements in progress; `None` when there are none (always when parked).
@@ -637,6 +639,12 @@ impl Conn {
     /// session.
     fn closed(mut self, end: End) {
         self.broker.metrics.disconnected();
+        if self.websocket {
+            self.broker
+                .metrics
+                .ws_connected
+                .fetch_sub(1, Ordering::Relaxed);
+        }
         tracing::debug!(client_id = %self.client_id(), ?end, "connection closed");
         let will = self.extra.as_mut().and_then(|e| e.will.take());
         let departure = match (end, will) {

@@ -298,6 +298,9 @@ pub enum Parked<S: Transport> {
 
 /// A byte stream a connection can park with.
 pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + Sized + 'static {
+    /// The stream comes through the WebSocket listener (counted apart in `/metrics`).
+    const WEBSOCKET: bool;
+
     /// The stream while its connection is parked.
     type Parked: Send + 'static;
 
@@ -317,6 +320,7 @@ pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + Sized + 'static {
 }
 
 impl Transport for TcpStream {
+    const WEBSOCKET: bool = false;
     type Parked = std::net::TcpStream;
 
     fn park(self, lot: &Lot, waker: &Waker, _buf: &mut BytesMut) -> Parked<Self> {
@@ -384,6 +388,7 @@ impl Transport for TcpStream {
 }
 
 impl Transport for DuplexStream {
+    const WEBSOCKET: bool = true;
     type Parked = DuplexStream;
 
     fn park(mut self, _lot: &Lot, waker: &Waker, buf: &mut BytesMut) -> Parked<Self> {

@@ -25,6 +25,8 @@ pub struct Daemon {
     pub mqtt: SocketAddr,
     pub ws: Option<SocketAddr>,
     pub ws_path: String,
+    /// The Prometheus endpoint, when the configuration sets `metrics_listen`.
+    pub metrics: Option<SocketAddr>,
     pub data: PathBuf,
     /// The temporary folder owning `data` (kept alive while the daemon may restart).
     _dir: Option<tempfile::TempDir>,
@@ -71,6 +73,7 @@ impl Daemon {
             mqtt: "127.0.0.1:0".parse().unwrap(),
             ws: None,
             ws_path: "/mqtt".into(),
+            metrics: None,
             data,
             _dir: Some(dir),
             config,
@@ -165,6 +168,10 @@ impl Daemon {
         for word in line.split_whitespace() {
             if let Some(addr) = word.strip_prefix("mqtt=") {
                 self.mqtt = addr.parse().expect("mqtt address");
+            }
+            if let Some(rest) = word.strip_prefix("metrics=") {
+                let addr = rest.split('/').next().unwrap_or(rest);
+                self.metrics = Some(addr.parse().expect("metrics address"));
             }
             if let Some(rest) = word.strip_prefix("ws=") {
                 let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
