@@ -200,6 +200,20 @@ pub fn render(broker: &Broker) -> String {
     for (name, help, value) in counters {
         metric(&mut out, name, "counter", help, get(value));
     }
+    for (name, help, value) in [
+        (
+            "mqtter_auth_failures_total",
+            "Wrong passwords.",
+            &broker.logins.failures,
+        ),
+        (
+            "mqtter_auth_busy_total",
+            "CONNECTs refused as Server busy: too many password checks waiting.",
+            &broker.logins.busy,
+        ),
+    ] {
+        metric(&mut out, name, "counter", help, get(value));
+    }
     m.flush_latency.render(
         "mqtter_flush_duration_seconds",
         "Time of one flush of the store and the message log (a group commit or a periodic one).",

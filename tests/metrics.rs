@@ -104,6 +104,7 @@ fn metrics_are_scraped_from_the_running_daemon() {
     assert_eq!(at("mqtter_queued_messages_max"), 3.0);
     assert!(at("mqtter_publish_received_total") >= 3.0);
     assert_eq!(at("mqtter_store_errors_total"), 0.0);
+    assert_eq!(at("mqtter_auth_failures_total"), 0.0);
     assert!(at("mqtter_disk_free_bytes") > 0.0);
     assert_eq!(at("mqtter_disk_low"), 0.0);
     let flushes = at("mqtter_flush_duration_seconds_count");
