@@ -18,10 +18,6 @@ pub enum FollowState {
     Pending,
 }
 
-fn rights_str(rights: Rights) -> &'static str {
-    rights.as_str()
-}
-
 impl Things {
     pub(super) fn require_person(&self, id: &str) -> ThingResult<()> {
         if self.im.is_person(id) {
@@ -153,7 +149,7 @@ impl Things {
                 envelope: notice(
                     "thing.shared",
                     now,
-                    json!({ "thing": thing, "rights": rights_str(rights), "by": by }),
+                    json!({ "thing": thing, "rights": rights.as_str(), "by": by }),
                 ),
             },
         ]

@@ -425,6 +425,16 @@ pub(crate) mod testing {
         (im, things)
     }
 
+    #[test]
+    fn the_things_world_is_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Things>();
+        let w = world(&["alice"], &["door"]);
+        assert_eq!(w.things.access("door", "door"), Some(Access::Itself));
+        assert!(w.things.may_view("door", "door") && !w.things.may_command("door", "door"));
+        assert_eq!(w.things.access("alice", "door"), None);
+    }
+
     /// The `type`s of the envelopes `effects` send to `to` (notices and feed entries).
     pub fn sent_to(effects: &[Effect], to: &str) -> Vec<String> {
         effects
