@@ -1,6 +1,7 @@
 //! How sessions, queued messages and retained messages are laid out in the `Store`.
 //!
-//! - `Sessions`: client id -> `SessionRecord`.
+//! - `Sessions`: client id -> `SessionRecord` (with its holder; records written before the holder
+//!   was kept still decode, see `SessionRecord::decode`).
 //! - `Queue`: `[len u16][client id][seq u64]` -> `[header len u16][QueuedHeader][StoredMessage]`,
 //!   one entry per QoS 1/2 message owed to a persistent session, removed when acknowledged.
 //! - `Retained`: topic -> `StoredMessage`.
