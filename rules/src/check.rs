@@ -11,7 +11,7 @@ use crate::diagnostic::{Diagnostic, Severity};
 use crate::events::ActorKind;
 use crate::index::filter_matches;
 use crate::loader::{LoadConfig, load_dir};
-use crate::model::{Rule, Trigger};
+use crate::model::{By, Rule, Trigger};
 use crate::world::{FolderWorld, World};
 
 /// What `check` found.
@@ -129,6 +129,14 @@ pub fn references(rules: &[Rule], world: &dyn World) -> Vec<Diagnostic> {
     out
 }
 
+/// Does a trigger's `by`/`kind` accept what rule `from` publishes (as its account, kind rule)?
+fn by_rule(by: &By, from: &Rule) -> bool {
+    by.account
+        .as_ref()
+        .is_none_or(|a| *a == from.options.account)
+        && by.kind.is_none_or(|k| k == ActorKind::Rule)
+}
+
 /// Can an action of `from` fire a trigger of `to`?
 fn can_fire(from: &Rule, to: &Rule) -> bool {
     to.triggers.iter().any(|trigger| {
@@ -138,18 +146,14 @@ fn can_fire(from: &Rule, to: &Rule) -> bool {
             };
             match (call.name.as_str(), trigger) {
                 ("publish", Trigger::Topic { filter, by }) => {
-                    filter_matches(filter, target)
-                        && by
-                            .account
-                            .as_ref()
-                            .is_none_or(|a| *a == from.options.account)
-                        && by.kind.is_none_or(|k| k == ActorKind::Rule)
+                    filter_matches(filter, target) && by_rule(by, from)
                 }
-                ("publish", Trigger::Im { to, .. }) => {
-                    target == format!("person/{to}/inbox")
+                ("publish", Trigger::Im { to, by }) => {
+                    (target == format!("person/{to}/inbox")
                         || target == format!("group/{to}")
                         || (to == "*"
-                            && (target.starts_with("person/") || target.starts_with("group/")))
+                            && (target.starts_with("person/") || target.starts_with("group/"))))
+                        && by_rule(by, from)
                 }
                 // A command reaches the thing, which acknowledges it (or not) and reports
                 // its new state: each can fire a rule.

@@ -132,7 +132,11 @@ impl Index {
             EventData::ThingCommand { thing, .. } => self.keyed(Kind::Command, thing, out),
             EventData::ThingAck { thing, .. } => self.keyed(Kind::Ack, thing, out),
             EventData::ThingTimeout { thing, .. } => self.keyed(Kind::Timeout, thing, out),
-            EventData::Tick { timer } => self.keyed(Kind::Timer, timer, out),
+            // `after(ms, "escalate/42")` fires the rules of `timer: escalate`.
+            EventData::Tick { timer } => {
+                let name = timer.split('/').next().unwrap_or_default();
+                self.keyed(Kind::Timer, name, out)
+            }
         }
         out.sort_unstable_by_key(|h| (h.rule, h.trigger));
         // A rule runs once per event, even when several of its triggers match.

@@ -8,20 +8,32 @@
 //! - [`check`]: validates a folder without a broker (`mqtter check DIR`): references and loops.
 //! - [`index`]: which rules an event can fire (a trie of topic filters, a map of subjects).
 //! - [`world`]: the read-only questions a script can ask (`World`), and the folder's answers.
+//! - [`exec`]: the sink (route an event to its rules, queue them) and the workers that run them.
+//! - `api`: the Rhai engine of a worker, its limits and the functions a script calls.
+//! - `timers`: `after`, debounced runs and schedules, on one thread.
+//! - [`stats`]: per-rule counters and traces.
+//! - [`service`]: [`Rules`], the running engine: reload, watch, status, listings.
 //!
 //! **Architecture Invariant:** this crate depends on `mqtter-engine` only: no MQTT, no network,
 //! no daemon types. Events come in through the engine's event seam and actions go out through it.
 
+mod api;
 pub mod check;
 pub mod diagnostic;
 #[path = "seam.rs"]
 pub mod events;
+pub mod exec;
 pub mod index;
 pub mod loader;
 pub mod model;
+pub mod service;
+pub mod stats;
+mod timers;
 pub mod world;
 
 pub use check::{CheckReport, check_dir};
 pub use diagnostic::{Diagnostic, Severity};
+pub use exec::Config;
 pub use loader::{LoadConfig, Loaded, load_dir};
 pub use model::{Rule, RuleId, Trigger};
+pub use service::{Rules, Status};

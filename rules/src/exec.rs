@@ -1,0 +1,656 @@
+//! Execution: the sink half that runs on the sources' threads ([`Core::route`]: look the event
+//! up in the trigger index, hand the matches to the queue, never block) and the worker half
+//! (one Rhai engine per worker thread, per-run limits, modes, rate limits, chain limits, traces).
+//!
+//! **When the queue is full** the event's matches are dropped, never waited for: each matching
+//! rule's `dropped` counter and the engine's `queue_full` counter count them, and the log says so
+//! (the first time, then every 1,000th). The network threads are never held up by rules.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use rhai::{Dynamic, Engine, EvalAltResult, Scope};
+use serde_json::{Value, json};
+
+use crate::api::{self, RunCtx};
+use crate::events::{Actions, Actor, ActorKind, Chain, Event, EventData, RelationChange};
+use crate::index::{Hit, Index, matches};
+use crate::model::{Mode, Rule, Trigger};
+use crate::stats::{Outcome, RuleStats, Trace};
+use crate::timers::{Item, Timers};
+use crate::world::World;
+
+/// ms since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The engine's settings (`[rules]` in the daemon's configuration).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The account a rule acts as when it names none.
+    pub account: String,
+    /// The time zone of `cron` schedules and of `hour()`, `minute()`, `weekday()`.
+    pub time_zone: chrono_tz::Tz,
+    /// A rule does not run on an event this many hops into its chain.
+    pub max_hops: u32,
+    /// A rule does not run more than this many times for one chain.
+    pub max_repeats: u32,
+    pub workers: usize,
+    /// Events waiting for a worker, at most.
+    pub queue: usize,
+    /// Rhai operations per run.
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    /// The largest string (bytes), array or map (items) a script may build.
+    pub max_size: usize,
+    /// The wall-clock time a run may take.
+    pub budget: Duration,
+    /// Traces kept per rule.
+    pub traces: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            account: "rules".into(),
+            time_zone: chrono_tz::UTC,
+            max_hops: 16,
+            max_repeats: 8,
+            workers: 2,
+            queue: 10_000,
+            max_operations: 1_000_000,
+            max_call_levels: 32,
+            max_size: 65_536,
+            budget: Duration::from_millis(250),
+            traces: 20,
+        }
+    }
+}
+
+/// A rule's state that outlives reloads (by id): its counters and what its mode needs.
+#[derive(Debug, Default)]
+pub struct RuleState {
+    pub stats: RuleStats,
+    running: AtomicU32,
+    generation: Arc<AtomicU64>,
+    queue: Mutex<()>,
+    /// (window start ms, runs in it).
+    window: Mutex<(u64, u32)>,
+    debounce: AtomicU64,
+}
+
+/// A loaded rule with its state.
+#[derive(Debug)]
+pub struct Loaded {
+    pub rule: Rule,
+    pub state: Arc<RuleState>,
+}
+
+/// The rule set in force, swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Loaded>,
+    pub index: Index,
+    pub generation: u64,
+}
+
+/// Work for a worker: an event, the rule set in force when it happened, and its matches.
+pub(crate) struct Job {
+    pub set: Arc<RuleSet>,
+    pub event: Arc<Event>,
+    pub hits: Vec<Hit>,
+    /// The thing's state before this report (state events).
+    pub previous: Option<Value>,
+    /// A timer's data (`after`).
+    pub data: Value,
+    /// A debounced run that is due (not to be debounced again).
+    pub debounced: bool,
+}
+
+pub(crate) enum Work {
+    Run(Job),
+    Stop,
+}
+
+/// The engine's own counters.
+#[derive(Debug, Default)]
+pub struct EngineCounters {
+    pub events: AtomicU64,
+    pub queue_full: AtomicU64,
+    pub chains_stopped: AtomicU64,
+}
+
+/// A chain id and a rule id.
+type ChainRule = (Arc<str>, String);
+/// How many times, and when last (ms).
+type Repeats = (u32, u64);
+
+/// What the sink, the workers, the timers and the API share.
+pub struct Core {
+    pub config: Config,
+    pub actions: Arc<dyn Actions>,
+    pub world: Arc<dyn World>,
+    pub set: ArcSwap<RuleSet>,
+    pub counters: EngineCounters,
+    pub(crate) timers: Timers,
+    tx: SyncSender<Work>,
+    states: Mutex<HashMap<String, Arc<RuleState>>>,
+    /// The last state each thing reported, for `changed` and `from`.
+    things: Mutex<HashMap<String, Value>>,
+    /// Runs per (chain, rule), for `max_repeats`.
+    repeats: Mutex<HashMap<ChainRule, Repeats>>,
+    ids: AtomicU64,
+    /// The last chain stopped, for the status.
+    pub last_stopped: Mutex<Option<Value>>,
+}
+
+impl Core {
+    pub(crate) fn new(
+        config: Config,
+        actions: Arc<dyn Actions>,
+        world: Arc<dyn World>,
+    ) -> (Arc<Core>, Receiver<Work>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.queue.max(1));
+        let core = Core {
+            config,
+            actions,
+            world,
+            set: ArcSwap::from_pointee(RuleSet::default()),
+            counters: EngineCounters::default(),
+            timers: Timers::default(),
+            tx,
+            states: Mutex::default(),
+            things: Mutex::default(),
+            repeats: Mutex::default(),
+            ids: AtomicU64::new(now_ms()),
+            last_stopped: Mutex::default(),
+        };
+        (Arc::new(core), rx)
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The lasting state of rule `id` (made on first use).
+    pub fn state_of(&self, id: &str) -> Arc<RuleState> {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Put `rules` in force, and their schedules on the timers.
+    pub fn install(&self, rules: Vec<Rule>) {
+        let generation = self.set.load().generation + 1;
+        let rules: Vec<Loaded> = rules
+            .into_iter()
+            .map(|rule| Loaded {
+                state: self.state_of(&rule.id.0),
+                rule,
+            })
+            .collect();
+        let index = Index::new(&rules.iter().map(|l| l.rule.clone()).collect::<Vec<_>>());
+        let set = Arc::new(RuleSet {
+            rules,
+            index,
+            generation,
+        });
+        for hit in &set.index.schedules {
+            if let Some(due) = self.next_schedule(&set, *hit) {
+                self.timers.push(
+                    due,
+                    Item::Schedule {
+                        generation,
+                        hit: *hit,
+                    },
+                );
+            }
+        }
+        self.set.store(set);
+    }
+
+    fn next_schedule(&self, set: &RuleSet, hit: Hit) -> Option<u64> {
+        let now = now_ms();
+        match &set.rules.get(hit.rule)?.rule.triggers.get(hit.trigger)? {
+            Trigger::Every { period } => {
+                Some(now + u64::try_from(period.as_millis()).unwrap_or(u64::MAX))
+            }
+            Trigger::Cron { schedule, .. } => {
+                let local = chrono::Utc::now().with_timezone(&self.config.time_zone);
+                let next = schedule.find_next_occurrence(&local, false).ok()?;
+                u64::try_from(next.timestamp_millis()).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// The sink: find the rules `event` fires and queue them. Quick, never blocks.
+    pub fn route(&self, event: &Event) {
+        self.counters.events.fetch_add(1, Ordering::Relaxed);
+        let previous = match &event.data {
+            EventData::ThingState { thing, state } => self.remember_state(thing, state),
+            _ => None,
+        };
+        let set = self.set.load_full();
+        let mut hits = Vec::new();
+        set.index.candidates(event, &mut hits);
+        hits.retain(|hit| {
+            let trigger = &set.rules[hit.rule].rule.triggers[hit.trigger];
+            matches(trigger, event, previous.as_ref())
+        });
+        if hits.is_empty() {
+            return;
+        }
+        self.enqueue(Job {
+            set,
+            event: Arc::new(event.clone()),
+            hits,
+            previous,
+            data: Value::Null,
+            debounced: false,
+        });
+    }
+
+    /// A state report merges into the thing's last state (a report may carry some fields
+    /// only); the state before it is returned.
+    fn remember_state(&self, thing: &str, state: &Value) -> Option<Value> {
+        let mut things = self.things.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = things.entry(thing.to_owned()).or_insert(Value::Null);
+        let before = entry.clone();
+        match (entry.as_object_mut(), state.as_object()) {
+            (Some(old), Some(new)) => {
+                for (k, v) in new {
+                    old.insert(k.clone(), v.clone());
+                }
+            }
+            _ => *entry = state.clone(),
+        }
+        (!before.is_null()).then_some(before)
+    }
+
+    pub(crate) fn enqueue(&self, job: Job) {
+        let hits = job.hits.clone();
+        let set = job.set.clone();
+        match self.tx.try_send(Work::Run(job)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                for hit in hits {
+                    set.rules[hit.rule]
+                        .state
+                        .stats
+                        .dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let n = self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                if n.is_multiple_of(1000) {
+                    tracing::warn!(
+                        dropped = n + 1,
+                        "rules: queue full, an event's rules were not run"
+                    );
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Timers that are due: `after` events, debounced runs and schedules.
+    pub(crate) fn fire(&self, item: Item) {
+        match item {
+            Item::After {
+                name,
+                account,
+                chain,
+                data,
+            } => {
+                let event = Event {
+                    actor: Actor {
+                        account: Some(account.into()),
+                        kind: ActorKind::Rule,
+                    },
+                    at: now_ms(),
+                    chain,
+                    data: EventData::Tick { timer: name },
+                };
+                let set = self.set.load_full();
+                let mut hits = Vec::new();
+                set.index.candidates(&event, &mut hits);
+                if !hits.is_empty() {
+                    self.enqueue(Job {
+                        set,
+                        event: Arc::new(event),
+                        hits,
+                        previous: None,
+                        data,
+                        debounced: false,
+                    });
+                }
+            }
+            Item::Debounce { job, seq } => {
+                let Some(hit) = job.hits.first() else { return };
+                let state = &job.set.rules[hit.rule].state;
+                if state.debounce.load(Ordering::Acquire) == seq {
+                    self.enqueue(Job {
+                        debounced: true,
+                        ..job
+                    });
+                }
+            }
+            Item::Schedule { generation, hit } => {
+                let set = self.set.load_full();
+                if set.generation != generation {
+                    return;
+                }
+                let rule = &set.rules[hit.rule].rule;
+                let event = Event {
+                    actor: Actor {
+                        account: Some(rule.options.account.as_str().into()),
+                        kind: ActorKind::Rule,
+                    },
+                    at: now_ms(),
+                    chain: Chain::start(format!("{}@{}", rule.id, now_ms())),
+                    data: EventData::Tick {
+                        timer: rule.triggers[hit.trigger].describe(),
+                    },
+                };
+                if let Some(due) = self.next_schedule(&set, hit) {
+                    self.timers.push(due, Item::Schedule { generation, hit });
+                }
+                self.enqueue(Job {
+                    set,
+                    event: Arc::new(event),
+                    hits: vec![hit],
+                    previous: None,
+                    data: Value::Null,
+                    debounced: false,
+                });
+            }
+        }
+    }
+
+    pub(crate) fn stop_workers(&self, workers: usize) {
+        self.timers.stop();
+        for _ in 0..workers {
+            let _ = self.tx.send(Work::Stop);
+        }
+    }
+
+    /// Count a run of `rule` for `chain`; false if it has run `max_repeats` times already.
+    fn repeat_ok(&self, chain: &Chain, rule: &str) -> bool {
+        let now = now_ms();
+        let mut repeats = self.repeats.lock().unwrap_or_else(|p| p.into_inner());
+        if repeats.len() > 10_000 {
+            repeats.retain(|_, (_, at)| now.saturating_sub(*at) < 300_000);
+        }
+        let entry = repeats
+            .entry((chain.id.clone(), rule.to_owned()))
+            .or_insert((0, now));
+        entry.0 += 1;
+        entry.1 = now;
+        entry.0 <= self.config.max_repeats
+    }
+
+    fn chain_stopped(&self, rule: &str, event: &Event, reason: &str) {
+        self.counters.chains_stopped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(rule, chain = %event.chain.id, hop = event.chain.hop, "rules: chain stopped: {reason}");
+        let report = json!({
+            "rule": rule, "chain": &*event.chain.id, "hop": event.chain.hop,
+            "reason": reason, "at": now_ms(),
+        });
+        *self.last_stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+}
+
+/// A worker: runs jobs until told to stop.
+pub(crate) fn worker(core: Arc<Core>, rx: Arc<Mutex<Receiver<Work>>>) {
+    let engine = api::engine(&core);
+    loop {
+        let work = {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            rx.recv()
+        };
+        match work {
+            Ok(Work::Run(job)) => {
+                for hit in &job.hits {
+                    run(&core, &engine, &job, *hit);
+                }
+            }
+            Ok(Work::Stop) | Err(_) => return,
+        }
+    }
+}
+
+/// The event as a script sees it (`event`, also `msg`).
+fn event_map(event: &Event, previous: Option<&Value>, data: &Value) -> Value {
+    let mut map = json!({
+        "by": event.actor.name(),
+        "by_kind": format!("{:?}", event.actor.kind).to_lowercase(),
+        "at": event.at,
+        "chain": { "id": &*event.chain.id, "hop": event.chain.hop },
+    });
+    let body = |bytes: &[u8]| {
+        serde_json::from_slice::<Value>(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    };
+    let more = match &event.data {
+        EventData::Publish(p) => json!({
+            "kind": "publish", "topic": p.topic, "payload": body(&p.payload),
+            "text": String::from_utf8_lossy(&p.payload), "qos": p.qos, "retain": p.retain,
+        }),
+        EventData::ImMessage(m) => json!({
+            "kind": "im", "conv": m.conv, "seq": m.seq, "from": m.from, "to": m.to,
+            "body": body(&m.body),
+        }),
+        EventData::Presence {
+            account,
+            status,
+            text,
+        } => json!({
+            "kind": "presence", "account": account, "status": status.as_str(), "text": text,
+        }),
+        EventData::Relation(change) => {
+            let relation = crate::index::relation_kind(change).as_str();
+            match change {
+                RelationChange::FriendAdded { a, b } | RelationChange::FriendRemoved { a, b } => {
+                    json!({ "kind": "relation", "relation": relation, "a": a, "b": b })
+                }
+                RelationChange::MemberJoined { group, member }
+                | RelationChange::MemberLeft { group, member } => json!({
+                    "kind": "relation", "relation": relation, "group": group, "member": member,
+                }),
+            }
+        }
+        EventData::ThingState { thing, state } => json!({
+            "kind": "state", "thing": thing, "state": state, "previous": previous,
+        }),
+        EventData::ThingCommand { thing, id, command } => json!({
+            "kind": "command", "thing": thing, "id": id, "command": command,
+        }),
+        EventData::ThingAck { thing, id, result } => json!({
+            "kind": "ack", "thing": thing, "id": id, "result": result,
+        }),
+        EventData::ThingTimeout { thing, id } => json!({
+            "kind": "timeout", "thing": thing, "id": id,
+        }),
+        EventData::Tick { timer } => json!({ "kind": "timer", "timer": timer, "data": data }),
+    };
+    if let (Some(map), Value::Object(more)) = (map.as_object_mut(), more) {
+        map.extend(more);
+    }
+    map
+}
+
+fn describe(event: &Event) -> String {
+    match &event.data {
+        EventData::Publish(p) => format!("publish {}", p.topic),
+        EventData::ImMessage(m) => format!("im {} from {}", m.to, m.from),
+        EventData::Presence {
+            account, status, ..
+        } => format!("presence {account} {}", status.as_str()),
+        EventData::Relation(change) => format!("relation {change:?}"),
+        EventData::ThingState { thing, .. } => format!("state {thing}"),
+        EventData::ThingCommand { thing, .. } => format!("command {thing}"),
+        EventData::ThingAck { thing, .. } => format!("ack {thing}"),
+        EventData::ThingTimeout { thing, .. } => format!("timeout {thing}"),
+        EventData::Tick { timer } => format!("timer {timer}"),
+    }
+}
+
+/// Run one rule for one job.
+fn run(core: &Core, engine: &Engine, job: &Job, hit: Hit) {
+    let loaded = &job.set.rules[hit.rule];
+    let (rule, state) = (&loaded.rule, &loaded.state);
+    let event = &job.event;
+    let started_at = now_ms();
+    let mut trace = Trace {
+        at: started_at,
+        trigger: rule.triggers[hit.trigger].describe(),
+        event: describe(event),
+        chain: event.chain.id.to_string(),
+        hop: event.chain.hop,
+        condition: None,
+        actions: Vec::new(),
+        micros: 0,
+        outcome: Outcome::Ok,
+    };
+    if !job.debounced {
+        state.stats.matched.fetch_add(1, Ordering::Relaxed);
+    }
+    let keep = core.config.traces;
+    let skip = |mut trace: Trace, outcome: Outcome| {
+        trace.outcome = outcome;
+        state.stats.record(trace, keep);
+    };
+    if let (Some(wait), false) = (rule.options.debounce, job.debounced) {
+        let seq = state.debounce.fetch_add(1, Ordering::AcqRel) + 1;
+        let due = started_at + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let job = Job {
+            set: job.set.clone(),
+            event: job.event.clone(),
+            hits: vec![hit],
+            previous: job.previous.clone(),
+            data: job.data.clone(),
+            debounced: false,
+        };
+        core.timers.push(due, Item::Debounce { job, seq });
+        return;
+    }
+    if event.chain.hop >= core.config.max_hops {
+        let reason = format!(
+            "the chain is {} hops long (rules.max_hops)",
+            event.chain.hop
+        );
+        core.chain_stopped(&rule.id.0, event, &reason);
+        return skip(trace, Outcome::Stopped(reason));
+    }
+    if !core.repeat_ok(&event.chain, &rule.id.0) {
+        let reason = format!(
+            "the rule ran {} times in this chain (rules.max_repeats)",
+            core.config.max_repeats
+        );
+        core.chain_stopped(&rule.id.0, event, &reason);
+        return skip(trace, Outcome::Stopped(reason));
+    }
+    if let Some((count, per)) = rule.options.rate {
+        let per = u64::try_from(per.as_millis()).unwrap_or(u64::MAX);
+        let mut window = state.window.lock().unwrap_or_else(|p| p.into_inner());
+        if started_at.saturating_sub(window.0) >= per {
+            *window = (started_at, 0);
+        }
+        if window.1 >= count {
+            drop(window);
+            return skip(trace, Outcome::Skipped("rate limit".into()));
+        }
+        window.1 += 1;
+    }
+    let _queued;
+    let mut restart = None;
+    match rule.options.mode {
+        Mode::Single => {
+            if state
+                .running
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return skip(
+                    trace,
+                    Outcome::Skipped("already running (mode: single)".into()),
+                );
+            }
+        }
+        Mode::Queued => {
+            _queued = state.queue.lock().unwrap_or_else(|p| p.into_inner());
+            state.running.fetch_add(1, Ordering::AcqRel);
+        }
+        Mode::Parallel => {
+            state.running.fetch_add(1, Ordering::AcqRel);
+        }
+        Mode::Restart => {
+            let mine = state.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            restart = Some((state.generation.clone(), mine));
+            state.running.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+    let clock = Instant::now();
+    api::begin(RunCtx {
+        rule: rule.id.0.clone(),
+        account: rule.options.account.clone(),
+        chain: event.chain.clone(),
+        actions: Vec::new(),
+        deadline: clock + core.config.budget,
+        restart,
+        stopped: None,
+    });
+    let mut scope = Scope::new();
+    let value = api::to_dynamic(&event_map(event, job.previous.as_ref(), &job.data));
+    scope.push_dynamic("event", value.clone());
+    scope.push_dynamic("msg", value);
+    let result = evaluate(engine, &mut scope, rule, &mut trace);
+    let ctx = api::end();
+    state.running.fetch_sub(1, Ordering::AcqRel);
+    trace.micros = u64::try_from(clock.elapsed().as_micros()).unwrap_or(u64::MAX);
+    if let Some(ctx) = ctx {
+        trace.actions = ctx.actions;
+        trace.outcome = match (result, ctx.stopped) {
+            (Ok(()), _) => Outcome::Ok,
+            (Err(_), Some(reason)) => Outcome::Stopped(reason),
+            (Err(err), None) => match *err {
+                EvalAltResult::ErrorTooManyOperations(_) => {
+                    Outcome::Stopped("over its operations budget (rules.max_operations)".into())
+                }
+                err => Outcome::Failed(err.to_string()),
+            },
+        };
+    }
+    match &trace.outcome {
+        Outcome::Failed(why) | Outcome::Stopped(why) => {
+            tracing::warn!(rule = %rule.id, chain = %event.chain.id, "rules: run ended: {why}");
+        }
+        _ => {}
+    }
+    state.stats.record(trace, keep);
+}
+
+fn evaluate(
+    engine: &Engine,
+    scope: &mut Scope,
+    rule: &Rule,
+    trace: &mut Trace,
+) -> Result<(), Box<EvalAltResult>> {
+    if let Some(condition) = &rule.condition {
+        let pass = engine
+            .eval_ast_with_scope::<Dynamic>(scope, condition)?
+            .as_bool()
+            .map_err(|t| format!("`if` gave a {t}, not a bool"))?;
+        trace.condition = Some(pass);
+        if !pass {
+            return Ok(());
+        }
+    }
+    engine.run_ast_with_scope(scope, &rule.action)
+}

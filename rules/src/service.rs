@@ -1,0 +1,321 @@
+//! [`Rules`]: the running engine as the daemon holds it. It loads the folder, keeps the last good
+//! version of every file, swaps the rule set atomically on reload, watches the folder, and
+//! answers what happened (status, per-rule counters, traces).
+//!
+//! **Reload.** The whole folder is read again; a file that loads replaces its last version, a
+//! file that fails keeps its last good version (or has no rules if it never loaded) and its
+//! error is in the status until it loads again; a removed file's rules go. The new set is put in
+//! force with one atomic swap. Each event is matched against the set in force when it arrives
+//! and runs with that set, so across a reload no event is lost or handled twice.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::diagnostic::Diagnostic;
+use crate::events::{Actions, Event};
+use crate::exec::{Config, Core, now_ms, worker};
+use crate::loader::{self, LoadConfig};
+use crate::model::Rule;
+use crate::stats::{Counters, Trace};
+use crate::world::World;
+
+/// A file's standing, as the status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileStatus {
+    pub file: PathBuf,
+    /// Its rules in force (its last good version's, if it fails now).
+    pub rules: usize,
+    /// Why its current text does not load.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Diagnostic>,
+    /// It fails now and its last good version is in force.
+    pub last_good: bool,
+}
+
+/// What `$SYS/mqtter/rules/status` carries (retained).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// No file fails.
+    pub ok: bool,
+    pub rules: usize,
+    pub files: Vec<FileStatus>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Diagnostic>,
+    /// When the rule set in force was loaded, ms since the epoch.
+    pub loaded_at: u64,
+    pub events: u64,
+    /// Events whose rules were not run because the queue was full.
+    pub queue_full: u64,
+    pub chains_stopped: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_stopped: Option<serde_json::Value>,
+    pub timers: usize,
+}
+
+/// One rule in a listing (`mqtter rules list`, `$SYS/mqtter/rules/{id}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleReport {
+    pub id: String,
+    pub file: PathBuf,
+    pub line: u64,
+    pub enabled: bool,
+    pub mode: &'static str,
+    pub account: String,
+    pub triggers: Vec<String>,
+    #[serde(flatten)]
+    pub counters: Counters,
+}
+
+#[derive(Default)]
+struct FileState {
+    good: Option<Vec<Rule>>,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+type StatusListener = Box<dyn Fn(&Status) + Send + Sync>;
+
+/// The running rules engine.
+pub struct Rules {
+    core: Arc<Core>,
+    dir: PathBuf,
+    load: LoadConfig,
+    compiler: rhai::Engine,
+    files: Mutex<BTreeMap<PathBuf, FileState>>,
+    loaded_at: std::sync::atomic::AtomicU64,
+    listener: Mutex<Option<StatusListener>>,
+    watcher: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Rules {
+    /// Start the engine's threads and load `dir`.
+    pub fn start(
+        dir: &Path,
+        config: Config,
+        actions: Arc<dyn Actions>,
+        world: Arc<dyn World>,
+    ) -> Arc<Rules> {
+        let load = LoadConfig {
+            account: config.account.clone(),
+        };
+        let workers = config.workers.max(1);
+        let (core, rx) = Core::new(config, actions, world);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        for n in 0..workers {
+            let (core, rx) = (core.clone(), rx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("rules-{n}"))
+                .spawn(move || worker(core, rx));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(err) => tracing::error!("rules: cannot start a worker: {err}"),
+            }
+        }
+        let timer_core = core.clone();
+        if let Ok(handle) = std::thread::Builder::new()
+            .name("rules-timers".into())
+            .spawn(move || {
+                while let Some(items) = timer_core.timers.next_due(now_ms) {
+                    for item in items {
+                        timer_core.fire(item);
+                    }
+                }
+            })
+        {
+            threads.push(handle);
+        }
+        let rules = Arc::new(Rules {
+            core,
+            dir: dir.to_owned(),
+            load,
+            compiler: loader::compiler(),
+            files: Mutex::default(),
+            loaded_at: 0.into(),
+            listener: Mutex::default(),
+            watcher: Mutex::default(),
+            threads: Mutex::new(threads),
+        });
+        rules.reload();
+        rules
+    }
+
+    /// The sink: called by the event seam for every event of [`Rules::interest`]'s kinds.
+    pub fn on_event(&self, event: &Event) {
+        self.core.route(event);
+    }
+
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Call `listener` with the status after every reload (for the retained
+    /// `$SYS/mqtter/rules/status`); it is called once at once.
+    pub fn on_status(&self, listener: impl Fn(&Status) + Send + Sync + 'static) {
+        listener(&self.status());
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(listener));
+    }
+
+    /// Read the folder again and put the result in force (see the module's doc).
+    pub fn reload(&self) -> Status {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let names = match loader::yaml_files(&self.dir) {
+            Ok(names) => names,
+            Err(d) => {
+                tracing::error!("rules: {d}");
+                Vec::new()
+            }
+        };
+        files.retain(|name, _| names.contains(name));
+        for name in &names {
+            let (outcome, diagnostics) =
+                loader::load_file(&self.dir, name, &self.compiler, &self.load);
+            let state = files.entry(name.clone()).or_default();
+            let (errors, warnings) = diagnostics.into_iter().partition(Diagnostic::is_error);
+            state.errors = errors;
+            state.warnings = warnings;
+            if let Some(file) = outcome {
+                state.good = Some(file.rules);
+            }
+            for d in state.errors.iter().chain(&state.warnings) {
+                tracing::warn!("rules: {d}");
+            }
+        }
+        // Ids unique across files: a later file that repeats one fails (its last good version
+        // stays, unless that one repeats it too).
+        let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut rules = Vec::new();
+        for (name, state) in files.iter_mut() {
+            let Some(good) = &state.good else { continue };
+            let clash = good.iter().find_map(|r| seen.get(&r.id.0).map(|f| (r, f)));
+            if let Some((rule, other)) = clash {
+                state.errors.push(Diagnostic::error(
+                    name,
+                    rule.line,
+                    1,
+                    format!(
+                        "rule `{}` is already defined in {}",
+                        rule.id,
+                        other.display()
+                    ),
+                ));
+                continue;
+            }
+            for rule in good {
+                seen.insert(rule.id.0.clone(), name.clone());
+                rules.push(rule.clone());
+            }
+        }
+        self.core.install(rules);
+        self.loaded_at.store(now_ms(), Ordering::Relaxed);
+        drop(files);
+        let status = self.status();
+        if let Some(listener) = &*self.listener.lock().unwrap_or_else(|p| p.into_inner()) {
+            listener(&status);
+        }
+        status
+    }
+
+    /// Watch the folder: every change (debounced: an editor's atomic save, a partial write
+    /// completed, a rename, a delete) reloads it.
+    pub fn watch(self: &Arc<Self>) -> Result<(), notify::Error> {
+        use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+        let weak = Arc::downgrade(self);
+        let mut debouncer = new_debouncer(
+            Duration::from_millis(150),
+            None,
+            move |result: DebounceEventResult| {
+                if let (Ok(events), Some(rules)) = (result, weak.upgrade())
+                    && !events.is_empty()
+                {
+                    rules.reload();
+                }
+            },
+        )?;
+        debouncer.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
+        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(debouncer));
+        Ok(())
+    }
+
+    pub fn status(&self) -> Status {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let core = &self.core;
+        let set = core.set.load();
+        Status {
+            ok: files.values().all(|f| f.errors.is_empty()),
+            rules: set.rules.len(),
+            files: files
+                .iter()
+                .map(|(name, f)| FileStatus {
+                    file: name.clone(),
+                    rules: f.good.as_ref().map_or(0, Vec::len),
+                    errors: f.errors.clone(),
+                    last_good: !f.errors.is_empty() && f.good.is_some(),
+                })
+                .collect(),
+            warnings: files.values().flat_map(|f| f.warnings.clone()).collect(),
+            loaded_at: self.loaded_at.load(Ordering::Relaxed),
+            events: core.counters.events.load(Ordering::Relaxed),
+            queue_full: core.counters.queue_full.load(Ordering::Relaxed),
+            chains_stopped: core.counters.chains_stopped.load(Ordering::Relaxed),
+            last_stopped: core
+                .last_stopped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            timers: core.timers.pending(),
+        }
+    }
+
+    /// Every rule in force with its counters.
+    pub fn list(&self) -> Vec<RuleReport> {
+        let set = self.core.set.load();
+        set.rules
+            .iter()
+            .map(|l| RuleReport {
+                id: l.rule.id.0.clone(),
+                file: l.rule.file.clone(),
+                line: l.rule.line,
+                enabled: l.rule.options.enabled,
+                mode: loader::mode_name(l.rule.options.mode),
+                account: l.rule.options.account.clone(),
+                triggers: l.rule.triggers.iter().map(|t| t.describe()).collect(),
+                counters: l.state.stats.counters(),
+            })
+            .collect()
+    }
+
+    /// The last traces of rule `id` (kept across reloads; `None` if it was never loaded).
+    pub fn traces(&self, id: &str) -> Option<Vec<Trace>> {
+        let set = self.core.set.load();
+        let loaded = set.rules.iter().find(|l| l.rule.id.0 == id)?;
+        Some(loaded.state.stats.traces())
+    }
+
+    /// Stop the threads (also done on drop).
+    pub fn stop(&self) {
+        self.watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let threads: Vec<_> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let workers = threads.len().saturating_sub(1);
+        self.core.stop_workers(workers);
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Rules {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,148 @@
+//! Timers: `after(ms, name, data)` (a named, delayed event; setting a name again replaces it,
+//! `cancel(name)` removes it), debounced runs and schedules (`cron`, `every`), all on one
+//! thread that sleeps until the next one is due.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::events::Chain;
+use crate::exec::Job;
+use crate::index::Hit;
+
+/// What a timer does when it is due.
+pub(crate) enum Item {
+    /// A rule's `after`: the `Tick` event `name` (with `data`) as `account`, in `chain`.
+    After {
+        name: String,
+        account: String,
+        chain: Chain,
+        data: Value,
+    },
+    /// A debounced run: runs if no newer event came for the rule in the meantime.
+    Debounce { job: Job, seq: u64 },
+    /// A schedule of the rule set `generation`.
+    Schedule { generation: u64, hit: Hit },
+}
+
+#[derive(Default)]
+struct State {
+    heap: BinaryHeap<Reverse<(u64, u64)>>,
+    items: HashMap<u64, Item>,
+    /// The pending `after` of each name.
+    named: HashMap<String, u64>,
+    next: u64,
+    stopped: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Timers {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+impl Timers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, due: u64, item: Item) {
+        let mut state = self.lock();
+        state.next += 1;
+        let seq = state.next;
+        if let Item::After { name, .. } = &item
+            && let Some(old) = state.named.insert(name.clone(), seq)
+        {
+            state.items.remove(&old);
+        }
+        state.items.insert(seq, item);
+        state.heap.push(Reverse((due, seq)));
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Set (or replace) the `after` timer `name`.
+    pub fn set(
+        &self,
+        _rule: &str,
+        name: &str,
+        due: u64,
+        account: String,
+        chain: Chain,
+        data: Value,
+    ) -> Result<(), String> {
+        if name.is_empty() || name.len() > 200 {
+            return Err("a timer's name is 1 to 200 characters".into());
+        }
+        self.push(
+            due,
+            Item::After {
+                name: name.to_owned(),
+                account,
+                chain,
+                data,
+            },
+        );
+        Ok(())
+    }
+
+    /// Remove the `after` timer `name`; was there one?
+    pub fn cancel(&self, _rule: &str, name: &str) -> bool {
+        let mut state = self.lock();
+        match state.named.remove(name) {
+            Some(seq) => state.items.remove(&seq).is_some(),
+            None => false,
+        }
+    }
+
+    /// How many timers are pending.
+    pub fn pending(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn stop(&self) {
+        self.lock().stopped = true;
+        self.wake.notify_all();
+    }
+
+    /// Wait for the next due items (`None`: stopped). `now` gives the current time in ms.
+    pub fn next_due(&self, now: impl Fn() -> u64) -> Option<Vec<Item>> {
+        let mut state = self.lock();
+        loop {
+            if state.stopped {
+                return None;
+            }
+            let t = now();
+            let mut due = Vec::new();
+            while let Some(Reverse((at, seq))) = state.heap.peek().copied() {
+                if at > t {
+                    break;
+                }
+                state.heap.pop();
+                if let Some(item) = state.items.remove(&seq) {
+                    if let Item::After { name, .. } = &item
+                        && state.named.get(name) == Some(&seq)
+                    {
+                        state.named.remove(name);
+                    }
+                    due.push(item);
+                }
+            }
+            if !due.is_empty() {
+                return Some(due);
+            }
+            let wait = state
+                .heap
+                .peek()
+                .map_or(3_600_000, |Reverse((at, _))| at.saturating_sub(t));
+            state = self
+                .wake
+                .wait_timeout(state, Duration::from_millis(wait.max(1)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}

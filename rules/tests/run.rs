@@ -1,0 +1,618 @@
+//! The rules engine driven with real events through a recording `Actions`: a test double for the
+//! broker (it records each action and feeds a published message back in as the event the daemon
+//! would emit, one hop further; a command to a thing is answered by the thing's state report, as a
+//! device would). End-to-end tests on the real daemon come when the engine is wired into it.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqtter_rules::Rules;
+use mqtter_rules::events::{
+    ActionError, ActionPublish, Actions, Actor, ActorKind, Chain, Event, EventData, PublishEvent,
+};
+use mqtter_rules::exec::Config;
+use mqtter_rules::stats::Outcome;
+use mqtter_rules::world::FolderWorld;
+use serde_json::{Value, json};
+
+/// What the engine did, in order.
+#[derive(Debug, Clone)]
+enum Done {
+    Published(ActionPublish),
+    Notified(String, Value, Chain),
+}
+
+#[derive(Default)]
+struct Recorder {
+    rules: Mutex<Weak<Rules>>,
+    done: Mutex<Vec<Done>>,
+    changed: Condvar,
+}
+
+impl Recorder {
+    fn push(&self, done: Done) {
+        self.done.lock().unwrap().push(done);
+        self.changed.notify_all();
+    }
+
+    fn emit(&self, event: Event) {
+        let rules = self.rules.lock().unwrap().upgrade();
+        if let Some(rules) = rules {
+            rules.on_event(&event);
+        }
+    }
+
+    /// Wait (generously) until `pred` holds over what was done; what was done.
+    fn wait_for(&self, what: &str, pred: impl Fn(&[Done]) -> bool) -> Vec<Done> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut done = self.done.lock().unwrap();
+        while !pred(&done) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}: {done:#?}");
+            done = self.changed.wait_timeout(done, left).unwrap().0;
+        }
+        done.clone()
+    }
+
+    fn published(&self) -> Vec<ActionPublish> {
+        let done = self.done.lock().unwrap();
+        done.iter()
+            .filter_map(|d| match d {
+                Done::Published(p) => Some(p.clone()),
+                Done::Notified(..) => None,
+            })
+            .collect()
+    }
+}
+
+impl Actions for Recorder {
+    fn publish(&self, message: ActionPublish) -> Result<(), ActionError> {
+        if message.topic.starts_with("forbidden/") {
+            return Err(ActionError::NotAuthorized(message.topic));
+        }
+        self.push(Done::Published(message.clone()));
+        let chain = message.chain.next();
+        self.emit(Event {
+            actor: Actor {
+                account: Some(message.account.as_str().into()),
+                kind: ActorKind::Rule,
+            },
+            at: 1,
+            chain: chain.clone(),
+            data: EventData::Publish(PublishEvent {
+                topic: message.topic.clone(),
+                payload: message.payload.clone(),
+                qos: message.qos,
+                retain: message.retain,
+                user_properties: Vec::new(),
+            }),
+        });
+        // The thing carries the command out and reports its state, in the same chain.
+        if let Some(thing) = message
+            .topic
+            .strip_prefix("thing/")
+            .and_then(|t| t.strip_suffix("/cmd"))
+        {
+            let mut state: Value = serde_json::from_slice(&message.payload).unwrap();
+            state.as_object_mut().unwrap().remove("id");
+            self.emit(Event {
+                actor: Actor {
+                    account: Some(thing.into()),
+                    kind: ActorKind::Thing,
+                },
+                at: 1,
+                chain: chain.next(),
+                data: EventData::ThingState {
+                    thing: thing.into(),
+                    state,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    fn notify(&self, person: &str, envelope: Value, chain: &Chain) -> Result<(), ActionError> {
+        self.push(Done::Notified(person.into(), envelope, chain.next()));
+        Ok(())
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    rules: Arc<Rules>,
+    recorder: Arc<Recorder>,
+}
+
+const PEOPLE: &str = r#"
+persons: [{ id: alice, password: a }, { id: bob, password: b }, { id: rules, password: r }]
+things: [{ id: door, secret: d }, { id: hall-light, secret: h }, { id: heater, secret: h }]
+groups: [{ id: family, owner: alice, members: [bob] }]
+relations:
+  - { bind: door, to: alice }
+  - { link: [door, hall-light] }
+"#;
+
+fn start_with(files: &[(&str, &str)], config: Config) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("people.yaml"), PEOPLE).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let mut world = FolderWorld::default();
+    let defs = mqtter_engine::definitions::parse(Path::new("people.yaml"), PEOPLE).unwrap();
+    world.add(&defs);
+    let recorder = Arc::new(Recorder::default());
+    let rules = Rules::start(dir.path(), config, recorder.clone(), Arc::new(world));
+    *recorder.rules.lock().unwrap() = Arc::downgrade(&rules);
+    let status = rules.status();
+    assert!(
+        status.ok,
+        "{}",
+        serde_json::to_string_pretty(&status).unwrap()
+    );
+    Setup {
+        dir,
+        rules,
+        recorder,
+    }
+}
+
+fn start(files: &[(&str, &str)]) -> Setup {
+    start_with(files, Config::default())
+}
+
+fn publish(by: &str, kind: ActorKind, topic: &str, payload: &str, chain: &str) -> Event {
+    Event {
+        actor: Actor {
+            account: Some(by.into()),
+            kind,
+        },
+        at: 1,
+        chain: Chain::start(chain),
+        data: EventData::Publish(PublishEvent {
+            topic: topic.into(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            qos: 0,
+            retain: false,
+            user_properties: Vec::new(),
+        }),
+    }
+}
+
+/// Wait until rule `id` has `n` traces; its traces.
+fn traces(setup: &Setup, id: &str, n: usize) -> Vec<mqtter_rules::stats::Trace> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let traces = setup.rules.traces(id).unwrap_or_default();
+        if traces.len() >= n {
+            return traces;
+        }
+        assert!(Instant::now() < deadline, "rule {id}: {traces:#?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_topic_rule_fires_and_a_false_if_does_not() {
+    let setup = start(&[(
+        "a.yaml",
+        r#"
+rules:
+  - id: hot
+    when: { topic: "sensors/+/temp", kind: thing }
+    if: 'event.payload.c > 30'
+    do: 'publish("alerts/" + event.by, #{ c: event.payload.c })'
+"#,
+    )]);
+    let r = &setup.rules;
+    r.on_event(&publish(
+        "heater",
+        ActorKind::Thing,
+        "sensors/h/temp",
+        r#"{"c": 20}"#,
+        "c1",
+    ));
+    r.on_event(&publish(
+        "alice",
+        ActorKind::Person,
+        "sensors/h/temp",
+        r#"{"c": 40}"#,
+        "c2",
+    ));
+    r.on_event(&publish(
+        "heater",
+        ActorKind::Thing,
+        "sensors/h/temp",
+        r#"{"c": 35}"#,
+        "c3",
+    ));
+    let done = setup.recorder.wait_for("the alert", |d| !d.is_empty());
+    let Done::Published(p) = &done[0] else {
+        panic!("{done:?}")
+    };
+    assert_eq!(p.topic, "alerts/heater");
+    assert_eq!(p.account, "rules");
+    assert_eq!(p.payload, Bytes::from_static(br#"{"c":35}"#));
+    // The action answers the event of chain c3, at hop 0 (the daemon stamps it hop 1).
+    assert_eq!(p.chain, Chain::start("c3"));
+    let traces = traces(&setup, "hot", 2);
+    assert_eq!(traces[0].condition, Some(false));
+    assert_eq!(traces[1].condition, Some(true));
+    assert_eq!(traces[1].actions, ["publish alerts/heater"]);
+    let list = setup.rules.list();
+    // The person's message never matched (kind: thing).
+    assert_eq!((list[0].counters.matched, list[0].counters.ran), (2, 1));
+}
+
+#[test]
+fn a_chain_person_thing_thing_person_keeps_one_id() {
+    let setup = start(&[(
+        "home.yaml",
+        r#"
+rules:
+  - id: door-opens-light-on
+    when: { state: door, changed: open, to: true }
+    do: 'command("hall-light", #{ on: true })'
+  - id: light-on-tells-owner
+    when: { state: hall-light, changed: on }
+    do: 'notify(owner_of("door"), "hall light is " + event.state.on)'
+"#,
+    )]);
+    let door = |open: bool, chain: &str| Event {
+        actor: Actor {
+            account: Some("door".into()),
+            kind: ActorKind::Thing,
+        },
+        at: 1,
+        chain: Chain::start(chain),
+        data: EventData::ThingState {
+            thing: "door".into(),
+            state: json!({ "open": open }),
+        },
+    };
+    setup.rules.on_event(&door(false, "first"));
+    setup.rules.on_event(&door(true, "alice-opened"));
+    let done = setup.recorder.wait_for("the notice", |d| {
+        d.iter().any(|d| matches!(d, Done::Notified(..)))
+    });
+    let (Done::Published(cmd), Done::Notified(person, envelope, chain)) = (&done[0], &done[1])
+    else {
+        panic!("{done:#?}")
+    };
+    assert_eq!(cmd.topic, "thing/hall-light/cmd");
+    assert_eq!(&*cmd.chain.id, "alice-opened");
+    assert_eq!(person, "alice");
+    assert_eq!(envelope["text"], "hall light is true");
+    assert_eq!(envelope["rule"], "light-on-tells-owner");
+    // door (0) -> command (1) -> the light's state (2) -> the notice (3).
+    assert_eq!(
+        chain,
+        &Chain {
+            id: "alice-opened".into(),
+            hop: 3
+        }
+    );
+}
+
+#[test]
+fn a_loop_between_two_rules_stops_at_max_hops_and_is_reported() {
+    let setup = start_with(
+        &[(
+            "loop.yaml",
+            r#"
+rules:
+  - id: ping
+    when: { topic: ping }
+    mode: parallel                 # (single would skip a ping while the last one still runs)
+    do: 'publish("pong", "x")'
+  - id: pong
+    when: { topic: pong }
+    mode: parallel
+    do: 'publish("ping", "x")'
+"#,
+        )],
+        Config {
+            max_hops: 6,
+            ..Config::default()
+        },
+    );
+    setup
+        .rules
+        .on_event(&publish("alice", ActorKind::Person, "ping", "x", "loop"));
+    // ping runs at hops 0, 2 and 4, pong at 1, 3 and 5; ping at hop 6 is stopped.
+    traces(&setup, "ping", 4);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while setup.rules.status().chains_stopped == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Hops 0..5 ran (ping, pong, ping, ...), the one at hop 6 was stopped.
+    assert_eq!(setup.recorder.published().len(), 6);
+    let status = setup.rules.status();
+    assert_eq!(status.last_stopped.as_ref().unwrap()["hop"], 6);
+    assert_eq!(status.last_stopped.as_ref().unwrap()["chain"], "loop");
+    let all: Vec<_> = ["ping", "pong"]
+        .iter()
+        .flat_map(|r| setup.rules.traces(r).unwrap())
+        .collect();
+    assert!(
+        all.iter()
+            .any(|t| matches!(&t.outcome, Outcome::Stopped(why) if why.contains("max_hops")))
+    );
+}
+
+#[test]
+fn the_same_rule_again_in_one_chain_stops_at_max_repeats() {
+    let setup = start_with(
+        &[(
+            "again.yaml",
+            "rules:\n  - id: again\n    when: { topic: again }\n    mode: parallel\n    do: 'publish(\"again\", \"x\")'\n",
+        )],
+        Config {
+            max_repeats: 3,
+            ..Config::default()
+        },
+    );
+    setup
+        .rules
+        .on_event(&publish("alice", ActorKind::Person, "again", "x", "r"));
+    let traces = traces(&setup, "again", 4);
+    assert!(matches!(&traces[3].outcome, Outcome::Stopped(why) if why.contains("max_repeats")));
+    assert_eq!(setup.recorder.published().len(), 3);
+}
+
+#[test]
+fn an_endless_loop_is_stopped_and_other_rules_run_meanwhile() {
+    let setup = start_with(
+        &[(
+            "a.yaml",
+            r#"
+rules:
+  - id: spins
+    when: { topic: spin }
+    do: 'loop { }'
+  - id: fails
+    when: { topic: spin }
+    do: 'let x = 1 / 0;'
+  - id: forbidden
+    when: { topic: spin }
+    do: 'publish("forbidden/x", "y")'
+  - id: works
+    when: { topic: work }
+    mode: queued
+    do: 'publish("done", event.text)'
+"#,
+        )],
+        Config {
+            max_operations: u64::MAX,
+            budget: Duration::from_millis(300),
+            ..Config::default()
+        },
+    );
+    setup
+        .rules
+        .on_event(&publish("alice", ActorKind::Person, "spin", "", "s"));
+    for n in 0..20 {
+        let chain = format!("w{n}");
+        setup.rules.on_event(&publish(
+            "alice",
+            ActorKind::Person,
+            "work",
+            &n.to_string(),
+            &chain,
+        ));
+    }
+    setup.recorder.wait_for("20 runs", |d| d.len() == 20);
+    let spins = traces(&setup, "spins", 1);
+    assert!(
+        matches!(&spins[0].outcome, Outcome::Stopped(why) if why.contains("time budget")),
+        "{spins:?}"
+    );
+    assert!(spins[0].micros < 20_000_000);
+    let fails = traces(&setup, "fails", 1);
+    assert!(
+        matches!(&fails[0].outcome, Outcome::Failed(why) if why.contains("zero")),
+        "{fails:?}"
+    );
+    let forbidden = traces(&setup, "forbidden", 1);
+    assert!(
+        matches!(&forbidden[0].outcome, Outcome::Failed(why) if why.contains("not authorized"))
+    );
+}
+
+#[test]
+fn too_many_operations_stop_a_run() {
+    let setup = start_with(
+        &[(
+            "a.yaml",
+            "rules:\n  - id: spins\n    when: { topic: spin }\n    do: 'loop { }'\n",
+        )],
+        Config {
+            max_operations: 10_000,
+            budget: Duration::from_secs(60),
+            ..Config::default()
+        },
+    );
+    setup
+        .rules
+        .on_event(&publish("alice", ActorKind::Person, "spin", "", "s"));
+    let spins = traces(&setup, "spins", 1);
+    assert!(matches!(&spins[0].outcome, Outcome::Stopped(why) if why.contains("operations")));
+}
+
+#[test]
+fn after_fires_a_timer_rule_in_the_same_chain_and_cancel_removes_one() {
+    let setup = start(&[(
+        "t.yaml",
+        r#"
+rules:
+  - id: arm
+    when: { topic: arm }
+    do: 'after(50, "escalate/" + event.text, #{ alarm: event.text }); after(50, "never"); cancel("never")'
+  - id: escalate
+    when: { timer: escalate }
+    do: 'publish("escalated", event.data.alarm)'
+  - id: never
+    when: { timer: never }
+    do: 'publish("never", "")'
+"#,
+    )]);
+    setup
+        .rules
+        .on_event(&publish("alice", ActorKind::Person, "arm", "a7", "t"));
+    let done = setup.recorder.wait_for("the escalation", |d| !d.is_empty());
+    let Done::Published(p) = &done[0] else {
+        panic!()
+    };
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("escalated", &b"a7"[..])
+    );
+    assert_eq!(
+        p.chain,
+        Chain {
+            id: "t".into(),
+            hop: 1
+        }
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(setup.recorder.published().len(), 1);
+}
+
+#[test]
+fn single_mode_skips_and_rate_limits_count() {
+    let setup = start(&[(
+        "m.yaml",
+        r#"
+rules:
+  - id: limited
+    when: { topic: tick }
+    rate: 2/1h
+    mode: parallel
+    do: 'publish("ticked", "")'
+"#,
+    )]);
+    for n in 0..5 {
+        setup.rules.on_event(&publish(
+            "alice",
+            ActorKind::Person,
+            "tick",
+            "",
+            &format!("c{n}"),
+        ));
+    }
+    let traces = traces(&setup, "limited", 5);
+    let skipped = traces
+        .iter()
+        .filter(|t| matches!(t.outcome, Outcome::Skipped(_)))
+        .count();
+    assert_eq!(skipped, 3);
+    assert_eq!(setup.rules.list()[0].counters.skipped, 3);
+}
+
+#[test]
+fn a_full_queue_drops_and_counts() {
+    let setup = start_with(
+        &[(
+            "q.yaml",
+            "rules:\n  - id: slow\n    when: { topic: q }\n    mode: queued\n    do: 'loop { }'\n",
+        )],
+        Config {
+            workers: 1,
+            queue: 2,
+            max_operations: u64::MAX,
+            budget: Duration::from_millis(200),
+            ..Config::default()
+        },
+    );
+    for _ in 0..10 {
+        setup
+            .rules
+            .on_event(&publish("alice", ActorKind::Person, "q", "", "q"));
+    }
+    let status = setup.rules.status();
+    assert!(status.queue_full >= 7, "{status:?}");
+    assert_eq!(setup.rules.list()[0].counters.dropped, status.queue_full);
+}
+
+#[test]
+fn a_broken_file_keeps_its_last_good_version_until_fixed() {
+    let good = "rules:\n  - id: r\n    when: { topic: a }\n    do: 'publish(\"v1\", \"\")'\n";
+    let setup = start(&[("r.yaml", good)]);
+    let file = setup.dir.path().join("r.yaml");
+    std::fs::write(
+        &file,
+        "rules:\n  - id: r\n    when: { topic: a }\n    do: 'publish(\"v2\" \"\")'\n",
+    )
+    .unwrap();
+    let status = setup.rules.reload();
+    assert!(!status.ok);
+    let f = status.files.iter().find(|f| f.file == file).unwrap();
+    assert!(f.last_good);
+    assert_eq!(
+        (f.errors[0].line, f.errors[0].column),
+        (4, 23),
+        "{:?}",
+        f.errors
+    );
+    setup
+        .rules
+        .on_event(&publish("alice", ActorKind::Person, "a", "", "1"));
+    setup.recorder.wait_for("v1", |d| d.len() == 1);
+    std::fs::write(&file, good.replace("v1", "v3")).unwrap();
+    let status = setup.rules.reload();
+    assert!(status.ok, "{status:?}");
+    setup
+        .rules
+        .on_event(&publish("alice", ActorKind::Person, "a", "", "2"));
+    setup.recorder.wait_for("v3", |d| d.len() == 2);
+    let topics: Vec<String> = setup
+        .recorder
+        .published()
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    assert_eq!(topics, ["v1", "v3"]);
+    // Counters are the rule id's, across reloads.
+    traces(&setup, "r", 2);
+    assert_eq!(setup.rules.list()[0].counters.ran, 2);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(setup.rules.reload().rules, 0);
+}
+
+#[test]
+fn the_watcher_reloads_on_atomic_saves_and_in_place_writes() {
+    let setup = start(&[]);
+    setup.rules.watch().unwrap();
+    let dir = setup.dir.path();
+    for n in 0..20 {
+        let text = format!(
+            "rules:\n  - id: w\n    when: {{ topic: a }}\n    do: 'publish(\"v{n}\", \"\")'\n"
+        );
+        if n % 2 == 0 {
+            let tmp = dir.join(".w.yaml.tmp");
+            std::fs::write(&tmp, &text).unwrap();
+            std::fs::rename(&tmp, dir.join("w.yaml")).unwrap();
+        } else {
+            std::fs::write(dir.join("w.yaml"), &text).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for attempt in 0.. {
+            let chain = format!("w{n}.{attempt}");
+            setup
+                .rules
+                .on_event(&publish("alice", ActorKind::Person, "a", "", &chain));
+            let seen = setup.recorder.published().last().map(|p| p.topic.clone());
+            if seen.as_deref() == Some(format!("v{n}").as_str()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "version {n} never came: {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
