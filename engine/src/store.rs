@@ -53,11 +53,13 @@ pub enum Space {
     Commands,
     /// Each thing's audit of commands, by thing + sequence number.
     Audit,
+    /// The rules engine's pending `after` timers, by name.
+    Timers,
 }
 
 impl Space {
     /// Every space, in a fixed order (backends open them all at start).
-    pub const ALL: [Space; 17] = [
+    pub const ALL: [Space; 18] = [
         Space::Sessions,
         Space::Queue,
         Space::Retained,
@@ -75,6 +77,7 @@ impl Space {
         Space::Things,
         Space::Commands,
         Space::Audit,
+        Space::Timers,
     ];
 
     /// The stable one-byte tag of the space on disk. Never reuse or renumber a tag.
@@ -97,6 +100,7 @@ impl Space {
             Space::Things => 14,
             Space::Commands => 15,
             Space::Audit => 16,
+            Space::Timers => 17,
         }
     }
 
@@ -120,6 +124,7 @@ impl Space {
             Space::Things => "things",
             Space::Commands => "commands",
             Space::Audit => "audit",
+            Space::Timers => "timers",
         }
     }
 }

@@ -156,6 +156,7 @@ impl Core {
         config: Config,
         actions: Arc<dyn Actions>,
         world: Arc<dyn World>,
+        store: Option<Arc<dyn mqtter_engine::Store>>,
     ) -> (Arc<Core>, Receiver<Work>) {
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue.max(1));
         let core = Core {
@@ -164,7 +165,7 @@ impl Core {
             world,
             set: ArcSwap::from_pointee(RuleSet::default()),
             counters: EngineCounters::default(),
-            timers: Timers::default(),
+            timers: Timers::new(store),
             tx,
             states: Mutex::default(),
             things: Mutex::default(),
@@ -315,7 +316,9 @@ impl Core {
                     },
                     at: now_ms(),
                     chain,
-                    data: EventData::Tick { timer: name },
+                    data: EventData::Tick {
+                        timer: name.clone(),
+                    },
                 };
                 let set = self.set.load_full();
                 let mut hits = Vec::new();
@@ -330,6 +333,7 @@ impl Core {
                         debounced: false,
                     });
                 }
+                self.timers.fired(&name);
             }
             Item::Debounce { job, seq } => {
                 let Some(hit) = job.hits.first() else { return };

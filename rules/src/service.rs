@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mqtter_engine::Store;
 use serde::Serialize;
 
 use crate::diagnostic::Diagnostic;
@@ -94,18 +95,20 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Start the engine's threads and load `dir`.
+    /// Start the engine's threads and load `dir`. With a `store`, `after` timers are kept in it
+    /// and the ones it holds are set again.
     pub fn start(
         dir: &Path,
         config: Config,
         actions: Arc<dyn Actions>,
         world: Arc<dyn World>,
+        store: Option<Arc<dyn Store>>,
     ) -> Arc<Rules> {
         let load = LoadConfig {
             account: config.account.clone(),
         };
         let workers = config.workers.max(1);
-        let (core, rx) = Core::new(config, actions, world);
+        let (core, rx) = Core::new(config, actions, world, store);
         let rx = Arc::new(Mutex::new(rx));
         let mut threads = Vec::new();
         for n in 0..workers {
@@ -143,6 +146,12 @@ impl Rules {
             threads: Mutex::new(threads),
         });
         rules.reload();
+        // After the rules are in force, so that a timer due already finds its rule.
+        match rules.core.timers.restore() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("rules: {n} timers set again from the store"),
+            Err(err) => tracing::error!("rules: cannot read the stored timers: {err}"),
+        }
         rules
     }
 

@@ -1,13 +1,19 @@
 //! Timers: `after(ms, name, data)` (a named, delayed event; setting a name again replaces it,
 //! `cancel(name)` removes it), debounced runs and schedules (`cron`, `every`), all on one
 //! thread that sleeps until the next one is due.
+//!
+//! **Durability.** An `after` is written to the store (space `Timers`, by name) and flushed before
+//! `after` returns, and removed when it has fired or is cancelled: a timer set before a crash or a
+//! restart fires after it (at once if it fell due meanwhile). Debounced runs and schedules are
+//! not stored: schedules are computed again from the rules at start.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
+use mqtter_engine::{Batch, Space, Store};
+use serde_json::{Value, json};
 
 use crate::events::Chain;
 use crate::exec::Job;
@@ -42,9 +48,69 @@ struct State {
 pub(crate) struct Timers {
     state: Mutex<State>,
     wake: Condvar,
+    /// Where `after` timers are kept across restarts.
+    store: Option<std::sync::Arc<dyn Store>>,
 }
 
 impl Timers {
+    pub fn new(store: Option<std::sync::Arc<dyn Store>>) -> Self {
+        Self {
+            store,
+            ..Self::default()
+        }
+    }
+
+    /// The `after` timers the store holds (set before the last stop), back on the heap.
+    pub fn restore(&self) -> Result<usize, String> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let pairs = store
+            .scan_prefix(Space::Timers, b"")
+            .map_err(|e| e.to_string())?;
+        let mut restored = 0;
+        for (key, value) in pairs {
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let Ok(v) = serde_json::from_slice::<Value>(&value) else {
+                tracing::warn!(timer = %name, "rules: a stored timer does not parse; dropped");
+                continue;
+            };
+            let chain = Chain {
+                id: v["chain"].as_str().unwrap_or(&name).into(),
+                hop: v["hop"]
+                    .as_u64()
+                    .and_then(|h| u32::try_from(h).ok())
+                    .unwrap_or(0),
+            };
+            let item = Item::After {
+                name,
+                account: v["account"].as_str().unwrap_or_default().to_owned(),
+                chain,
+                data: v["data"].clone(),
+            };
+            self.push(v["due"].as_u64().unwrap_or(0), item);
+            restored += 1;
+        }
+        Ok(restored)
+    }
+
+    fn write(&self, batch: Batch) -> Result<(), String> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        store.apply(batch).map_err(|e| e.to_string())?;
+        store.flush().map_err(|e| e.to_string())
+    }
+
+    /// An `after` timer has fired (its event is queued): it leaves the store.
+    pub fn fired(&self, name: &str) {
+        let mut batch = Batch::new();
+        batch.remove(Space::Timers, name.as_bytes());
+        if let Err(err) = self.write(batch) {
+            tracing::warn!(timer = %name, "rules: cannot remove a fired timer: {err}");
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -77,6 +143,12 @@ impl Timers {
         if name.is_empty() || name.len() > 200 {
             return Err("a timer's name is 1 to 200 characters".into());
         }
+        let stored = json!({
+            "due": due, "account": account, "chain": &*chain.id, "hop": chain.hop, "data": data,
+        });
+        let mut batch = Batch::new();
+        batch.put(Space::Timers, name.as_bytes(), stored.to_string());
+        self.write(batch)?;
         self.push(
             due,
             Item::After {
@@ -91,11 +163,17 @@ impl Timers {
 
     /// Remove the `after` timer `name`; was there one?
     pub fn cancel(&self, _rule: &str, name: &str) -> bool {
-        let mut state = self.lock();
-        match state.named.remove(name) {
-            Some(seq) => state.items.remove(&seq).is_some(),
-            None => false,
+        let found = {
+            let mut state = self.lock();
+            match state.named.remove(name) {
+                Some(seq) => state.items.remove(&seq).is_some(),
+                None => false,
+            }
+        };
+        if found {
+            self.fired(name);
         }
+        found
     }
 
     /// How many timers are pending.

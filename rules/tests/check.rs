@@ -230,9 +230,15 @@ fn a_folder_that_is_not_there_is_an_error() {
 #[test]
 fn the_examples_pass() {
     for example in ["smart-home", "factory"] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(example);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(example);
         let report = check_dir(&dir, &LoadConfig::default());
-        assert!(report.diagnostics.is_empty(), "{example}: {}", report.render());
+        assert!(
+            report.diagnostics.is_empty(),
+            "{example}: {}",
+            report.render()
+        );
         assert!(report.rules >= 5, "{example}: {}", report.render());
     }
 }
