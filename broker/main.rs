@@ -43,6 +43,12 @@ enum Command {
     },
     /// Load-test a broker (see docs/BENCHMARKS.md).
     Bench(mqtter_bench::BenchArgs),
+    /// Check a rules folder without a broker (docs/RULES.md): every problem with file, line and
+    /// column; exit status 1 if there is an error.
+    Check {
+        /// The folder (`rules_dir`).
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -138,6 +144,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Account { action, store } => account(action, store),
+        Command::Check { dir } => {
+            let report = mqtter_rules::check_dir(&dir, &mqtter_rules::LoadConfig::default());
+            print!("{}", report.render());
+            if report.errors() > 0 {
+                bail!("{}: {} errors", dir.display(), report.errors());
+            }
+            Ok(())
+        }
         Command::Bench(args) => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             runtime.block_on(mqtter_bench::run(args)).map(|_| ())

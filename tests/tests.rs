@@ -8,6 +8,7 @@ mod common;
 mod access;
 mod backpressure;
 mod bench;
+mod check;
 mod crash;
 mod daemon;
 mod disk_free;
