@@ -1,5 +1,6 @@
 //! What a rule can ask about the world ([`World`]: states, owners, links, friends, members,
-//! presence), read-only. The daemon implements it over its graph; [`FolderWorld`] answers from
+//! presence), read-only. [`EngineWorld`] answers from the engine's graph and things (what the daemon
+//! uses); [`FolderWorld`] answers from
 //! what a rules folder declares, which is what `check` knows without a broker.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -111,5 +112,69 @@ impl World for FolderWorld {
     }
     fn presence(&self, _account: &str) -> String {
         "offline".into()
+    }
+}
+
+/// The daemon's world: the engine's graph (accounts, groups, friends, owners, links), the things'
+/// states, and presence as the daemon knows it (a function: connections live in the daemon).
+pub struct EngineWorld {
+    im: std::sync::Arc<mqtter_engine::im::Im>,
+    things: Option<std::sync::Arc<mqtter_engine::things::Things>>,
+    presence: Box<dyn Fn(&str) -> String + Send + Sync>,
+}
+
+impl EngineWorld {
+    pub fn new(
+        im: std::sync::Arc<mqtter_engine::im::Im>,
+        things: Option<std::sync::Arc<mqtter_engine::things::Things>>,
+        presence: impl Fn(&str) -> String + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            im,
+            things,
+            presence: Box::new(presence),
+        }
+    }
+}
+
+impl World for EngineWorld {
+    fn account_exists(&self, id: &str) -> bool {
+        self.im.with_graph(|g| g.account_kind(id).is_some())
+    }
+    fn is_thing(&self, id: &str) -> bool {
+        self.im
+            .with_graph(|g| g.account_kind(id) == Some(mqtter_engine::accounts::AccountKind::Thing))
+    }
+    fn group_exists(&self, id: &str) -> bool {
+        self.im.with_graph(|g| g.has_group(id))
+    }
+    fn state(&self, thing: &str) -> Option<Value> {
+        let doc = self.things.as_ref()?.current_state(thing).ok()?;
+        (doc.version > 0).then_some(doc.state)
+    }
+    fn owner_of(&self, thing: &str) -> Option<String> {
+        self.im.with_graph(|g| g.owner_of(thing))
+    }
+    fn bound_to(&self, person: &str) -> Vec<String> {
+        self.im.with_graph(|g| {
+            let owned = g.things_of(person).into_iter();
+            owned
+                .filter(|(_, access)| *access == mqtter_engine::graph::Access::Owner)
+                .map(|(thing, _)| thing)
+                .collect()
+        })
+    }
+    fn linked(&self, thing: &str) -> Vec<String> {
+        self.im.with_graph(|g| g.links_of(thing))
+    }
+    fn friends(&self, person: &str) -> Vec<String> {
+        self.im.with_graph(|g| g.friends(person))
+    }
+    fn members(&self, group: &str) -> Vec<String> {
+        self.im
+            .with_graph(|g| g.members(group).into_iter().map(|(m, _)| m).collect())
+    }
+    fn presence(&self, account: &str) -> String {
+        (self.presence)(account)
     }
 }

@@ -692,3 +692,243 @@ fn traces_of(rules: &Rules, id: &str, n: usize) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+fn actor(account: &str, kind: ActorKind) -> Actor {
+    Actor {
+        account: Some(account.into()),
+        kind,
+    }
+}
+
+fn event(actor: Actor, data: EventData) -> Event {
+    Event {
+        actor,
+        at: 1,
+        chain: Chain::start("k"),
+        data,
+    }
+}
+
+#[test]
+fn each_trigger_kind_fires_its_rule_and_only_on_its_own_events() {
+    use mqtter_rules::events::{ImMessageEvent, PresenceStatus, RelationChange};
+    let im = |from: &str, to: &str| {
+        event(
+            actor(from, ActorKind::Person),
+            EventData::ImMessage(ImMessageEvent {
+                conv: format!("{from}|{to}"),
+                seq: 1,
+                from: from.into(),
+                to: to.into(),
+                body: Bytes::from_static(br#"{"text":"hi"}"#),
+                cid: None,
+            }),
+        )
+    };
+    let presence = |account: &str, status| {
+        event(
+            actor(account, ActorKind::Person),
+            EventData::Presence {
+                account: account.into(),
+                status,
+                text: None,
+            },
+        )
+    };
+    let relation = |change| {
+        event(
+            actor("alice", ActorKind::Person),
+            EventData::Relation(change),
+        )
+    };
+    let thing = |data| event(actor("door", ActorKind::Thing), data);
+    let cases: Vec<(&str, Event, Event)> = vec![
+        (
+            "{ im: family, by: alice }",
+            im("alice", "family"),
+            im("bob", "family"),
+        ),
+        (
+            "{ im: \"*\", kind: person }",
+            im("bob", "alice"),
+            publish("bob", ActorKind::Person, "x", "", "k"),
+        ),
+        (
+            "{ presence: alice, to: away }",
+            presence("alice", PresenceStatus::Away),
+            presence("alice", PresenceStatus::Online),
+        ),
+        (
+            "{ relation: friend_added, of: bob }",
+            relation(RelationChange::FriendAdded {
+                a: "alice".into(),
+                b: "bob".into(),
+            }),
+            relation(RelationChange::FriendRemoved {
+                a: "alice".into(),
+                b: "bob".into(),
+            }),
+        ),
+        (
+            "{ relation: member_joined, of: family }",
+            relation(RelationChange::MemberJoined {
+                group: "family".into(),
+                member: "bob".into(),
+            }),
+            relation(RelationChange::MemberJoined {
+                group: "other".into(),
+                member: "bob".into(),
+            }),
+        ),
+        (
+            "{ command: door }",
+            thing(EventData::ThingCommand {
+                thing: "door".into(),
+                id: "1".into(),
+                command: json!({}),
+            }),
+            thing(EventData::ThingAck {
+                thing: "door".into(),
+                id: "1".into(),
+                result: json!(true),
+            }),
+        ),
+        (
+            "{ ack: door }",
+            thing(EventData::ThingAck {
+                thing: "door".into(),
+                id: "1".into(),
+                result: json!(true),
+            }),
+            thing(EventData::ThingTimeout {
+                thing: "door".into(),
+                id: "1".into(),
+            }),
+        ),
+        (
+            "{ timeout: door }",
+            thing(EventData::ThingTimeout {
+                thing: "door".into(),
+                id: "1".into(),
+            }),
+            thing(EventData::ThingTimeout {
+                thing: "heater".into(),
+                id: "1".into(),
+            }),
+        ),
+        (
+            "{ state: door, to: { open: true } }",
+            thing(EventData::ThingState {
+                thing: "door".into(),
+                state: json!({ "open": true }),
+            }),
+            thing(EventData::ThingState {
+                thing: "door".into(),
+                state: json!({ "open": false }),
+            }),
+        ),
+    ];
+    for (when, fires, does_not) in cases {
+        let text = format!(
+            "rules:\n  - id: r\n    when: {when}\n    do: 'publish(\"fired\", event.kind)'\n"
+        );
+        let setup = start(&[("r.yaml", &text)]);
+        setup.rules.on_event(&does_not);
+        setup.rules.on_event(&fires);
+        setup.recorder.wait_for(when, |d| !d.is_empty());
+        std::thread::sleep(Duration::from_millis(50));
+        let list = setup.rules.list();
+        assert_eq!(
+            list[0].counters.matched,
+            1,
+            "{when}: {:?}",
+            setup.rules.traces("r")
+        );
+    }
+}
+
+#[test]
+fn schedules_fire_on_their_own() {
+    let setup = start(&[(
+        "s.yaml",
+        r#"
+rules:
+  - id: often
+    when: { every: 100ms }
+    mode: queued
+    do: 'publish("every", "")'
+  - id: each-second
+    when: { cron: "* * * * * *" }
+    do: 'publish("cron", event.timer)'
+"#,
+    )]);
+    setup.recorder.wait_for("both schedules", |d| {
+        let topics: Vec<&str> = d
+            .iter()
+            .filter_map(|d| match d {
+                Done::Published(p) => Some(p.topic.as_str()),
+                Done::Notified(..) => None,
+            })
+            .collect();
+        topics.iter().filter(|t| **t == "every").count() >= 3 && topics.contains(&"cron")
+    });
+}
+
+#[test]
+fn debounce_runs_once_with_the_last_event() {
+    let setup = start(&[(
+        "d.yaml",
+        "rules:\n  - id: d\n    when: { topic: d }\n    debounce: 300ms\n    do: 'publish(\"settled\", event.text)'\n",
+    )]);
+    for n in 0..5 {
+        setup.rules.on_event(&publish(
+            "alice",
+            ActorKind::Person,
+            "d",
+            &n.to_string(),
+            &format!("d{n}"),
+        ));
+    }
+    let done = setup
+        .recorder
+        .wait_for("the debounced run", |d| !d.is_empty());
+    std::thread::sleep(Duration::from_millis(600));
+    let published = setup.recorder.published();
+    assert_eq!(published.len(), 1, "{done:?}");
+    assert_eq!(&published[0].payload[..], b"4");
+}
+
+#[test]
+fn restart_mode_stops_the_run_going_on() {
+    let setup = start_with(
+        &[(
+            "r.yaml",
+            "rules:\n  - id: r\n    when: { topic: r }\n    mode: restart\n    do: 'if event.text == \"spin\" { loop { } } else { publish(\"second\", \"\") }'\n",
+        )],
+        Config {
+            max_operations: u64::MAX,
+            budget: Duration::from_secs(30),
+            ..Config::default()
+        },
+    );
+    setup
+        .rules
+        .on_event(&publish("alice", ActorKind::Person, "r", "spin", "r1"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while setup.rules.list()[0].counters.matched == 0 || setup.rules.status().events == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    setup
+        .rules
+        .on_event(&publish("alice", ActorKind::Person, "r", "go", "r2"));
+    setup.recorder.wait_for("the second run", |d| !d.is_empty());
+    let traces = traces(&setup, "r", 2);
+    assert!(
+        traces
+            .iter()
+            .any(|t| matches!(&t.outcome, Outcome::Stopped(why) if why.contains("restarted"))),
+        "{traces:#?}"
+    );
+}
