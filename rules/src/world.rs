@@ -5,7 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use mqtter_engine::accounts::AccountKind;
 use mqtter_engine::definitions::{Definitions, RelationDef};
+use mqtter_engine::graph::{Access, Graph};
+use mqtter_engine::im::Im;
+use mqtter_engine::things::Things;
 use serde_json::Value;
 
 /// Read-only questions a rule's script can ask.
@@ -116,65 +120,72 @@ impl World for FolderWorld {
 }
 
 /// The daemon's world: the engine's graph (accounts, groups, friends, owners, links), the things'
-/// states, and presence as the daemon knows it (a function: connections live in the daemon).
-pub struct EngineWorld {
-    im: std::sync::Arc<mqtter_engine::im::Im>,
-    things: Option<std::sync::Arc<mqtter_engine::things::Things>>,
-    presence: Box<dyn Fn(&str) -> String + Send + Sync>,
+/// states, and presence as the daemon knows it. `H` is whatever holds the engine's parts (the
+/// daemon's broker, or an `Im` alone); the functions reach them, so this crate never names `H`.
+pub struct EngineWorld<H> {
+    holder: std::sync::Arc<H>,
+    im: fn(&H) -> &Im,
+    things: Option<fn(&H) -> &Things>,
+    presence: fn(&H, &str) -> String,
 }
 
-impl EngineWorld {
+impl<H> EngineWorld<H> {
     pub fn new(
-        im: std::sync::Arc<mqtter_engine::im::Im>,
-        things: Option<std::sync::Arc<mqtter_engine::things::Things>>,
-        presence: impl Fn(&str) -> String + Send + Sync + 'static,
+        holder: std::sync::Arc<H>,
+        im: fn(&H) -> &Im,
+        things: Option<fn(&H) -> &Things>,
+        presence: fn(&H, &str) -> String,
     ) -> Self {
         Self {
+            holder,
             im,
             things,
-            presence: Box::new(presence),
+            presence,
         }
+    }
+
+    fn with_graph<T>(&self, f: impl FnOnce(&Graph) -> T) -> T {
+        (self.im)(&self.holder).with_graph(f)
     }
 }
 
-impl World for EngineWorld {
+impl<H: Send + Sync> World for EngineWorld<H> {
     fn account_exists(&self, id: &str) -> bool {
-        self.im.with_graph(|g| g.account_kind(id).is_some())
+        self.with_graph(|g| g.account_kind(id).is_some())
     }
     fn is_thing(&self, id: &str) -> bool {
-        self.im
-            .with_graph(|g| g.account_kind(id) == Some(mqtter_engine::accounts::AccountKind::Thing))
+        self.with_graph(|g| g.account_kind(id) == Some(AccountKind::Thing))
     }
     fn group_exists(&self, id: &str) -> bool {
-        self.im.with_graph(|g| g.has_group(id))
+        self.with_graph(|g| g.has_group(id))
     }
     fn state(&self, thing: &str) -> Option<Value> {
-        let doc = self.things.as_ref()?.current_state(thing).ok()?;
+        let things = (self.things?)(&self.holder);
+        let doc = things.current_state(thing).ok()?;
         (doc.version > 0).then_some(doc.state)
     }
     fn owner_of(&self, thing: &str) -> Option<String> {
-        self.im.with_graph(|g| g.owner_of(thing))
+        self.with_graph(|g| g.owner_of(thing))
     }
     fn bound_to(&self, person: &str) -> Vec<String> {
-        self.im.with_graph(|g| {
+        self.with_graph(|g| {
             let owned = g.things_of(person).into_iter();
             owned
-                .filter(|(_, access)| *access == mqtter_engine::graph::Access::Owner)
+                .filter(|(_, access)| *access == Access::Owner)
                 .map(|(thing, _)| thing)
                 .collect()
         })
     }
     fn linked(&self, thing: &str) -> Vec<String> {
-        self.im.with_graph(|g| g.links_of(thing))
+        self.with_graph(|g| g.links_of(thing))
     }
     fn friends(&self, person: &str) -> Vec<String> {
-        self.im.with_graph(|g| g.friends(person))
+        self.with_graph(|g| g.friends(person))
     }
     fn members(&self, group: &str) -> Vec<String> {
-        self.im
-            .with_graph(|g| g.members(group).into_iter().map(|(m, _)| m).collect())
+        self.with_graph(|g| g.members(group).into_iter().map(|(m, _)| m).collect())
     }
     fn presence(&self, account: &str) -> String {
-        (self.presence)(account)
+        (self.presence)(&self.holder, account)
     }
 }
