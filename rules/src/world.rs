@@ -122,8 +122,10 @@ impl World for FolderWorld {
 /// The daemon's world: the engine's graph (accounts, groups, friends, owners, links), the things'
 /// states, and presence as the daemon knows it. `H` is whatever holds the engine's parts (the
 /// daemon's broker, or an `Im` alone); the functions reach them, so this crate never names `H`.
+/// It is held weakly (the daemon holds the rules engine, not the reverse): once it is gone, every
+/// query answers "nothing".
 pub struct EngineWorld<H> {
-    holder: std::sync::Arc<H>,
+    holder: std::sync::Weak<H>,
     im: fn(&H) -> &Im,
     things: Option<fn(&H) -> &Things>,
     presence: fn(&H, &str) -> String,
@@ -131,7 +133,7 @@ pub struct EngineWorld<H> {
 
 impl<H> EngineWorld<H> {
     pub fn new(
-        holder: std::sync::Arc<H>,
+        holder: std::sync::Weak<H>,
         im: fn(&H) -> &Im,
         things: Option<fn(&H) -> &Things>,
         presence: fn(&H, &str) -> String,
@@ -144,8 +146,11 @@ impl<H> EngineWorld<H> {
         }
     }
 
-    fn with_graph<T>(&self, f: impl FnOnce(&Graph) -> T) -> T {
-        (self.im)(&self.holder).with_graph(f)
+    fn with_graph<T: Default>(&self, f: impl FnOnce(&Graph) -> T) -> T {
+        match self.holder.upgrade() {
+            Some(holder) => (self.im)(&holder).with_graph(f),
+            None => T::default(),
+        }
     }
 }
 
@@ -160,8 +165,8 @@ impl<H: Send + Sync> World for EngineWorld<H> {
         self.with_graph(|g| g.has_group(id))
     }
     fn state(&self, thing: &str) -> Option<Value> {
-        let things = (self.things?)(&self.holder);
-        let doc = things.current_state(thing).ok()?;
+        let holder = self.holder.upgrade()?;
+        let doc = (self.things?)(&holder).current_state(thing).ok()?;
         (doc.version > 0).then_some(doc.state)
     }
     fn owner_of(&self, thing: &str) -> Option<String> {
@@ -186,6 +191,9 @@ impl<H: Send + Sync> World for EngineWorld<H> {
         self.with_graph(|g| g.members(group).into_iter().map(|(m, _)| m).collect())
     }
     fn presence(&self, account: &str) -> String {
-        (self.presence)(&self.holder, account)
+        match self.holder.upgrade() {
+            Some(holder) => (self.presence)(&holder, account),
+            None => "offline".into(),
+        }
     }
 }

@@ -34,8 +34,9 @@ fn queries_answer_from_the_engine() {
     let things = Things::open(store, im.clone(), ThingsConfig::default()).unwrap();
     things.define_owner("door", "alice", 1).unwrap();
     things.define_link("door", "lamp", 1).unwrap();
+    let engine = Arc::new(Engine { im, things });
     let world = EngineWorld::new(
-        Arc::new(Engine { im, things }),
+        Arc::downgrade(&engine),
         |e| &e.im,
         Some(|e: &Engine| &e.things),
         |_, account| {
@@ -58,4 +59,7 @@ fn queries_answer_from_the_engine() {
     assert_eq!(members, ["alice", "bob"]);
     assert_eq!(world.presence("alice"), "online");
     assert_eq!(world.state("door"), None);
+    drop(engine);
+    assert!(world.friends("alice").is_empty());
+    assert_eq!(world.presence("alice"), "offline");
 }
