@@ -18,7 +18,7 @@ use mqtter_engine::Store;
 use serde::Serialize;
 
 use crate::diagnostic::Diagnostic;
-use crate::events::{Actions, Event};
+use crate::events::{Actions, Event, EventSink, Interest};
 use crate::exec::{Config, Core, now_ms, worker};
 use crate::loader::{self, LoadConfig};
 use crate::model::Rule;
@@ -320,6 +320,19 @@ impl Rules {
         for thread in threads {
             let _ = thread.join();
         }
+    }
+}
+
+/// The daemon adds the engine to its event seam. It asks for every kind: the seam asks a sink
+/// its interest once, and a reload may bring a rule of any kind; an event no rule can fire costs
+/// one index lookup.
+impl EventSink for Rules {
+    fn interest(&self) -> Interest {
+        Interest::ALL
+    }
+
+    fn on_event(&self, event: &Event) {
+        self.core.route(event);
     }
 }
 
