@@ -360,3 +360,55 @@ fn one_stuck_subscriber_of_eight_is_disconnected_and_keeps_its_queue() {
     let bound = max_queued + 100 + 1; // the queue, what was in flight, one held publisher's
     assert!(kept <= bound, "{kept} kept, more than {bound}");
 }
+
+#[test]
+fn with_the_drop_policy_a_stuck_subscriber_stays_connected_and_misses_messages() {
+    let daemon = Daemon::start_with(
+        &["--allow-anonymous"],
+        Some(
+            "sys_interval = 1\n[limits]\nmax_queued = 50\nslow_subscriber_timeout = 1\n\
+             slow_subscriber = \"drop\"\n",
+        ),
+    );
+    let mut stuck = raw::Client::session(daemon.mqtt, &Connect::v3("bp-drop-stuck"));
+    stuck.subscribe(&[("bp/drop", 1)]);
+    let count = 5_000;
+    let mut reader = Peer::new("bp-drop-reader", "bp/drop", "", 0);
+    reader.expect = count as usize;
+    let reader = reader.start(daemon.mqtt);
+    let mut publisher = Peer::new("bp-drop-pub", "", "bp/drop", count);
+    publisher.size = 2048;
+    let published = publisher.start(daemon.mqtt).join().unwrap();
+    assert_eq!(
+        published.acked.len(),
+        count as usize,
+        "the publisher went on"
+    );
+    assert_eq!(reader.join().unwrap().delivered.len(), count as usize);
+    // Still connected: it reads its backlog, acknowledging, and its PINGREQ is answered.
+    stuck.send(&[0xC0, 0]).unwrap();
+    let mut got = 0;
+    loop {
+        let packet = stuck.recv().expect("still connected");
+        match packet.kind {
+            PUBLISH => {
+                got += 1;
+                let p = stuck.decode_publish(&packet);
+                stuck.send(&raw::ack(PUBACK, p.packet_id)).unwrap();
+            }
+            raw::PINGRESP => break,
+            _ => {}
+        }
+    }
+    while let Some(p) = stuck.next_publish_within(Duration::from_secs(2)) {
+        got += 1;
+        stuck.send(&raw::ack(PUBACK, p.packet_id)).unwrap();
+    }
+    assert!(got < count, "it missed messages: got {got} of {count}");
+    let mut sys = raw::Client::session(daemon.mqtt, &Connect::v3("bp-drop-sys"));
+    sys.subscribe(&[("$SYS/broker/publish/messages/dropped", 0)]);
+    let deadline = Instant::now() + WAIT;
+    while sys.next_publish().payload_str() == "0" {
+        assert!(Instant::now() < deadline, "the drops are not counted");
+    }
+}
