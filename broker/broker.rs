@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use mqtter_engine::{Batch, GroupCommit, Space, Store, StoreError};
+use mqtter_engine::{Batch, GroupCommit, Space, Staged, Store, StoreError};
 use ntex_bytes::ByteString;
 
 use crate::auth::{Accounts, Acl};
@@ -101,6 +101,8 @@ pub struct Broker {
     pub logins: crate::logins::Logins,
     /// The free space of the data folder's filesystem against `disk_free_limit`.
     pub disk: Arc<Disk>,
+    /// Which clients have wills and sessions in the store (so others never read it).
+    on_disk: crate::on_disk::OnDisk,
 }
 
 impl std::fmt::Debug for Broker {
@@ -147,8 +149,12 @@ impl Broker {
             backpressure: config.limits.backpressure,
         };
         let metrics = Metrics::default();
-        let store: Arc<dyn Store> =
+        let counted: Arc<dyn Store> =
             Arc::new(CountedStore::new(store, metrics.store_errors.clone()));
+        // Writes are staged and applied by the store's own thread: a slow or stuck backend
+        // never holds up a connection's task (see `mqtter_engine::staged`).
+        let slow = Duration::from_millis(config.store.slow_call_ms.max(1));
+        let store: Arc<dyn Store> = Arc::new(Staged::new(counted, slow)?);
         let log = Arc::new(MessageLog::open(&config.data.join("messages"))?);
         let free_limit =
             FreeLimit::parse(&config.store.disk_free_limit).unwrap_or(FreeLimit::Bytes(0));
@@ -184,6 +190,7 @@ impl Broker {
                 config.limits.password_queue,
             ),
             disk,
+            on_disk: Default::default(),
             config,
             store,
         });
@@ -632,6 +639,9 @@ impl Broker {
     }
 
     fn forget_on_disk(&self, client_id: &str) {
+        if !self.on_disk.take_session(client_id) {
+            return; // nothing stored: no scan of the store
+        }
         let mut batch = Batch::new();
         batch.remove(Space::Sessions, client_id.as_bytes());
         match self
@@ -665,6 +675,7 @@ impl Broker {
             holder: state.holder().into(),
         };
         drop(state);
+        self.on_disk.session_stored(&session.client_id);
         let mut batch = Batch::new();
         batch.put(
             Space::Sessions,
@@ -761,6 +772,7 @@ impl Broker {
         let mut restored = 0;
         for (key, value) in self.store.scan_prefix(Space::Sessions, b"")? {
             let client_id = String::from_utf8_lossy(&key).into_owned();
+            self.on_disk.session_stored(&client_id);
             let Some(record) = SessionRecord::decode(&value) else {
                 tracing::warn!(client_id, "unreadable session record skipped");
                 continue;
@@ -842,6 +854,7 @@ impl Broker {
                 self.store.apply(batch)?;
                 continue;
             };
+            self.on_disk.will_stored(&client_id, record.owner);
             let expiry = self
                 .sessions
                 .lock()
@@ -872,6 +885,7 @@ impl Broker {
         let mut batch = Batch::new();
         match will {
             Some(will) => {
+                self.on_disk.will_stored(client_id, owner);
                 let record = WillRecord {
                     owner,
                     msg: StoredMessage::from(&will.msg),
@@ -883,10 +897,10 @@ impl Broker {
                     persist::encode(&record),
                 );
             }
-            None => match self.store.get(Space::Wills, client_id.as_bytes()) {
-                Ok(Some(_)) => batch.remove(Space::Wills, client_id.as_bytes().to_vec()),
-                _ => return,
-            },
+            None if self.on_disk.take_will(client_id, None) => {
+                batch.remove(Space::Wills, client_id.as_bytes().to_vec());
+            }
+            None => return,
         }
         if let Err(err) = self.store.apply(batch) {
             tracing::error!(cause = %err, client_id, "cannot store a will");
@@ -895,10 +909,7 @@ impl Broker {
 
     /// The connection `owner` ended: its stored will (if still its own) is no longer needed.
     fn forget_will(&self, client_id: &str, owner: u64) {
-        let Ok(Some(value)) = self.store.get(Space::Wills, client_id.as_bytes()) else {
-            return;
-        };
-        if persist::decode::<WillRecord>(&value).is_some_and(|r| r.owner == owner) {
+        if self.on_disk.take_will(client_id, Some(owner)) {
             let mut batch = Batch::new();
             batch.remove(Space::Wills, client_id.as_bytes().to_vec());
             if let Err(err) = self.store.apply(batch) {

@@ -16,8 +16,8 @@ listen = "0.0.0.0:1883"
 ws_listen = "0.0.0.0:8083"
 ws_path = "/mqtt"
 
-# Data folder: the sled store (sessions, queued messages, retained messages, accounts,
-# relations) and, in messages/, the IM message log.
+# Data folder: the store (sessions, queued messages, retained messages, accounts, relations;
+# its engine is chosen in [store]) and, in messages/, the IM message log.
 data = "./data"
 
 # Accept clients that send no username (and usernames that are no account). Off by default.
@@ -100,6 +100,29 @@ password_checks = 0
 # 0x89, v3 0x03 Server unavailable).
 password_queue = 64
 
+[store]
+# The store's engine: "fjall" (an LSM tree with a journal), "redb" (a copy-on-write B-tree) or
+# "sled" (the engine of older versions; known to deadlock under load). A data folder keeps the
+# engine that created it (its store-engine file): opening it with another is refused. A folder
+# of an older version (sled, no store-engine file) is migrated to this engine at start.
+engine = "fjall"
+# A store call running longer than this (milliseconds) is logged with what it was doing.
+slow_call_ms = 1000
+# At a stop, how long to wait for the last flush (milliseconds). A store stuck longer is left
+# behind (logged): what was acknowledged was durable already; the rest may be lost.
+stop_flush_timeout_ms = 10000
+# FOR TESTS ONLY: while this file exists, every store call blocks (a stuck store on demand).
+# Empty: off.
+test_hang_while = ""
+# Free space the data folder's filesystem must keep, as RabbitMQ's disk_free_limit: a size
+# ("100MiB", "2GB", bytes) or a share of the filesystem ("5%"); "0" turns it off. Below it the
+# broker refuses new durable work (a QoS 1/2 PUBLISH that would be stored: v5 PUBACK/PUBREC
+# 0x97, v3 a closed connection without acknowledgement; IM messages and requests), says so in
+# $SYS/broker/store/disk_low and the log, and accepts again by itself once there is room.
+disk_free_limit = "100MiB"
+# Milliseconds between two looks at the free space.
+disk_check_interval_ms = 1000
+
 [im]
 # The IM world (person/, group/, $im/ topics; docs/PROTOCOL.md).
 # Recycle bin retention when a client names none, and the most a client may ask for (seconds).
@@ -115,16 +138,6 @@ history_max = 100
 away_after = 300
 # Seconds between sweeps of the recycle bin (expired entries are purged for good).
 purge_interval = 60
-
-[store]
-# Free space the data folder's filesystem must keep, as RabbitMQ's disk_free_limit: a size
-# ("100MiB", "2GB", bytes) or a share of the filesystem ("5%"); "0" turns it off. Below it the
-# broker refuses new durable work (a QoS 1/2 PUBLISH that would be stored: v5 PUBACK/PUBREC
-# 0x97, v3 a closed connection without acknowledgement; IM messages and requests), says so in
-# $SYS/broker/store/disk_low and the log, and accepts again by itself once there is room.
-disk_free_limit = "100MiB"
-# Milliseconds between two looks at the free space.
-disk_check_interval_ms = 1000
 
 # Topic access rules for plain topics, as in Mosquitto's acl_file. With no rules every account
 # may publish and subscribe anywhere. With rules, what no rule allows is denied, and a "deny"
@@ -238,6 +251,49 @@ impl Default for Limits {
     }
 }
 
+/// The `[store]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    pub engine: mqtter_engine::Engine,
+    pub slow_call_ms: u64,
+    pub stop_flush_timeout_ms: u64,
+    pub test_hang_while: PathBuf,
+    pub disk_free_limit: String,
+    pub disk_check_interval_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            engine: mqtter_engine::Engine::default(),
+            slow_call_ms: 1000,
+            stop_flush_timeout_ms: 10_000,
+            test_hang_while: PathBuf::new(),
+            disk_free_limit: "100MiB".into(),
+            disk_check_interval_ms: 1000,
+        }
+    }
+}
+
+impl StoreSection {
+    /// Open the store of `data` as this section says (engine, migration, the test-only hang).
+    pub fn open(
+        &self,
+        data: &Path,
+    ) -> Result<std::sync::Arc<dyn mqtter_engine::Store>, mqtter_engine::StoreError> {
+        let store = mqtter_engine::open::open(data, self.engine)?;
+        if self.test_hang_while.as_os_str().is_empty() {
+            return Ok(store);
+        }
+        tracing::warn!(marker = %self.test_hang_while.display(), "test_hang_while is set: the store blocks while this file exists (for tests only)");
+        Ok(std::sync::Arc::new(mqtter_engine::hang::HangWhile::new(
+            store,
+            self.test_hang_while.clone(),
+        )))
+    }
+}
+
 /// The `[im]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -279,23 +335,6 @@ impl ImSection {
     }
 }
 
-/// The `[store]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StoreSection {
-    pub disk_free_limit: String,
-    pub disk_check_interval_ms: u64,
-}
-
-impl Default for StoreSection {
-    fn default() -> Self {
-        Self {
-            disk_free_limit: "100MiB".into(),
-            disk_check_interval_ms: 1000,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -314,8 +353,8 @@ pub struct Config {
     pub sys_interval: u64,
     pub rules_dir: PathBuf,
     pub limits: Limits,
-    pub im: ImSection,
     pub store: StoreSection,
+    pub im: ImSection,
     pub acl: Vec<AclRule>,
 }
 
@@ -337,8 +376,8 @@ impl Default for Config {
             sys_interval: 10,
             rules_dir: PathBuf::new(),
             limits: Limits::default(),
-            im: ImSection::default(),
             store: StoreSection::default(),
+            im: ImSection::default(),
             acl: Vec::new(),
         }
     }

@@ -11,6 +11,8 @@
 //! - [`topic`]: topic name and filter validation and matching.
 //! - [`message`]: the version-neutral message model and its stored form.
 //! - [`persist`]: how sessions, queues and retained messages are laid out in the store.
+//! - [`store_bench`]: `mqtter bench-store`, the store's stress test.
+//! - [`on_disk`]: which clients have wills and sessions in the store (the others never read it).
 //! - [`auth`]: accounts (argon2) and the ACL for plain topics.
 //! - [`logins`]: password checks, bounded in number and slowed down after failures.
 //! - [`identity`]: who a client id and its session belong to.
@@ -31,11 +33,13 @@ pub mod identity;
 pub mod im;
 pub mod logins;
 pub mod message;
+pub mod on_disk;
 pub mod persist;
 pub mod prometheus;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod store_bench;
 pub mod sys;
 pub mod topic;
 pub mod wire;

@@ -4,14 +4,12 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mqtter::auth::{AccountKind, Accounts};
 use mqtter::config::{Config, DEFAULT_TOML, Durability};
 use mqtter::{Broker, Listeners};
-use mqtter_engine::{SledStore, Store};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,6 +41,8 @@ enum Command {
     },
     /// Load-test a broker (see docs/BENCHMARKS.md).
     Bench(mqtter_bench::BenchArgs),
+    /// Stress the store alone: threads, batches, reads, scans, flushes, checked (docs/BENCHMARKS.md).
+    BenchStore(mqtter::store_bench::StoreArgs),
     /// Check a rules folder without a broker (docs/RULES.md): every problem with file, line and
     /// column; exit status 1 if there is an error.
     Check {
@@ -156,6 +156,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             runtime.block_on(mqtter_bench::run(args)).map(|_| ())
         }
+        Command::BenchStore(args) => mqtter::store_bench::run(args),
     }
 }
 
@@ -205,11 +206,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("mqtter-worker")
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         survive_file_size_limit();
-        let store = SledStore::open(&config.data)
+        let store = config
+            .store
+            .open(&config.data)
             .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
-        let store: Arc<dyn Store> = Arc::new(store);
         let tcp_addr: SocketAddr = config.listen.parse().context("listen address")?;
         let tcp = tokio::net::TcpListener::bind(tcp_addr)
             .await
@@ -239,7 +241,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(mqtt = %tcp_local, ws = ?ws_local, data = %config.data.display(), durability = ?config.durability, anonymous = config.allow_anonymous, "serving");
         mqtter::run(broker, Listeners { tcp, ws, metrics }, shutdown).await?;
         Ok(())
-    })
+    });
+    // A store call stuck on the blocking pool (a last flush left behind at the stop) must not
+    // keep the process alive: the runtime's threads get a moment, then the process ends.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }
 
 /// A write past the process's file size limit (RLIMIT_FSIZE) raises SIGXFSZ, which kills by
@@ -322,21 +328,20 @@ fn read_password(given: Option<String>) -> anyhow::Result<String> {
 fn account(action: AccountAction, store: StoreArgs) -> anyhow::Result<()> {
     let config = load_config(store.config.as_ref())?;
     let data = store.data.unwrap_or(config.data);
-    let sled = SledStore::open(&data).with_context(|| {
+    let store = config.store.open(&data).with_context(|| {
         format!(
             "cannot open the store in {} (is a daemon running on it?)",
             data.display()
         )
     })?;
-    let sled = Arc::new(sled);
-    let accounts = Accounts::new(sled.clone());
+    let accounts = Accounts::new(store.clone());
     match action {
         AccountAction::Add {
             name,
             kind,
             password,
         } => {
-            let taken = mqtter::identity::foreign_sessions(&*sled, &name)?;
+            let taken = mqtter::identity::foreign_sessions(&*store, &name)?;
             if !taken.is_empty() {
                 bail!(
                     "the client ids {} have stored sessions of clients that are not {name}: an \

@@ -84,10 +84,26 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let flushed = broker.clone();
-    tokio::task::spawn_blocking(move || flushed.flush_blocking())
-        .await
-        .map_err(std::io::Error::other)?
-        .map_err(std::io::Error::other)?;
+    let patience = Duration::from_millis(broker.config.store.stop_flush_timeout_ms);
+    let last_flush = tokio::task::spawn_blocking(move || flushed.flush_blocking());
+    match tokio::time::timeout(patience, last_flush).await {
+        Ok(joined) => joined
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)?,
+        Err(_) => {
+            // Nothing acknowledged waits for this flush (acknowledgements wait for their own),
+            // so a store stuck past the patience is left behind rather than keeping the stop.
+            tracing::error!(
+                waited_ms = patience.as_millis() as u64,
+                "the store did not finish the last flush: stopping without it (what was \
+                 acknowledged was durable already; later writes may be lost)"
+            );
+            if !store_failed {
+                tracing::info!("stopped");
+                return Ok(());
+            }
+        }
+    }
     if store_failed {
         return Err(std::io::Error::other(
             "stopped because the store could not write (on_store_failure = \"stop\")",

@@ -29,6 +29,8 @@ mod qos;
 mod retained;
 mod sessions;
 mod smoke;
+mod store_engines;
+mod stuck_store;
 mod topics;
 mod v5_features;
 mod websocket;

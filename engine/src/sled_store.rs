@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crate::store::{Batch, Op, Pairs, Space, Store, StoreError};
+use crate::store::{Batch, Op, Pairs, Space, Store, StoreError, prefixed};
 
 /// The single-machine backend. Cheap to share: sled handles are internally reference counted.
 #[derive(Debug, Clone)]
@@ -65,13 +65,6 @@ fn watch_flushes(watch: Weak<FlushWatch>) {
             tracing::warn!(cause = %err, "a flush is waiting on a store that fails its writes");
         }
     }
-}
-
-fn prefixed(space: Space, key: &[u8]) -> Vec<u8> {
-    let mut full = Vec::with_capacity(key.len() + 1);
-    full.push(space.tag());
-    full.extend_from_slice(key);
-    full
 }
 
 impl SledStore {

@@ -15,7 +15,7 @@ use std::fmt;
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A key space: one sled tree, one column family or one table in another backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
     /// MQTT session records, by client id.
     Sessions,
@@ -129,6 +129,15 @@ impl Space {
     }
 }
 
+/// `key` behind the one-byte tag of `space`: the key of backends that keep every space in one
+/// tree (sled, fjall).
+pub(crate) fn prefixed(space: Space, key: &[u8]) -> Vec<u8> {
+    let mut full = Vec::with_capacity(key.len() + 1);
+    full.push(space.tag());
+    full.extend_from_slice(key);
+    full
+}
+
 /// One write in a [`Batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -177,6 +186,10 @@ impl Batch {
         self.ops.len()
     }
 
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
     pub fn into_ops(self) -> Vec<Op> {
         self.ops
     }
@@ -191,6 +204,9 @@ pub enum StoreError {
     /// The stored data is not what this version can read.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The data folder is not one this configuration may open (another engine wrote it).
+    #[error("{0}")]
+    Refused(String),
     /// The backend failed in another way.
     #[error("storage backend error: {0}")]
     Backend(String),
