@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::store::{Batch, Op, Pairs, Space, Store, StoreError};
 use crate::watch::Watch;
@@ -159,6 +159,7 @@ fn next_space(space: Space) -> Option<Space> {
 /// Apply what is staged, round after round, until the last handle is gone.
 fn write_loop(inner: &dyn Store, shared: &Shared, watch: &Watch) {
     shared.size.store(inner.size_on_disk(), Ordering::Relaxed);
+    let mut sized = Instant::now();
     loop {
         let (round, upto) = {
             let mut state = shared.lock();
@@ -184,7 +185,11 @@ fn write_loop(inner: &dyn Store, shared: &Shared, watch: &Watch) {
             let _doing = watch.doing(|| describe(&batch));
             inner.apply(batch)
         };
-        shared.size.store(inner.size_on_disk(), Ordering::Relaxed);
+        // Reading the size may touch the disk (file sizes): at most once a second.
+        if sized.elapsed() >= Duration::from_secs(1) {
+            shared.size.store(inner.size_on_disk(), Ordering::Relaxed);
+            sized = Instant::now();
+        }
         let mut state = shared.lock();
         state.applying = Arc::default();
         state.applied = upto;
