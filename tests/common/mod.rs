@@ -61,7 +61,7 @@ impl Daemon {
     ) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
-        let config = config_toml.map(|body| {
+        let config = with_engine(config_toml).map(|body| {
             let path = dir.path().join("mqtter.toml");
             std::fs::write(&path, body).expect("write config");
             path
@@ -259,6 +259,20 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// `MQTTER_TEST_ENGINE=redb` (or fjall, sled) runs every daemon of the suite on that store
+/// engine (how the engines were compared on the crash and full-disk suites, docs/BENCHMARKS.md),
+/// except where a test names its own `[store]`.
+fn with_engine(config_toml: Option<&str>) -> Option<String> {
+    let engine = std::env::var("MQTTER_TEST_ENGINE").ok();
+    match (config_toml, engine) {
+        (Some(body), Some(engine)) if !body.contains("[store]") => {
+            Some(format!("{body}\n[store]\nengine = \"{engine}\"\n"))
+        }
+        (None, Some(engine)) => Some(format!("[store]\nengine = \"{engine}\"\n")),
+        (body, _) => body.map(str::to_owned),
     }
 }
 
