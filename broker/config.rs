@@ -101,11 +101,11 @@ password_checks = 0
 password_queue = 64
 
 [store]
-# The store's engine: "fjall" (an LSM tree with a journal), "redb" (a copy-on-write B-tree) or
+# The store's engine: "redb" (a copy-on-write B-tree), "fjall" (an LSM tree with a journal) or
 # "sled" (the engine of older versions; known to deadlock under load). A data folder keeps the
 # engine that created it (its store-engine file): opening it with another is refused. A folder
 # of an older version (sled, no store-engine file) is migrated to this engine at start.
-engine = "fjall"
+engine = "redb"
 # A store call running longer than this (milliseconds) is logged with what it was doing.
 slow_call_ms = 1000
 # At a stop, how long to wait for the last flush (milliseconds). A store stuck longer is left

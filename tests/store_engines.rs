@@ -66,13 +66,13 @@ fn a_folder_of_an_older_version_is_migrated_and_another_engines_folder_is_refuse
     find_kept(&daemon);
     assert!(daemon.terminate().success());
     let named = std::fs::read_to_string(daemon.data.join("store-engine")).unwrap();
-    assert_eq!(named.trim(), "fjall", "the default engine");
+    assert_eq!(named.trim(), "redb", "the default engine");
     assert!(daemon.data.join("sled-migrated").join("conf").exists());
     assert!(!daemon.data.join("conf").exists());
 
-    // The folder is fjall's now: asking for another engine is refused, before listening.
-    let config = daemon.data.with_file_name("redb.toml");
-    std::fs::write(&config, "[store]\nengine = \"redb\"\n").unwrap();
+    // The folder is redb's now: asking for another engine is refused, before listening.
+    let config = daemon.data.with_file_name("fjall.toml");
+    std::fs::write(&config, "[store]\nengine = \"fjall\"\n").unwrap();
     let out = run_cli(
         &[
             "serve",
@@ -90,7 +90,7 @@ fn a_folder_of_an_older_version_is_migrated_and_another_engines_folder_is_refuse
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("holds a fjall store") && said.contains("set engine = \"fjall\""),
+        said.contains("holds a redb store") && said.contains("set engine = \"redb\""),
         "{said}"
     );
     daemon.restart();

@@ -25,9 +25,11 @@ use crate::{FjallStore, RedbStore, SledStore};
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     /// fjall 3: an LSM tree with a journal; one fsync of the journal per flush.
-    #[default]
     Fjall,
     /// redb 4: a copy-on-write B-tree in one file; non-durable commits, one durable per flush.
+    /// The default: it measured best on the durable benchmarks and the stress test
+    /// (docs/BENCHMARKS.md, "The store's engines").
+    #[default]
     Redb,
     /// sled 0.34: the engine of older versions (known to deadlock under load, sled#1412).
     Sled,
