@@ -206,6 +206,16 @@ fn stuck_subscriber(mqtt: SocketAddr, client_id: &str, filter: &str) -> raw::Cli
     client
 }
 
+/// Read and acknowledge deliveries until none comes for 2 s; how many.
+fn read_acking(client: &mut raw::Client) -> u32 {
+    let mut n = 0;
+    while let Some(p) = client.next_publish_within(Duration::from_secs(2)) {
+        n += 1;
+        client.send(&raw::ack(PUBACK, p.packet_id)).unwrap();
+    }
+    n
+}
+
 /// Peak resident memory of a process, in bytes (`VmHWM`).
 fn peak_rss(pid: u32) -> u64 {
     let status =
@@ -351,11 +361,7 @@ fn one_stuck_subscriber_of_eight_is_disconnected_and_keeps_its_queue() {
     let (mut back, connack) =
         raw::Client::connect(daemon.mqtt, &Connect::v3("bp-stuck").clean(false));
     assert!(connack.session_present());
-    let mut kept = 0;
-    while let Some(p) = back.next_publish_within(Duration::from_secs(2)) {
-        kept += 1;
-        back.send(&raw::ack(PUBACK, p.packet_id)).unwrap();
-    }
+    let kept = read_acking(&mut back);
     assert!(kept > 0, "the queue was kept");
     let bound = max_queued + 100 + 1; // the queue, what was in flight, one held publisher's
     assert!(kept <= bound, "{kept} kept, more than {bound}");
@@ -400,10 +406,7 @@ fn with_the_drop_policy_a_stuck_subscriber_stays_connected_and_misses_messages()
             _ => {}
         }
     }
-    while let Some(p) = stuck.next_publish_within(Duration::from_secs(2)) {
-        got += 1;
-        stuck.send(&raw::ack(PUBACK, p.packet_id)).unwrap();
-    }
+    got += read_acking(&mut stuck);
     assert!(got < count, "it missed messages: got {got} of {count}");
     let mut sys = raw::Client::session(daemon.mqtt, &Connect::v3("bp-drop-sys"));
     sys.subscribe(&[("$SYS/broker/publish/messages/dropped", 0)]);
