@@ -4,7 +4,8 @@
 //!
 //! **Reload.** The whole folder is read again; a file that loads replaces its last version, a
 //! file that fails keeps its last good version (or has no rules if it never loaded) and its
-//! error is in the status until it loads again; a removed file's rules go. The new set is put in
+//! error is in the status until it loads again; an empty file (an in-place save half done) keeps
+//! its last version; a removed file's rules go. The new set is put in
 //! force with one atomic swap. Each event is matched against the set in force when it arrives
 //! and runs with that set, so across a reload no event is lost or handled twice.
 
@@ -183,6 +184,12 @@ impl Rules {
         };
         files.retain(|name, _| names.contains(name));
         for name in &names {
+            // An editor that saves in place truncates the file first: an empty file is one
+            // being written, and keeps its last version (`rules: []` empties it for good).
+            let empty = std::fs::metadata(name).is_ok_and(|m| m.len() == 0);
+            if empty && files.get(name).is_some_and(|f| f.good.is_some()) {
+                continue;
+            }
             let (outcome, diagnostics) =
                 loader::load_file(&self.dir, name, &self.compiler, &self.load);
             let state = files.entry(name.clone()).or_default();

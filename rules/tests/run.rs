@@ -935,3 +935,97 @@ fn restart_mode_stops_the_run_going_on() {
         "{traces:#?}"
     );
 }
+
+#[test]
+fn reload_under_traffic_handles_every_event_exactly_once() {
+    use std::io::Write as _;
+    let version = |n: usize| {
+        format!(
+            "rules:\n  - id: w\n    when: {{ topic: \"stream/#\" }}\n    mode: queued\n    do: 'publish(\"v{n}\", event.text)'\n"
+        )
+    };
+    let setup = start(&[("w.yaml", &version(0))]);
+    setup.rules.watch().unwrap();
+    let dir = setup.dir.path().to_owned();
+    let rules = setup.rules.clone();
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let still_writing = writing.clone();
+    // About 2,000 events a second for as long as the files are rewritten.
+    let stream = std::thread::spawn(move || {
+        let mut sent = 0;
+        while still_writing.load(std::sync::atomic::Ordering::Acquire) && sent < 50_000 {
+            let chain = format!("s{sent}");
+            rules.on_event(&publish(
+                "alice",
+                ActorKind::Person,
+                "stream/x",
+                &sent.to_string(),
+                &chain,
+            ));
+            sent += 1;
+            if sent % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        sent
+    });
+    for n in 1..=20 {
+        let text = version(n);
+        if n % 2 == 0 {
+            let tmp = dir.join(".w.yaml.tmp");
+            std::fs::write(&tmp, &text).unwrap();
+            std::fs::rename(&tmp, dir.join("w.yaml")).unwrap();
+        } else {
+            // In place, in two writes: the watcher may see the first half alone (a broken
+            // file, whose last good version stays in force).
+            let mut file = std::fs::File::create(dir.join("w.yaml")).unwrap();
+            let (a, b) = text.split_at(text.len() / 2);
+            file.write_all(a.as_bytes()).unwrap();
+            file.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            file.write_all(b.as_bytes()).unwrap();
+        }
+        // Longer than the watcher's debounce, so that each version gets its turn.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    writing.store(false, std::sync::atomic::Ordering::Release);
+    let sent = stream.join().unwrap();
+    assert!(sent > 100, "{sent}");
+    assert_eq!(setup.rules.status().queue_full, 0);
+    let done = setup.recorder.wait_for("every event", |d| d.len() >= sent);
+    std::thread::sleep(Duration::from_millis(200));
+    let published = setup.recorder.published();
+    assert_eq!(published.len(), sent, "each event once, none twice");
+    let mut seen = vec![0u32; sent];
+    for p in &published {
+        let n: usize = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+        seen[n] += 1;
+    }
+    assert!(seen.iter().all(|c| *c == 1), "{done:?}");
+    // And the stream really crossed reloads: several versions handled it.
+    let versions: std::collections::BTreeSet<&str> =
+        published.iter().map(|p| p.topic.as_str()).collect();
+    assert!(versions.len() >= 3, "{versions:?}");
+    // The last version is in force once the watcher settled.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        setup.rules.on_event(&publish(
+            "alice",
+            ActorKind::Person,
+            "stream/y",
+            "last",
+            "last",
+        ));
+        std::thread::sleep(Duration::from_millis(50));
+        if setup
+            .recorder
+            .published()
+            .last()
+            .is_some_and(|p| p.topic == "v20")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v20 never in force");
+    }
+    assert!(setup.rules.status().ok);
+}
