@@ -46,6 +46,9 @@ pub mod wire;
 
 /// mimalloc rather than the system allocator: messages, deliveries and the store allocate on
 /// every hop, and glibc's malloc and free were about a sixth of a worker's time under load.
+/// The feature `system-allocator` builds with the system's instead, for heap profilers that
+/// see malloc only (heaptrack: docs/BENCHMARKS.md).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -12,6 +12,7 @@ pub mod packets;
 pub mod runner;
 pub mod scenario;
 pub mod stats;
+pub mod storm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +33,11 @@ pub struct BenchArgs {
     /// Scenario or group to run (repeatable or comma-separated): pairs, fanout, fanin, conns,
     /// sustain (as fast as the broker takes them for --seconds), im (MQTTER's IM world), or a
     /// single one such as pairs-qos1-rate or sustain-pairs2-qos1.
-    /// Default: the plain-MQTT scenarios of fixed size.
+    /// Default: the plain-MQTT scenarios of fixed size. `storm` (never by default; needs
+    /// --broker-pid) is a long test: a storm of short connections with damaged input for
+    /// --seconds [60] with --connections at once [64], then the broker's RSS must be back
+    /// within --margin-mib of where it was before (see docs/BENCHMARKS.md); it fails the
+    /// command otherwise.
     #[arg(long, value_delimiter = ',')]
     pub scenario: Vec<String>,
     /// Connections of each scenario: pairs for `pairs` and `im-direct`, subscribers for
@@ -60,6 +65,9 @@ pub struct BenchArgs {
     /// Upper bound for each scenario, setup included [default: 60, 10 with --quick].
     #[arg(long)]
     pub timeout_secs: Option<u64>,
+    /// How far above its baseline the broker's RSS may stay after the `storm`, in MiB.
+    #[arg(long, default_value_t = 8)]
+    pub margin_mib: u64,
     /// Tiny sizes for a smoke test (about a second per scenario).
     #[arg(long)]
     pub quick: bool,
@@ -297,10 +305,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ScenarioResult>> {
         return Ok(Vec::new());
     }
     let broker = runner::resolve_loopback(&args.broker).await?;
+    let (storms, named): (Vec<String>, Vec<String>) =
+        args.scenario.iter().cloned().partition(|s| s == "storm");
+    if !storms.is_empty() {
+        if !named.is_empty() {
+            bail!("the storm is a long test of its own: run `--scenario storm` alone");
+        }
+        run_storm(&args, broker, quick).await?;
+        return Ok(Vec::new());
+    }
     let mut all = scenario::builtin(&sizes);
     all.extend(scenario::builtin_sustain(&sizes));
     all.extend(scenario::builtin_im(&sizes));
-    let scenarios = scenario::select(all, &args.scenario)?;
+    let scenarios = scenario::select(all, &named)?;
     let run_id = format!("{:08x}", rand::random::<u32>());
     let cfg = Arc::new(RunConfig {
         broker,
@@ -365,6 +382,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ScenarioResult>> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(results)
+}
+
+/// The `storm` long test (see `storm`): prints its report (and writes it to `--json`), and fails
+/// when the broker's RSS did not come back within the margin.
+async fn run_storm(
+    args: &BenchArgs,
+    broker: std::net::SocketAddr,
+    quick: bool,
+) -> anyhow::Result<()> {
+    let Some(broker_pid) = args.broker_pid else {
+        bail!("--scenario storm measures the broker's memory: it needs --broker-pid");
+    };
+    let cfg = storm::StormConfig {
+        broker,
+        broker_pid,
+        seconds: args.seconds.unwrap_or(if quick { 2.0 } else { 60.0 }),
+        concurrency: args.connections.unwrap_or(if quick { 8 } else { 64 }),
+        margin_bytes: args.margin_mib * 1024 * 1024,
+        settle: Duration::from_secs(if quick { 2 } else { 10 }),
+        seed: rand::random(),
+    };
+    eprintln!(
+        "bench: storm ({} connections at once, {}s) against {broker}",
+        cfg.concurrency, cfg.seconds
+    );
+    let report = storm::run(cfg).await?;
+    println!("{}", report.describe());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if !report.passed {
+        bail!("the broker's RSS did not come back within the margin after the storm");
+    }
+    Ok(())
 }
 
 /// Writes the definitions file and the configuration the IM scenarios need (see `--im-setup`).
