@@ -480,6 +480,7 @@ impl Broker {
             .remove(client_id);
         if let Some(old) = &existing {
             let mut state = old.lock();
+            state.stop_expiry_timer();
             if state.owner != 0 {
                 state.eviction = Some(Eviction::TakenOver);
                 state.owner = 0;
@@ -578,12 +579,18 @@ impl Broker {
             return; // never expires
         }
         // The timer only ends the session if nothing attached it since (a reconnect and a new
-        // disconnect start a new timer with a new token).
+        // disconnect start a new timer with a new token, and stop this one). It holds the
+        // session weakly: a session ended meanwhile (by a Clean Start) is freed at once, not
+        // when an expiry that no longer applies runs out, which can be days.
         let token = self.next_token();
-        session.lock().set_expiry_token(token);
         let broker = Arc::clone(self);
-        tokio::spawn(async move {
+        let weak = Arc::downgrade(&session);
+        let mut state = session.lock();
+        let timer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(u64::from(expiry_secs))).await;
+            let Some(session) = weak.upgrade() else {
+                return;
+            };
             let due = {
                 let state = session.lock();
                 state.owner == 0 && state.expiry_token() == token
@@ -592,6 +599,7 @@ impl Broker {
                 broker.end_session(&session);
             }
         });
+        state.set_expiry_timer(token, timer.abort_handle());
     }
 
     /// End a session for good: its subscriptions, queue and record go; a pending will is sent.

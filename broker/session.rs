@@ -138,8 +138,10 @@ struct Extra {
     /// Store sequence numbers of stored deliveries that expired in the queue: their entries
     /// are to be removed from the store (see `take_expired`).
     expired: Vec<u64>,
-    /// The token of the pending expiry timer; a timer with another token is stale.
-    expiry_token: u64,
+    /// The pending expiry timer (see `Broker::schedule_expiry`): its token (a timer with
+    /// another is stale) and the handle that stops it. At most one waits: a new one or a new
+    /// connection stops it, so that timers neither pile up nor outlive their session.
+    expiry_timer: Option<(u64, tokio::task::AbortHandle)>,
     /// Publishers waiting for room in the queue (see `Session::has_room`).
     waiters: Vec<Waker>,
     /// The subscriber was found slow with `slow_subscriber = "drop"`: `queue_overflow` applies
@@ -244,11 +246,24 @@ impl SessionState {
 
     /// The token of the pending expiry timer (0: none).
     pub fn expiry_token(&self) -> u64 {
-        self.extra.as_ref().map_or(0, |e| e.expiry_token)
+        self.extra
+            .as_ref()
+            .and_then(|e| e.expiry_timer.as_ref())
+            .map_or(0, |(token, _)| *token)
     }
 
-    pub fn set_expiry_token(&mut self, token: u64) {
-        self.extra_mut().expiry_token = token;
+    /// The expiry timer `token` waits now; the one before, if any, is stopped.
+    pub fn set_expiry_timer(&mut self, token: u64, timer: tokio::task::AbortHandle) {
+        if let Some((_, old)) = self.extra_mut().expiry_timer.replace((token, timer)) {
+            old.abort();
+        }
+    }
+
+    /// Stop the pending expiry timer, if any (the session is taken up again, or ends).
+    pub fn stop_expiry_timer(&mut self) {
+        if let Some((_, timer)) = self.extra.as_mut().and_then(|e| e.expiry_timer.take()) {
+            timer.abort();
+        }
     }
 
     /// The store entries of deliveries that expired unsent since the last call: the caller

@@ -125,6 +125,14 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
             broker.store.size_on_disk().to_string(),
         ),
         ("$SYS/broker/store/errors", get(&m.store_errors)),
+        // Tasks alive: connections with a task (not the parked ones), timers (session expiry,
+        // will delay), the background ones. What grows here without connections is kept.
+        (
+            "$SYS/broker/tasks",
+            tokio::runtime::Handle::try_current()
+                .map_or(0, |h| h.metrics().num_alive_tasks())
+                .to_string(),
+        ),
         (
             "$SYS/broker/auth/failures",
             broker.logins.failures.load(Ordering::Relaxed).to_string(),

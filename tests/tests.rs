@@ -22,6 +22,7 @@ mod im_presence;
 mod im_requests;
 mod logins;
 mod malformed;
+mod memory;
 mod metrics;
 mod mosquitto;
 mod pipelining;
