@@ -3,22 +3,25 @@
 //!
 //! The publish path: (retain) -> match subscriptions -> queue a `Delivery` on each target session
 //! and wake its connection -> write what persistent sessions are owed to the store in one batch
-//! -> hand the message to the hooks. It reports whether a flush is needed before the publisher
-//! may be acknowledged (the durability rule in ARCHITECTURE.md).
+//! It reports whether a flush is needed before the publisher may be acknowledged (the
+//! durability rule in ARCHITECTURE.md). `emit_publish` hands a client's message to the event
+//! seam (`events`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use mqtter_engine::events::{
+    Actor, ActorKind, Chain, Event, EventData, EventKind, Events, PublishEvent,
+};
 use mqtter_engine::{Batch, GroupCommit, Space, Staged, Store, StoreError};
 use ntex_bytes::ByteString;
 
-use crate::auth::{Accounts, Acl};
+use crate::auth::{AccountKind, Accounts, Acl};
 use crate::config::{Config, Durability};
 use crate::counted_store::CountedStore;
 use crate::disk::{Disk, FreeLimit};
-use crate::hooks::PublishHook;
 use crate::identity::{self, Claim, Holder};
 use crate::im::Gate;
 use crate::message::{Message, QoS, StoredMessage, now_ms};
@@ -92,7 +95,8 @@ pub struct Broker {
     pub metrics: Metrics,
     next_token: AtomicU64,
     pub limits: QueueLimits,
-    hooks: RwLock<Vec<Arc<dyn PublishHook>>>,
+    /// The event seam: every source emits here (plain publishes, the IM world).
+    pub events: Arc<Events>,
     /// The IM world: `person/`, `group/`, `$im/` (see `crate::im`).
     pub gate: Gate,
     /// Where idle connections wait without a task (see `crate::connection`).
@@ -160,7 +164,8 @@ impl Broker {
             FreeLimit::parse(&config.store.disk_free_limit).unwrap_or(FreeLimit::Bytes(0));
         let disk = Arc::new(Disk::new(config.data.clone(), free_limit));
         let im = Im::open(store.clone(), log.clone(), config.im.engine())?;
-        let gate = Gate::new(im, config.im.clone());
+        let events = Arc::new(Events::default());
+        let gate = Gate::new(im, config.im.clone(), events.clone());
         let commit = {
             let store = store.clone();
             let errors = metrics.store_errors.clone();
@@ -183,7 +188,7 @@ impl Broker {
             metrics,
             next_token: AtomicU64::new(1),
             limits,
-            hooks: RwLock::new(Vec::new()),
+            events,
             parking: Default::default(),
             logins: crate::logins::Logins::new(
                 config.limits.password_checks,
@@ -195,33 +200,68 @@ impl Broker {
             store,
         });
         broker.restore()?;
-        if !broker.config.rules_dir.as_os_str().is_empty() {
-            let report = mqtter_engine::definitions::load_dir(
-                &broker.config.rules_dir,
-                &broker.accounts,
-                &broker.gate.im,
-                now_ms(),
-            );
-            for diagnostic in &report.diagnostics {
-                tracing::error!(%diagnostic, "definitions file problem (the rest is loaded)");
-            }
-            tracing::info!(
-                dir = %broker.config.rules_dir.display(),
-                files = report.files.len(),
-                problems = report.diagnostics.len(),
-                later_stage = report.not_applied,
-                "definitions loaded"
-            );
-        }
         Ok(broker)
     }
 
-    /// Register a hook that sees every routed message (the rules engine's seam).
-    pub fn add_hook(&self, hook: Arc<dyn PublishHook>) {
-        self.hooks
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(hook);
+    /// Who an authenticated `username` (or an anonymous client) is, for an event.
+    pub fn actor(&self, username: Option<&str>) -> Actor {
+        let kind = username.and_then(|name| self.gate.im.with_graph(|g| g.account_kind(name)));
+        match (username, kind) {
+            (Some(name), Some(AccountKind::Thing)) => Actor {
+                account: Some(Arc::from(name)),
+                kind: ActorKind::Thing,
+            },
+            (Some(name), Some(AccountKind::Person)) => Actor::person(name),
+            // A name that is no account logs in only as an anonymous client.
+            _ => Actor::anonymous(),
+        }
+    }
+
+    /// Hand a routed plain message to the event seam, if anyone wants publishes: caused by
+    /// `actor` (made only then), in the chain its `chain-id` / `chain-hop` user properties name,
+    /// else in a chain of its own.
+    pub fn emit_publish(&self, msg: &Message, actor: impl FnOnce() -> Actor) {
+        self.events.emit_with(EventKind::Publish, || {
+            let user_properties: Vec<(String, String)> = msg
+                .props
+                .iter()
+                .flat_map(|p| p.user_properties.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let property = |name: &str| {
+                user_properties
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let chain = match property("chain-id") {
+                Some(id) => Chain {
+                    id: Arc::from(id),
+                    hop: property("chain-hop")
+                        .and_then(|h| h.parse().ok())
+                        .unwrap_or(0),
+                },
+                None => Chain::start(format!(
+                    "mqtt:{}#{}",
+                    msg.publisher.as_deref().unwrap_or(""),
+                    self.next_token()
+                )),
+            };
+            let payload = msg.payload.clone();
+            Event {
+                actor: actor(),
+                at: now_ms(),
+                chain,
+                data: EventData::Publish(PublishEvent {
+                    topic: msg.topic.to_string(),
+                    // The same bytes, not a copy.
+                    payload: bytes::Bytes::from_owner(payload),
+                    qos: u8::from(msg.qos),
+                    retain: msg.retain,
+                    user_properties,
+                }),
+            }
+        });
     }
 
     pub fn next_token(&self) -> u64 {
@@ -382,9 +422,6 @@ impl Broker {
         if !batch.is_empty() {
             published.needs_flush = msg.qos != QoS::AtMostOnce && self.is_sync();
             self.store.apply(batch)?;
-        }
-        for hook in self.hooks.read().unwrap_or_else(|p| p.into_inner()).iter() {
-            hook.on_publish(&msg);
         }
         Ok(published)
     }

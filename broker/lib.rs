@@ -1,11 +1,11 @@
-//! MQTTER: an MQTT 3.1.1 / 5.0 broker that will also be an IM server for persons and things and
-//! an automation engine. This crate is the daemon: everything that knows MQTT and the network.
+//! MQTTER: an MQTT 3.1.1 / 5.0 broker and an IM server for persons (things and the rules engine
+//! follow). This crate is the daemon: everything that knows MQTT and the network.
 //!
 //! # Layout
 //! - [`server`]: listeners (TCP, WebSocket), background tasks, graceful shutdown.
 //! - [`connection`]: one client connection: CONNECT handshake and the packet loop.
 //! - [`wire`]: ntex-mqtt's v3.1.1 and v5 codecs behind one version-neutral interface.
-//! - [`broker`]: the shared state and the one publish path every message takes.
+//! - [`broker`]: the shared state and the publish path of plain MQTT (the IM world's is [`im`]).
 //! - [`session`]: a client's session: subscriptions, queue, in-flight messages.
 //! - [`router`]: the subscription trie, shared subscriptions, overlap aggregation.
 //! - [`topic`]: topic name and filter validation and matching.
@@ -20,15 +20,17 @@
 //! - [`disk`]: the free-space limit of the data folder's filesystem.
 //! - [`sys`]: counters and `$SYS/broker/...`.
 //! - [`prometheus`]: the `/metrics` endpoint (Prometheus text format).
-//! - [`hooks`]: the seam where the rules engine will see every routed message.
+//! - [`counted_store`]: the `Store` wrapper that counts failed writes.
+//! - [`im`]: the IM gate: `person/`, `group/`, `$im/` authorised by the graph, presence, sync.
+//! - [`actions`]: the daemon's `mqtter_engine::events::Actions` (what the rules engine does).
 
+pub mod actions;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod counted_store;
 pub mod disk;
-pub mod hooks;
 pub mod identity;
 pub mod im;
 pub mod logins;

@@ -232,6 +232,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let ws_local = ws.as_ref().map(|l| l.local_addr()).transpose()?;
         let metrics_local = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
         let broker = Broker::open(config.clone(), store).context("cannot restore the store")?;
+        // The definitions of the folder the rules engine owns: accounts, groups, relations.
+        if !broker.config.rules_dir.as_os_str().is_empty() {
+            let report = mqtter_rules::definitions::load_dir(
+                &broker.config.rules_dir,
+                &broker.accounts,
+                &broker.gate.im,
+                mqtter::message::now_ms(),
+            );
+            for diagnostic in &report.diagnostics {
+                tracing::error!(%diagnostic, "definitions file problem (the rest is loaded)");
+            }
+            tracing::info!(
+                dir = %broker.config.rules_dir.display(),
+                files = report.files.len(),
+                problems = report.diagnostics.len(),
+                later_stage = report.not_applied,
+                "definitions loaded"
+            );
+        }
         let shutdown = shutdown_signal();
         // One line on stdout that scripts and tests read to find the ports.
         // Not `println!`: stdout on a full disk must not stop the daemon.
@@ -351,7 +370,7 @@ fn account(action: AccountAction, store: StoreArgs) -> anyhow::Result<()> {
                 );
             }
             let password = read_password(password)?;
-            accounts.add(&name, kind, &password)?;
+            accounts.add(&name, kind, &password, mqtter::message::now_ms())?;
             println!("added {kind:?} account {name}");
         }
         AccountAction::Passwd { name, password } => {

@@ -488,7 +488,7 @@ fn a_qos2_resend_after_a_crash_is_not_delivered_twice() {
 /// `seq` from 1 (the message log recovers to a consistent end, whatever the kill cut).
 #[test]
 fn acknowledged_im_messages_survive_sigkill() {
-    let yaml = persons(&["alice", "bob"]) + &friends(&[("alice", "bob")]);
+    let yaml = persons(&["alice", "bob"]) + friends(&[("alice", "bob")]).as_str();
     let mut world = World::with(&yaml, "[im]\nsync_max_per_conv = 1000000\n");
     let alice = Connect::v5("alice:streamer").login("alice", &password("alice"));
     let acked = stream_and_kill(&mut world.daemon, alice, 1, "person/bob/inbox");

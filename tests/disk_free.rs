@@ -71,7 +71,7 @@ fn below_the_free_space_limit_durable_work_waits_for_room() {
          disk_check_interval_ms = 200\n"
     );
     let mut world = World::with(
-        &(persons(&["alice", "bob"]) + &friends(&[("alice", "bob")])),
+        &(persons(&["alice", "bob"]) + friends(&[("alice", "bob")]).as_str()),
         &extra,
     );
     let log = world.daemon.data.with_file_name("daemon.log");

@@ -74,7 +74,7 @@ fn a_full_disk_acknowledges_nothing_it_could_not_store() {
 #[test]
 fn a_full_disk_acknowledges_no_im_message_it_could_not_store() {
     let rules = tempfile::tempdir().expect("definitions dir");
-    let yaml = persons(&["alice", "bob"]) + &friends(&[("alice", "bob")]);
+    let yaml = persons(&["alice", "bob"]) + friends(&[("alice", "bob")]).as_str();
     std::fs::write(rules.path().join("world.yaml"), yaml).expect("write definitions");
     let config = format!(
         "rules_dir = {:?}\n[im]\nsync_max_per_conv = 1000000\n",

@@ -265,7 +265,7 @@ fn im_sequence(rng: &mut StdRng, case: u64) -> (Vec<u8>, usize) {
 #[test]
 fn mutated_im_traffic_never_stops_the_broker() {
     let yaml = persons(&["alice", "bob", "carol", "dave", "erin"])
-        + &friends(&[("alice", "bob"), ("dave", "erin")])
+        + friends(&[("alice", "bob"), ("dave", "erin")]).as_str()
         + "groups:\n  - { id: family, owner: alice, members: [bob] }\n";
     let world = World::with(&yaml, "");
     let daemon = &world.daemon;

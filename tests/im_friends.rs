@@ -59,7 +59,7 @@ async fn subscribing_to_each_others_status_makes_friends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_cannot_message_a_person() {
-    let yaml = persons(&["alice", "bob", "carol"]) + &friends(&[("alice", "bob")]);
+    let yaml = persons(&["alice", "bob", "carol"]) + friends(&[("alice", "bob")]).as_str();
     let world = World::with(&yaml, "");
     let mut bob = world.v5("bob").await;
     bob.sync().await;
@@ -213,7 +213,7 @@ async fn an_unfriended_person_stays_restorable_until_the_retention_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_subscribe_restores_from_the_recycle_bin_without_approval() {
-    let yaml = persons(&["alice", "bob"]) + &friends(&[("alice", "bob")]);
+    let yaml = persons(&["alice", "bob"]) + friends(&[("alice", "bob")]).as_str();
     let world = World::with(&yaml, "");
     let mut alice = world.v5("alice").await;
     let mut bob = world.v3("bob").await;
@@ -254,7 +254,7 @@ async fn a_new_subscribe_restores_from_the_recycle_bin_without_approval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_person_can_neither_ask_nor_message() {
-    let yaml = persons(&["alice", "bob", "carol"]) + &friends(&[("alice", "bob")]);
+    let yaml = persons(&["alice", "bob", "carol"]) + friends(&[("alice", "bob")]).as_str();
     let world = World::with(&yaml, "");
     let mut alice = world.v5("alice").await;
     let mut bob = world.v5("bob").await;
@@ -294,7 +294,7 @@ async fn a_blocked_person_can_neither_ask_nor_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retention_asked_for_is_capped() {
-    let yaml = persons(&["alice", "bob"]) + &friends(&[("alice", "bob")]);
+    let yaml = persons(&["alice", "bob"]) + friends(&[("alice", "bob")]).as_str();
     let world = World::with(&yaml, "[im]\nrecycle_max_secs = 100\n");
     let mut alice = world.v5("alice").await;
     alice.sync().await;

@@ -8,7 +8,7 @@ use crate::common::im::{Ev, Opts, Peer, World, conv, friends, persons, with_user
 use crate::common::raw;
 
 fn alice_and_bob() -> String {
-    persons(&["alice", "bob", "carol"]) + &friends(&[("alice", "bob")])
+    persons(&["alice", "bob", "carol"]) + friends(&[("alice", "bob")]).as_str()
 }
 
 fn seqs(messages: &[Value]) -> Vec<u64> {

@@ -8,7 +8,7 @@ use crate::common::raw;
 
 fn world(extra: &str) -> World {
     World::with(
-        &(persons(&["alice", "bob", "carol"]) + &friends(&[("alice", "bob")])),
+        &(persons(&["alice", "bob", "carol"]) + friends(&[("alice", "bob")]).as_str()),
         extra,
     )
 }

@@ -165,7 +165,7 @@ async fn a_temporary_request_is_withdrawn_when_the_connection_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sync_roster_shows_every_relation() {
     let yaml = persons(&["alice", "bob", "carol", "dave", "erin"])
-        + &friends(&[("alice", "bob"), ("alice", "erin")])
+        + friends(&[("alice", "bob"), ("alice", "erin")]).as_str()
         + "groups:\n  - { id: family, owner: alice, members: [bob], name: \"The family\" }\n";
     let world = World::with(&yaml, "");
     let mut bob = world.v5("bob").await;
@@ -289,7 +289,7 @@ async fn bad_requests_have_stable_error_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_definitions_file_does_not_stop_the_daemon() {
-    let good = persons(&["alice", "bob"]) + &friends(&[("alice", "bob")]);
+    let good = persons(&["alice", "bob"]) + friends(&[("alice", "bob")]).as_str();
     let unknown_key = "persons:\n  - { id: eve, password: eve-pw, colour: red }\n";
     let broken = "persons: [ { id: mallory, password: mallory-pw\n";
     let more =

@@ -12,6 +12,7 @@ mod check;
 mod crash;
 mod daemon;
 mod disk_free;
+mod events;
 mod full_disk;
 mod fuzz;
 mod identity;

@@ -151,6 +151,7 @@ impl Conn {
                     payload: p.payload,
                     qos: p.qos,
                     props: p.props.as_ref(),
+                    by_rule: false,
                 },
                 now_ms(),
                 last_peer,
@@ -220,7 +221,8 @@ impl Conn {
         {
             return self.refuse_for_disk(wire, msg.qos, packet_id);
         }
-        let mut published = match self.broker.publish_or_hold(Arc::new(msg)) {
+        let msg = Arc::new(msg);
+        let mut published = match self.broker.publish_or_hold(msg.clone()) {
             Ok(published) => published,
             Err(err) => {
                 tracing::error!(cause = %err, "store write failed: closing without acknowledging");
@@ -229,6 +231,8 @@ impl Conn {
         };
         // A full subscriber queue holds this publisher back, and its acknowledgement with it.
         self.hold_back(std::mem::take(&mut published.full));
+        self.broker
+            .emit_publish(&msg, || self.broker.actor(self.username()));
         let code = if published.matched == 0 && self.proto == Proto::V5 {
             reason::NO_MATCHING_SUBSCRIBERS
         } else {

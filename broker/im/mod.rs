@@ -16,12 +16,15 @@ mod requests;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use mqtter_engine::events::{
+    Actor, Chain, Event, EventData, EventKind, Events, PresenceStatus, RelationChange,
+};
 use mqtter_engine::im::{Effect, Im, notice};
 use ntex_bytes::{ByteString, Bytes};
 use serde_json::{Value, json};
 
 use crate::config::ImSection;
-use crate::message::{Message, MessageProps, QoS, Stamp};
+use crate::message::{Message, MessageProps, QoS, Stamp, now_ms};
 use crate::session::{Delivery, Session};
 
 pub use publish::{ImPublish, LastPeer};
@@ -68,11 +71,25 @@ enum Status {
 
 impl Status {
     fn as_str(self) -> &'static str {
+        self.public().as_str()
+    }
+
+    fn public(self) -> PresenceStatus {
         match self {
-            Status::Online => "online",
-            Status::Away => "away",
-            Status::Offline => "offline",
+            Status::Online => PresenceStatus::Online,
+            Status::Away => PresenceStatus::Away,
+            Status::Offline => PresenceStatus::Offline,
         }
+    }
+}
+
+/// The chain a relation change starts: named after what changed.
+fn relation_chain(change: &RelationChange) -> String {
+    match change {
+        RelationChange::FriendAdded { a, b } => format!("friend.added:{a}|{b}"),
+        RelationChange::FriendRemoved { a, b } => format!("friend.removed:{a}|{b}"),
+        RelationChange::MemberJoined { group, member } => format!("group.joined:{group}|{member}"),
+        RelationChange::MemberLeft { group, member } => format!("group.left:{group}|{member}"),
     }
 }
 
@@ -103,6 +120,8 @@ type SmallSessions = smallvec::SmallVec<[Arc<Session>; 2]>;
 pub struct Gate {
     pub im: Im,
     settings: ImSection,
+    /// Where the gate emits what happens in the IM world (messages, presence, relations).
+    events: Arc<Events>,
     devices: Mutex<DeviceMap>,
     presence: Mutex<PresenceMap>,
     /// Per group, the sessions its messages go to; emptied when a device comes or goes, and an
@@ -140,10 +159,11 @@ fn json_props() -> Option<Arc<MessageProps>> {
 }
 
 impl Gate {
-    pub fn new(im: Im, settings: ImSection) -> Self {
+    pub fn new(im: Im, settings: ImSection, events: Arc<Events>) -> Self {
         Self {
             im,
             settings,
+            events,
             devices: Mutex::new(DeviceMap::default()),
             presence: Mutex::new(PresenceMap::default()),
             group_sessions: Mutex::new(HashMap::default()),
@@ -308,26 +328,35 @@ impl Gate {
         Self::deliver_to_device(device, &msg);
     }
 
-    /// Carry out what a domain operation asks.
-    pub fn apply(&self, effects: Vec<Effect>, limits: &crate::session::QueueLimits) {
+    /// Carry out what a domain operation of `by` asks.
+    pub fn apply(&self, effects: Vec<Effect>, by: &str, limits: &crate::session::QueueLimits) {
         for effect in effects {
             match effect {
                 Effect::Notify { to, envelope } => self.notify(&to, &envelope, limits),
-                Effect::Grant { account, topic } => {
-                    // A new friend: show their current presence at once (retained).
-                    if let Some(friend) = topic
-                        .strip_prefix("person/")
-                        .and_then(|t| t.strip_suffix("/status"))
-                    {
-                        let msg = self.status_message(friend);
-                        for device in self.devices_of(&account) {
-                            Self::deliver_to_device(&device, &msg);
-                        }
+                Effect::ShowPresence { to, of } => self.show_presence(&to, &of),
+                Effect::Related(change) => {
+                    // New friends see each other's presence at once (retained). Delivery
+                    // follows the graph at send time: a removed relation gets nothing more.
+                    if let RelationChange::FriendAdded { a, b } = &change {
+                        self.show_presence(a, b);
+                        self.show_presence(b, a);
                     }
+                    self.events.emit_with(EventKind::Relation, || Event {
+                        actor: Actor::person(by),
+                        at: now_ms(),
+                        chain: Chain::start(relation_chain(&change)),
+                        data: EventData::Relation(change),
+                    });
                 }
-                // Delivery follows the graph at send time: a revoked relation gets nothing more.
-                Effect::Revoke { .. } => {}
             }
+        }
+    }
+
+    /// Queue `of`'s presence (retained) for every online device of `to`.
+    fn show_presence(&self, to: &str, of: &str) {
+        let msg = self.status_message(of);
+        for device in self.devices_of(to) {
+            Self::deliver_to_device(&device, &msg);
         }
     }
 
@@ -359,6 +388,23 @@ impl Gate {
 
     /// Publish `account`'s presence to its friends and its own devices (retained).
     fn publish_presence(&self, account: &str, limits: &crate::session::QueueLimits) {
+        self.events.emit_with(EventKind::Presence, || {
+            let (status, text) = match self.presences().get(account) {
+                Some(p) => (p.status.public(), p.text.clone()),
+                None => (PresenceStatus::Offline, None),
+            };
+            let at = now_ms();
+            Event {
+                actor: Actor::person(account),
+                at,
+                chain: Chain::start(format!("presence:{account}#{at}")),
+                data: EventData::Presence {
+                    account: account.to_owned(),
+                    status,
+                    text,
+                },
+            }
+        });
         let msg = self.status_message(account);
         let friends = self.im.with_graph(|g| g.friends(account));
         for friend in friends

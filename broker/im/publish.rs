@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use mqtter_engine::events::{Actor, ActorKind, Chain, Event, EventData, EventKind, ImMessageEvent};
 use mqtter_engine::im::{ImError, conv_direct, conv_group, parse_body};
 use ntex_bytes::{ByteString, Bytes};
 use serde_json::{Value, json};
@@ -19,6 +20,8 @@ pub struct ImPublish<'a> {
     pub payload: Bytes,
     pub qos: QoS,
     pub props: Option<&'a MessageProps>,
+    /// Sent by the rules engine as the device's account (an action), not by a client.
+    pub by_rule: bool,
 }
 
 /// What a connection remembers of the person it last sent a direct message to, so that the
@@ -236,7 +239,10 @@ impl Gate {
     ) -> Result<bool, ImError> {
         let body = parse_body(&p.payload, self.settings.max_body_bytes)?;
         let cid = user_property(p.props, "cid").or(body.cid.as_deref());
-        let chain = user_property(p.props, "chain-id");
+        let chain = user_property(p.props, "chain-id").map(|id| {
+            let hop = user_property(p.props, "chain-hop").and_then(|h| h.parse().ok());
+            (id, hop.unwrap_or(0))
+        });
         let _order = self.im.lock_conv(conv);
         let stamped = self
             .im
@@ -244,6 +250,32 @@ impl Gate {
         if stamped.duplicate {
             return Ok(true);
         }
+        self.events.emit_with(EventKind::ImMessage, || Event {
+            actor: Actor {
+                account: Some(device.account.clone()),
+                kind: if p.by_rule {
+                    ActorKind::Rule
+                } else {
+                    ActorKind::Person
+                },
+            },
+            at: now,
+            chain: match chain {
+                Some((id, hop)) => Chain {
+                    id: Arc::from(id),
+                    hop,
+                },
+                None => Chain::start(format!("{conv}#{}", stamped.seq)),
+            },
+            data: EventData::ImMessage(ImMessageEvent {
+                conv: conv.to_string(),
+                seq: stamped.seq,
+                from: device.account.to_string(),
+                to: to.to_owned(),
+                body: bytes::Bytes::copy_from_slice(&body.json),
+                cid: cid.map(str::to_owned),
+            }),
+        });
         let stamp = Stamp {
             conv: conv.clone(),
             seq: stamped.seq,
@@ -345,7 +377,7 @@ impl Gate {
         };
         match result {
             Ok(effects) => {
-                self.apply(effects, &broker.limits);
+                self.apply(effects, me, &broker.limits);
                 granted
             }
             Err(err) => {
@@ -381,7 +413,7 @@ impl Gate {
         };
         match result {
             Ok(effects) => {
-                self.apply(effects, &broker.limits);
+                self.apply(effects, me, &broker.limits);
                 reason::SUCCESS
             }
             Err(ImError::NotFound(_)) | Err(ImError::NotAuthorized(_)) => {
@@ -403,7 +435,7 @@ impl Gate {
                 .im
                 .with_graph(|g| g.get(account, peer, "freq").is_some());
             if pending && let Ok(effects) = self.im.friend_remove(account, peer, None, now) {
-                self.apply(effects, &broker.limits);
+                self.apply(effects, account, &broker.limits);
             }
         }
     }

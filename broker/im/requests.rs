@@ -101,7 +101,7 @@ impl Gate {
         let limits = &broker.limits;
         let im = &self.im;
         let done = |effects| {
-            self.apply(effects, limits);
+            self.apply(effects, me, limits);
             Ok(json!({}))
         };
         match op {
@@ -123,7 +123,7 @@ impl Gate {
             }
             "friend.request" => {
                 let (state, effects) = im.friend_request(me, arg(request, "peer")?, now)?;
-                self.apply(effects, limits);
+                self.apply(effects, me, limits);
                 let state = match state {
                     mqtter_engine::im::FriendState::Friends => "friends",
                     mqtter_engine::im::FriendState::Pending => "pending",

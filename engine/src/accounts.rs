@@ -109,7 +109,14 @@ impl Accounts {
         Ok(())
     }
 
-    pub fn add(&self, id: &str, kind: AccountKind, password: &str) -> Result<(), AuthError> {
+    /// A new account, created at `now` (ms since the epoch).
+    pub fn add(
+        &self,
+        id: &str,
+        kind: AccountKind,
+        password: &str,
+        now: u64,
+    ) -> Result<(), AuthError> {
         let id = AccountId::parse(id)?;
         if self.get(id.as_str())?.is_some() {
             return Err(AuthError::Exists(id.0));
@@ -117,7 +124,7 @@ impl Accounts {
         let record = AccountRecord {
             kind,
             password_hash: hash_password(password)?,
-            created_ms: now_ms(),
+            created_ms: now,
         };
         self.put(&id, &record)
     }
@@ -131,12 +138,13 @@ impl Accounts {
         self.put(&id, &record)
     }
 
-    /// Create or update an account from a definitions file, with a ready argon2 hash.
+    /// Create (at `now`) or update an account from a definitions file, with a ready argon2 hash.
     pub fn define(
         &self,
         id: &str,
         kind: AccountKind,
         password_hash: &str,
+        now: u64,
     ) -> Result<(), AuthError> {
         let id = AccountId::parse(id)?;
         if PasswordHash::new(password_hash).is_err() {
@@ -145,7 +153,7 @@ impl Accounts {
                 id.as_str()
             )));
         }
-        let created_ms = self.get(id.as_str())?.map_or_else(now_ms, |r| r.created_ms);
+        let created_ms = self.get(id.as_str())?.map_or(now, |r| r.created_ms);
         let record = AccountRecord {
             kind,
             password_hash: password_hash.to_owned(),
@@ -154,18 +162,19 @@ impl Accounts {
         self.put(&id, &record)
     }
 
-    /// Create an account from a definitions file with a plain password, or reset the stored
-    /// hash if the password no longer matches it.
+    /// Create an account (at `now`) from a definitions file with a plain password, or reset the
+    /// stored hash if the password no longer matches it.
     pub fn define_with_password(
         &self,
         id: &str,
         kind: AccountKind,
         password: &str,
+        now: u64,
     ) -> Result<(), AuthError> {
         match self.verify(id, password.as_bytes())? {
             Some(true) => Ok(()),
             Some(false) => self.set_password(id, password),
-            None => self.add(id, kind, password),
+            None => self.add(id, kind, password, now),
         }
     }
 
@@ -221,13 +230,6 @@ impl std::str::FromStr for AccountKind {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,10 +248,10 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(crate::SledStore::open(dir.path()).unwrap());
         let accounts = Accounts::new(store);
         accounts
-            .add("alice", AccountKind::Person, "secret")
+            .add("alice", AccountKind::Person, "secret", 1)
             .unwrap();
         assert!(matches!(
-            accounts.add("alice", AccountKind::Person, "x"),
+            accounts.add("alice", AccountKind::Person, "x", 2),
             Err(AuthError::Exists(_))
         ));
         assert_eq!(accounts.verify("alice", b"secret").unwrap(), Some(true));

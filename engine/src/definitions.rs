@@ -1,6 +1,8 @@
-//! Definitions files: YAML in the watched folder declaring persons, things, groups and
-//! relations (docs/DEFINITIONS.md). Loading never stops at a bad file: each file is parsed on
-//! its own, and a file that fails is reported (file, line, column, message) and skipped.
+//! Definitions: the YAML of the watched folder's files declaring persons, things, groups and
+//! relations (docs/DEFINITIONS.md), parsed ([`parse`]) and applied ([`apply`]). Reading the folder
+//! is the rules crate's (`mqtter_rules::definitions`). Loading never stops at a bad file: each
+//! file is parsed on its own, and a file that fails is reported (file, line, column, message)
+//! and skipped.
 //!
 //! What a file declares is added to what runtime created; runtime relations are never removed by
 //! a file. `rules:` belong to a later stage: accepted and reported as not applied. The things
@@ -128,56 +130,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Definitions, Diagnostic> {
     })
 }
 
-/// Every `*.yaml` / `*.yml` file in `dir`, sorted.
-pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// Load every file of `dir` into the accounts and the IM world.
-pub fn load_dir(dir: &Path, accounts: &Accounts, im: &Im, now: u64) -> Report {
-    let mut report = Report::default();
-    let files = match files_in(dir) {
-        Ok(files) => files,
-        Err(err) => {
-            report.diagnostics.push(Diagnostic {
-                file: dir.to_owned(),
-                line: 0,
-                column: 0,
-                message: err.to_string(),
-            });
-            return report;
-        }
-    };
-    for file in files {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(err) => {
-                report.diagnostics.push(Diagnostic {
-                    file: file.clone(),
-                    line: 0,
-                    column: 0,
-                    message: err.to_string(),
-                });
-                continue;
-            }
-        };
-        match parse(&file, &text) {
-            Ok(defs) => {
-                apply(&file, &defs, accounts, im, now, &mut report);
-                report.files.push(file);
-            }
-            Err(diagnostic) => report.diagnostics.push(diagnostic),
-        }
-    }
-    report
-}
-
-fn apply(
+/// Apply one file's definitions to the accounts and the IM world; what fails is reported in
+/// `report` and the rest applied. (Reading the files is the rules crate's: it owns the folder.)
+pub fn apply(
     file: &Path,
     defs: &Definitions,
     accounts: &Accounts,
@@ -199,8 +154,10 @@ fn apply(
     ] {
         for def in list {
             let result = match (&def.password_hash, &def.password) {
-                (Some(hash), _) => accounts.define(&def.id, kind, hash),
-                (None, Some(password)) => accounts.define_with_password(&def.id, kind, password),
+                (Some(hash), _) => accounts.define(&def.id, kind, hash, now),
+                (None, Some(password)) => {
+                    accounts.define_with_password(&def.id, kind, password, now)
+                }
                 (None, None) => {
                     fail(format!("{} needs a password or a password_hash", def.id));
                     continue;

@@ -1,4 +1,6 @@
-//! MQTTER's domain core: the durable `Store` every other part writes through.
+//! MQTTER's domain core, without a network: the durable `Store` every other part writes
+//! through, accounts, the relationship graph, the IM domain, the definitions' parsing, and the
+//! event seam between the daemon and the rules engine.
 //!
 //! # Layout
 //! - [`store`]: the `Store` trait, the key spaces and the atomic `Batch`, with the durability rule.
@@ -7,15 +9,20 @@
 //! - [`staged`]: `Staged`, which takes the backend's waiting off the callers' threads;
 //!   [`watch`] logs store calls that take too long; [`hang`] is a store stuck on demand (tests).
 //! - [`commit`]: `GroupCommit`, which lets many writers wait for one `flush` together.
-//! - [`graph`]: the relationship graph; [`im`]: the persons' IM world; [`things`]: the things
-//!   world (bindings, links, commands, state), over the same graph.
+//! - [`accounts`]: persons and things with argon2 password hashes.
+//! - [`graph`]: the relationship graph (friends, blocks, groups and their members).
+//! - [`im`]: the IM domain (friends, groups, conversations, the message log), returning effects.
+//! - [`things`]: the things world (bindings, links, commands, state), over the same graph.
+//! - [`definitions`]: parsing and applying the YAML definitions (files are read by `mqtter-rules`).
+//! - [`events`]: `Event`, `EventSink`, `Events` (the seam every source emits through), `Actions`.
 //!
 //! **Architecture Invariant:** this crate knows nothing about MQTT or the network; it does I/O only
-//! through `Store`. The relationship graph and the IM domain will live here too (later stages).
+//! through `Store` and the IM `MessageLog`, and takes `now` as a parameter where time matters.
 
 pub mod accounts;
 pub mod commit;
 pub mod definitions;
+pub mod events;
 pub mod fjall_store;
 pub mod graph;
 pub mod hang;

@@ -35,7 +35,7 @@ fn open(dir: &Path) -> World {
         ("lamp", AccountKind::Thing),
     ] {
         if accounts.get(id).unwrap().is_none() {
-            accounts.add(id, kind, "secret").unwrap();
+            accounts.add(id, kind, "secret", 1).unwrap();
         }
     }
     let log = Arc::new(MessageLog::open(&dir.join("messages")).unwrap());

@@ -13,15 +13,15 @@
 //! - `timers`: `after`, debounced runs and schedules, on one thread.
 //! - [`stats`]: per-rule counters and traces.
 //! - [`service`]: [`Rules`], the running engine: reload, watch, status, listings.
+//! - [`definitions`]: the folder's definitions files, applied by the daemon at start.
 //!
 //! **Architecture Invariant:** this crate depends on `mqtter-engine` only: no MQTT, no network,
 //! no daemon types. Events come in through the engine's event seam and actions go out through it.
 
 mod api;
 pub mod check;
+pub mod definitions;
 pub mod diagnostic;
-#[path = "seam.rs"]
-pub mod events;
 pub mod exec;
 pub mod index;
 pub mod loader;
@@ -30,6 +30,8 @@ pub mod service;
 pub mod stats;
 mod timers;
 pub mod world;
+
+pub use mqtter_engine::events;
 
 pub use check::{CheckReport, check_dir};
 pub use diagnostic::{Diagnostic, Severity};

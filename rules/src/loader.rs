@@ -65,7 +65,7 @@ impl Loaded {
 
 /// Every YAML file of `dir` (sorted), or the reason the folder cannot be read.
 pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
-    definitions::files_in(dir).map_err(|err| Diagnostic::error(dir, 0, 0, err.to_string()))
+    crate::definitions::files_in(dir).map_err(|err| Diagnostic::error(dir, 0, 0, err.to_string()))
 }
 
 /// Load every YAML file of `dir`. Rule ids must be unique across the folder: a file that

@@ -4,13 +4,12 @@
 //! A direct conversation is `person:A|person:B` (ids in order); a group's is `group:G`, stored
 //! once for the group whatever its size, with a cursor per member.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::MutexGuard;
 
 use serde_json::{Value, json};
 
-use super::envelope::notice;
+use super::envelope::{Fields, envelope_from_stored, message_envelope, notice, stored_form};
 use super::log::MessageLog;
 use super::{Effect, Im, ImError, ImResult, key};
 use crate::graph::{DirectCheck, Role};
@@ -47,160 +46,6 @@ fn parties(conv: &str) -> Option<Parties<'_>> {
     ))
 }
 
-/// A message body: the text of one JSON object, and the `cid` (client message id) it carried,
-/// taken out of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Body<'a> {
-    pub json: Cow<'a, [u8]>,
-    pub cid: Option<String>,
-}
-
-/// A message body from a PUBLISH payload: a JSON object as it is (byte for byte, unless it has a
-/// `cid` member, which is taken out); other UTF-8 text becomes `{"text": ...}`.
-pub fn parse_body(payload: &[u8], max: usize) -> ImResult<Body<'_>> {
-    if payload.len() > max {
-        return Err(ImError::TooLarge(format!(
-            "message body is {} bytes; the limit is {max}",
-            payload.len()
-        )));
-    }
-    match scan_object(payload) {
-        Some(false) => {
-            return Ok(Body {
-                json: Cow::Borrowed(payload),
-                cid: None,
-            });
-        }
-        Some(true) => {
-            // Rare: rebuild the object without its `cid`.
-            if let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(payload) {
-                let cid = match object.remove("cid") {
-                    Some(Value::String(cid)) => Some(cid),
-                    Some(other) => {
-                        object.insert("cid".into(), other);
-                        None
-                    }
-                    None => None,
-                };
-                return Ok(Body {
-                    json: Cow::Owned(serde_json::to_vec(&object).unwrap_or_default()),
-                    cid,
-                });
-            }
-        }
-        None => {}
-    }
-    match std::str::from_utf8(payload) {
-        Ok(text) => {
-            let mut json = Vec::with_capacity(text.len() + 12);
-            json.extend_from_slice(br#"{"text":"#);
-            write_json_str(&mut json, text);
-            json.push(b'}');
-            Ok(Body {
-                json: Cow::Owned(json),
-                cid: None,
-            })
-        }
-        Err(_) => Err(ImError::Invalid(
-            "the body must be a JSON object or UTF-8 text".into(),
-        )),
-    }
-}
-
-/// Is `payload` one JSON object (and nothing else)? `Some(true)` when it has a string member
-/// `cid`. Validates in one pass without building a value.
-fn scan_object(payload: &[u8]) -> Option<bool> {
-    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-
-    struct ObjectScan;
-    impl<'de> Visitor<'de> for ObjectScan {
-        type Value = bool;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-            let mut has_cid = false;
-            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                map.next_value::<IgnoredAny>()?;
-                has_cid |= key == "cid";
-            }
-            Ok(has_cid)
-        }
-    }
-
-    let mut de = serde_json::Deserializer::from_slice(payload);
-    let has_cid = (&mut de).deserialize_map(ObjectScan).ok()?;
-    de.end().ok()?;
-    Some(has_cid)
-}
-
-/// Append `s` as a JSON string (quoted, escaped).
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    // Ids are almost always plain: copied as they are unless a byte needs an escape.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-}
-
-/// What a message says, besides where it stands (its conversation and `seq`).
-#[derive(Debug, Clone, Copy)]
-struct Fields<'a> {
-    from: &'a str,
-    to: &'a str,
-    ts: u64,
-    /// The text of a JSON object.
-    body: &'a [u8],
-    cid: Option<&'a str>,
-    /// The chain this message continues, if not its own.
-    chain: Option<&'a str>,
-}
-
-/// The envelope of a message, written field by field (the body is copied as it is).
-fn message_envelope(conv: &str, seq: u64, f: &Fields<'_>) -> Vec<u8> {
-    let (from, to, body, cid) = (f.from, f.to, f.body, f.cid);
-    let mut out = Vec::with_capacity(body.len() + 3 * conv.len() + from.len() + to.len() + 160);
-    let mut digits = itoa::Buffer::new();
-    let seq_text = digits.format(seq);
-    out.extend_from_slice(br#"{"type":"msg","id":"#);
-    let id_start = out.len();
-    write_json_str(&mut out, conv);
-    // `conv#seq`, inside the quotes just written.
-    out.pop();
-    out.push(b'#');
-    out.extend_from_slice(seq_text.as_bytes());
-    out.push(b'"');
-    let id = id_start..out.len();
-    out.extend_from_slice(br#","conv":"#);
-    write_json_str(&mut out, conv);
-    out.extend_from_slice(br#","seq":"#);
-    out.extend_from_slice(seq_text.as_bytes());
-    out.extend_from_slice(br#","from":"#);
-    write_json_str(&mut out, from);
-    out.extend_from_slice(br#","to":"#);
-    write_json_str(&mut out, to);
-    out.extend_from_slice(br#","ts":"#);
-    out.extend_from_slice(itoa::Buffer::new().format(f.ts).as_bytes());
-    out.extend_from_slice(br#","body":"#);
-    out.extend_from_slice(body);
-    out.extend_from_slice(br#","chain":{"id":"#);
-    match f.chain {
-        Some(chain_id) => write_json_str(&mut out, chain_id),
-        None => out.extend_from_within(id),
-    }
-    out.extend_from_slice(br#","hop":0}"#);
-    if let Some(cid) = cid {
-        out.extend_from_slice(br#","cid":"#);
-        write_json_str(&mut out, cid);
-    }
-    out.push(b'}');
-    out
-}
-
 /// A stamped, stored message.
 #[derive(Debug, Clone)]
 pub struct Stamped {
@@ -210,60 +55,6 @@ pub struct Stamped {
     pub envelope: Vec<u8>,
     /// The same `cid` from the same sender was stored before: this is that message, not a new one.
     pub duplicate: bool,
-}
-
-/// The form a message takes in the log: only what the envelope does not repeat (the log record
-/// already names the conversation and `seq`), about half the envelope's bytes. Read back, the
-/// envelope is rebuilt byte for byte by [`message_envelope`].
-///
-/// `[1][ts u64 LE][from][to][cid][chain]` (each a u16 LE length and the bytes; an empty `cid` or
-/// `chain` is none) then the body. A record that starts with `{` is a whole envelope (moved from
-/// an older version's store).
-const STORED_COMPACT: u8 = 1;
-
-fn stored_form(f: &Fields<'_>) -> Option<Vec<u8>> {
-    let fields = [f.from, f.to, f.cid.unwrap_or(""), f.chain.unwrap_or("")];
-    let (now, body) = (f.ts, f.body);
-    let mut out =
-        Vec::with_capacity(9 + fields.iter().map(|f| f.len() + 2).sum::<usize>() + body.len());
-    out.push(STORED_COMPACT);
-    out.extend_from_slice(&now.to_le_bytes());
-    for field in fields {
-        out.extend_from_slice(&u16::try_from(field.len()).ok()?.to_le_bytes());
-        out.extend_from_slice(field.as_bytes());
-    }
-    out.extend_from_slice(body);
-    Some(out)
-}
-
-/// The envelope of a message as the log holds it (see [`stored_form`]).
-fn envelope_from_stored(conv: &str, seq: u64, stored: Vec<u8>) -> Option<Vec<u8>> {
-    match stored.first() {
-        Some(&STORED_COMPACT) => {}
-        Some(b'{') => return Some(stored),
-        _ => return None,
-    }
-    let ts = u64::from_le_bytes(stored.get(1..9)?.try_into().ok()?);
-    let mut at = 9;
-    let mut fields = [""; 4];
-    for field in &mut fields {
-        let len = usize::from(u16::from_le_bytes(stored.get(at..at + 2)?.try_into().ok()?));
-        *field = std::str::from_utf8(stored.get(at + 2..at + 2 + len)?).ok()?;
-        at += 2 + len;
-    }
-    let [from, to, cid, chain] = fields;
-    Some(message_envelope(
-        conv,
-        seq,
-        &Fields {
-            from,
-            to,
-            ts,
-            body: stored.get(at..)?,
-            cid: (!cid.is_empty()).then_some(cid),
-            chain: (!chain.is_empty()).then_some(chain),
-        },
-    ))
 }
 
 /// Messages of one conversation an account missed.
@@ -380,7 +171,8 @@ impl Im {
     }
 
     /// Stamp and store one message (hold `lock_conv(conv)`). `to` is the peer or the group;
-    /// `body` is the text of a JSON object (see [`parse_body`]), copied into the envelope as it is.
+    /// `body` is the text of a JSON object (see [`super::parse_body`]), copied into the envelope as
+    /// it is. `chain` is the chain it continues (id and hop), if not its own.
     #[allow(clippy::too_many_arguments)]
     pub fn append(
         &self,
@@ -389,7 +181,7 @@ impl Im {
         to: &str,
         body: &[u8],
         cid: Option<&str>,
-        chain_id: Option<&str>,
+        chain: Option<(&str, u32)>,
         now: u64,
     ) -> ImResult<Stamped> {
         let cid = cid.filter(|cid| !cid.is_empty());
@@ -411,7 +203,8 @@ impl Im {
             ts: now,
             body,
             cid,
-            chain: chain_id,
+            chain: chain.map(|(id, _)| id),
+            hop: chain.map_or(0, |(_, hop)| hop),
         };
         let bytes = message_envelope(conv, seq, &fields);
         let stored = stored_form(&fields);
@@ -708,6 +501,7 @@ impl Im {
 
 #[cfg(test)]
 mod tests {
+    use super::super::envelope::parse_body;
     use super::super::testing::im_with;
     use super::*;
 
@@ -860,6 +654,7 @@ mod tests {
                         body: b"{}",
                         cid: None,
                         chain: None,
+                        hop: 0,
                     },
                 );
                 batch.put(Space::Messages, k, envelope);
@@ -894,42 +689,6 @@ mod tests {
     }
 
     #[test]
-    fn the_stored_form_gives_back_the_envelope_byte_for_byte() {
-        /// to, cid, chain, body
-        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
-        let cases: [Case<'_>; 4] = [
-            ("b", None, None, br#"{"text":"hi"}"#),
-            ("b", Some("c-1"), None, br#"{"x":[1,2], "y":"\u00e9"}"#),
-            ("g\"q", Some("c\"2"), Some("group:g#7"), b"{}"),
-            ("b", None, Some("x"), "{\"t\":\"\u{e9}t\u{e9}\"}".as_bytes()),
-        ];
-        for (to, cid, chain, body) in cases {
-            let fields = Fields {
-                from: "a",
-                to,
-                ts: 77,
-                body,
-                cid,
-                chain,
-            };
-            let envelope = message_envelope("person:a|person:b", 9, &fields);
-            let stored = stored_form(&fields).unwrap();
-            assert!(stored.len() < envelope.len());
-            assert_eq!(
-                envelope_from_stored("person:a|person:b", 9, stored).unwrap(),
-                envelope
-            );
-        }
-        // An older version's whole envelope is read as it is; anything else is unreadable.
-        assert_eq!(
-            envelope_from_stored("c", 1, br#"{"type":"msg"}"#.to_vec()).unwrap(),
-            br#"{"type":"msg"}"#
-        );
-        assert_eq!(envelope_from_stored("c", 1, vec![1, 2]), None);
-        assert_eq!(envelope_from_stored("c", 1, vec![7]), None);
-    }
-
-    #[test]
     fn what_is_read_back_is_what_was_delivered() {
         let (_dir, im) = im_with(&["a", "b"]);
         friends(&im, "a", "b");
@@ -941,7 +700,7 @@ mod tests {
                 "b",
                 br#"{"text":"x"}"#,
                 Some("k"),
-                Some("r#1"),
+                Some(("r#1", 0)),
                 5,
             )
             .unwrap();
@@ -952,68 +711,5 @@ mod tests {
         assert_eq!(again.envelope, sent.envelope);
         let missed = im.missed("b", "b").unwrap();
         assert_eq!(missed[0].messages, [(1, sent.envelope.clone())]);
-    }
-
-    #[test]
-    fn bodies() {
-        fn body(p: &[u8]) -> Body<'_> {
-            parse_body(p, 100).unwrap()
-        }
-        assert_eq!(&*body(b"hi").json, br#"{"text":"hi"}"#);
-        assert_eq!(&*body(b"say \"hi\"\n").json, br#"{"text":"say \"hi\"\n"}"#);
-        // An object is kept byte for byte, key order and spacing included.
-        assert_eq!(&*body(br#"{"z":1, "a":[2]}"#).json, br#"{"z":1, "a":[2]}"#);
-        assert_eq!(body(br#"{"z":1}"#).cid, None);
-        // A `cid` member is taken out of the body.
-        let with_cid = body(br#"{"text":"x","cid":"c-1"}"#);
-        assert_eq!(with_cid.cid.as_deref(), Some("c-1"));
-        assert_eq!(&*with_cid.json, br#"{"text":"x"}"#);
-        // Not one object: text.
-        assert_eq!(&*body(b"42").json, br#"{"text":"42"}"#);
-        assert_eq!(&*body(br#"{"a":1} x"#).json, br#"{"text":"{\"a\":1} x"}"#);
-        assert_eq!(&*body(br#"{"a":"#).json, br#"{"text":"{\"a\":"}"#);
-        assert_eq!(
-            parse_body(b"0123456789x", 10).unwrap_err().code(),
-            "too_large"
-        );
-        assert_eq!(parse_body(&[0xff, 0xfe], 10).unwrap_err().code(), "invalid");
-    }
-
-    #[test]
-    fn envelopes_are_json_with_every_field() {
-        let bytes = message_envelope(
-            "person:a|person:b",
-            7,
-            &Fields {
-                from: "a",
-                to: "b",
-                ts: 99,
-                body: br#"{"text":"hi"}"#,
-                cid: Some("c\"1"),
-                chain: None,
-            },
-        );
-        let v: Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(
-            v,
-            json!({"type": "msg", "id": "person:a|person:b#7", "conv": "person:a|person:b",
-                   "seq": 7, "from": "a", "to": "b", "ts": 99, "body": {"text": "hi"},
-                   "chain": {"id": "person:a|person:b#7", "hop": 0}, "cid": "c\"1"})
-        );
-        let chained = message_envelope(
-            "group:g",
-            1,
-            &Fields {
-                from: "a",
-                to: "g",
-                ts: 1,
-                body: b"{}",
-                cid: None,
-                chain: Some("x#3"),
-            },
-        );
-        let v: Value = serde_json::from_slice(&chained).unwrap();
-        assert_eq!(v["chain"]["id"], "x#3");
-        assert!(v.get("cid").is_none());
     }
 }

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::envelope::notice;
 use super::recycle::RecycleKind;
 use super::{Effect, Im, ImError, ImResult};
+use crate::events::RelationChange;
 use crate::graph::{Origin, Relation};
 use crate::store::Batch;
 
@@ -16,16 +17,12 @@ pub enum FriendState {
     Pending,
 }
 
-pub fn status_topic(person: &str) -> String {
-    format!("person/{person}/status")
-}
-
 fn became_friends(a: &str, b: &str, now: u64, restored: bool, effects: &mut Vec<Effect>) {
+    effects.push(Effect::Related(RelationChange::FriendAdded {
+        a: a.to_owned(),
+        b: b.to_owned(),
+    }));
     for (me, peer) in [(a, b), (b, a)] {
-        effects.push(Effect::Grant {
-            account: me.to_owned(),
-            topic: status_topic(peer),
-        });
         effects.push(Effect::Notify {
             to: me.to_owned(),
             envelope: notice(
@@ -38,11 +35,11 @@ fn became_friends(a: &str, b: &str, now: u64, restored: bool, effects: &mut Vec<
 }
 
 fn no_longer_friends(a: &str, b: &str, by: &str, now: u64, kind: &str, effects: &mut Vec<Effect>) {
+    effects.push(Effect::Related(RelationChange::FriendRemoved {
+        a: a.to_owned(),
+        b: b.to_owned(),
+    }));
     for (me, peer) in [(a, b), (b, a)] {
-        effects.push(Effect::Revoke {
-            account: me.to_owned(),
-            topic: status_topic(peer),
-        });
         effects.push(Effect::Notify {
             to: me.to_owned(),
             envelope: notice(kind, now, json!({ "peer": peer, "by": by })),
@@ -69,9 +66,9 @@ impl Im {
         }
         let mut effects = Vec::new();
         if self.graph().are_friends(p, q) {
-            effects.push(Effect::Grant {
-                account: p.to_owned(),
-                topic: status_topic(q),
+            effects.push(Effect::ShowPresence {
+                to: p.to_owned(),
+                of: q.to_owned(),
             });
             return Ok((FriendState::Friends, effects));
         }
@@ -233,12 +230,10 @@ impl Im {
         let mut effects = Vec::new();
         if let Some(relation) = self.drop_relation(&mut batch, p, q, "friend") {
             self.bin_put(&mut batch, p, RecycleKind::Friend, q, relation, None, now);
-            for (me, peer) in [(p, q), (q, p)] {
-                effects.push(Effect::Revoke {
-                    account: me.to_owned(),
-                    topic: status_topic(peer),
-                });
-            }
+            effects.push(Effect::Related(RelationChange::FriendRemoved {
+                a: p.to_owned(),
+                b: q.to_owned(),
+            }));
         }
         self.drop_relation(&mut batch, p, q, "freq");
         self.drop_relation(&mut batch, q, p, "freq");

@@ -7,6 +7,7 @@ use serde_json::json;
 use super::envelope::notice;
 use super::recycle::RecycleKind;
 use super::{Effect, Im, ImError, ImResult, encode};
+use crate::events::RelationChange;
 use crate::graph::{Origin, Relation, Role};
 use crate::store::{Batch, Space};
 
@@ -26,10 +27,6 @@ pub struct GroupRecord {
 pub enum JoinState {
     Joined,
     Pending,
-}
-
-pub fn group_topic(group: &str) -> String {
-    format!("group/{group}")
 }
 
 impl Im {
@@ -96,10 +93,10 @@ impl Im {
             super::key(&["a", account, &conv]),
             last.to_be_bytes().to_vec(),
         );
-        effects.push(Effect::Grant {
-            account: account.to_owned(),
-            topic: group_topic(group),
-        });
+        effects.push(Effect::Related(RelationChange::MemberJoined {
+            group: group.to_owned(),
+            member: account.to_owned(),
+        }));
         self.tell_members(
             group,
             "group.joined",
@@ -213,10 +210,7 @@ impl Im {
         };
         let mut effects = Vec::new();
         if self.graph().role(account, group).is_some() {
-            effects.push(Effect::Grant {
-                account: account.to_owned(),
-                topic: group_topic(group),
-            });
+            // Already a member: nothing changes.
             return Ok((JoinState::Joined, effects));
         }
         let mut batch = Batch::new();
@@ -347,10 +341,10 @@ impl Im {
         let mut batch = Batch::new();
         self.drop_relation(&mut batch, member, group, "member");
         self.store.apply(batch)?;
-        effects.push(Effect::Revoke {
-            account: member.to_owned(),
-            topic: group_topic(group),
-        });
+        effects.push(Effect::Related(RelationChange::MemberLeft {
+            group: group.to_owned(),
+            member: member.to_owned(),
+        }));
         Ok(effects)
     }
 
@@ -432,10 +426,10 @@ impl Im {
             now,
         );
         self.store.apply(batch)?;
-        let mut effects = vec![Effect::Revoke {
-            account: account.to_owned(),
-            topic: group_topic(group),
-        }];
+        let mut effects = vec![Effect::Related(RelationChange::MemberLeft {
+            group: group.to_owned(),
+            member: account.to_owned(),
+        })];
         self.tell_members(
             group,
             "group.left",
@@ -486,10 +480,10 @@ impl Im {
         let mut effects = Vec::new();
         let mut batch = Batch::new();
         for (member, _) in self.graph().members(group) {
-            effects.push(Effect::Revoke {
-                account: member.clone(),
-                topic: group_topic(group),
-            });
+            effects.push(Effect::Related(RelationChange::MemberLeft {
+                group: group.to_owned(),
+                member: member.clone(),
+            }));
             effects.push(Effect::Notify {
                 to: member.clone(),
                 envelope: notice(

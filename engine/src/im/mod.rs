@@ -21,11 +21,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::accounts::{AccountId, AccountKind, AccountRecord};
+use crate::events::RelationChange;
 use crate::graph::{Graph, Origin, Relation};
 use crate::store::{Batch, Space, Store, StoreError};
 
-pub use conversations::{Body, Missed, Stamped, conv_direct, conv_group, parse_body};
-pub use envelope::notice;
+pub use conversations::{Missed, Stamped, conv_direct, conv_group};
+pub use envelope::{Body, notice, parse_body};
 pub use friends::FriendState;
 pub use groups::{GroupRecord, JoinState};
 pub use log::{LogError, MessageLog};
@@ -63,10 +64,11 @@ impl Default for ImConfig {
 pub enum Effect {
     /// Deliver a notice envelope to every online device of an account (its inbox).
     Notify { to: String, envelope: Value },
-    /// The account may now receive `topic` (a friend's status, a group): subscribe its devices.
-    Grant { account: String, topic: String },
-    /// The account may no longer receive `topic`.
-    Revoke { account: String, topic: String },
+    /// The relationship graph changed: the broker shows new friends each other's presence and
+    /// emits the change as an event.
+    Related(RelationChange),
+    /// `to` asked again for what it already has (a friend's status): show it `of`'s presence.
+    ShowPresence { to: String, of: String },
 }
 
 /// Why an IM operation was refused. `code()` is what clients see.

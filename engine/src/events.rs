@@ -1,8 +1,18 @@
-//! The event seam's shape, kept here until `mqtter_engine::events` lands on main: the same
-//! names and fields, so that switching is one `use` line. Nothing in this file is the rules
-//! engine's own; it goes away when the engine's module arrives.
+//! Events: everything a rule could react to, in one type, and the seam through which every
+//! source of the daemon emits them ([`Events`], [`EventSink`]); [`Actions`], the way back in.
+//!
+//! Sources: the plain publish path, the IM gate (direct and group messages), presence and
+//! relation changes (later: things and timers). Each event names who caused it ([`Actor`]: an
+//! account and its kind, or anonymous), when (ms since the epoch), and the chain it belongs to
+//! ([`Chain`]: an id and the hop count, which an action continues with `hop + 1`).
+//!
+//! A consumer declares which kinds it wants ([`Interest`]); a source asks [`Events::wants`]
+//! before it builds an event, so a kind nobody wants costs one atomic load and nothing else.
+//!
+//! No MQTT, no network: payloads are [`Bytes`], QoS a number, topics strings.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -246,6 +256,57 @@ pub trait EventSink: Send + Sync {
     fn on_event(&self, event: &Event);
 }
 
+/// The seam: every source emits through one `Events`, which hands each event to the consumers
+/// that want its kind.
+#[derive(Default)]
+pub struct Events {
+    /// The union of every consumer's interest.
+    wanted: AtomicU32,
+    sinks: RwLock<Vec<(Interest, Arc<dyn EventSink>)>>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("wanted", &self.wanted.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    pub fn add_sink(&self, sink: Arc<dyn EventSink>) {
+        let interest = sink.interest();
+        let mut sinks = self.sinks.write().unwrap_or_else(|p| p.into_inner());
+        sinks.push((interest, sink));
+        self.wanted.fetch_or(interest.0, Ordering::Release);
+    }
+
+    /// Does any consumer want `kind`? A source asks before it builds the event.
+    #[inline]
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.wanted.load(Ordering::Relaxed) & kind as u32 != 0
+    }
+
+    /// Build the event with `make` and hand it to the consumers of `kind`, if there are any.
+    #[inline]
+    pub fn emit_with(&self, kind: EventKind, make: impl FnOnce() -> Event) {
+        if self.wants(kind) {
+            self.emit(&make());
+        }
+    }
+
+    /// Hand `event` to every consumer that wants its kind.
+    pub fn emit(&self, event: &Event) {
+        let kind = event.data.kind();
+        let sinks = self.sinks.read().unwrap_or_else(|p| p.into_inner());
+        for (interest, sink) in sinks.iter() {
+            if interest.contains(kind) {
+                sink.on_event(event);
+            }
+        }
+    }
+}
+
 /// Why an action was not carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -283,4 +344,69 @@ pub trait Actions: Send + Sync {
     fn publish(&self, message: ActionPublish) -> Result<(), ActionError>;
     /// Send a notice envelope (`{"type": ..., ...}`) to every online device of a person's inbox.
     fn notify(&self, person: &str, envelope: Value, chain: &Chain) -> Result<(), ActionError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Seen(Interest, Mutex<Vec<Event>>);
+    impl EventSink for Seen {
+        fn interest(&self) -> Interest {
+            self.0
+        }
+        fn on_event(&self, event: &Event) {
+            self.1.lock().unwrap().push(event.clone());
+        }
+    }
+
+    fn presence(account: &str) -> Event {
+        Event {
+            actor: Actor::person(account),
+            at: 1,
+            chain: Chain::start("x"),
+            data: EventData::Presence {
+                account: account.into(),
+                status: PresenceStatus::Online,
+                text: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_kind_nobody_wants_is_never_built() {
+        let events = Events::default();
+        events.emit_with(EventKind::Presence, || unreachable!("nobody wants it"));
+        let sink = Arc::new(Seen(Interest::of(&[EventKind::Relation]), Mutex::default()));
+        events.add_sink(sink.clone());
+        assert!(!events.wants(EventKind::Presence));
+        events.emit_with(EventKind::Presence, || unreachable!("nobody wants it"));
+        assert!(events.wants(EventKind::Relation));
+    }
+
+    #[test]
+    fn each_consumer_gets_the_kinds_it_wants() {
+        let events = Events::default();
+        let all = Arc::new(Seen(Interest::ALL, Mutex::default()));
+        let some = Arc::new(Seen(Interest::of(&[EventKind::Publish]), Mutex::default()));
+        events.add_sink(all.clone());
+        events.add_sink(some.clone());
+        events.emit_with(EventKind::Presence, || presence("a"));
+        assert_eq!(all.1.lock().unwrap().len(), 1);
+        assert!(some.1.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_action_continues_the_chain() {
+        let chain = Chain::start("c#1");
+        assert_eq!(
+            chain.next(),
+            Chain {
+                id: "c#1".into(),
+                hop: 1
+            }
+        );
+        assert_eq!(chain.next().next().hop, 2);
+    }
 }
