@@ -106,8 +106,7 @@ impl Actions for BrokerActions {
                 v5: true,
                 sync: false,
             };
-            let outcome = broker.gate.publish(
-                &broker,
+            let mut outcome = broker.gate.publish(
                 Some(&device),
                 ImPublish {
                     topic: &action.topic,
@@ -119,6 +118,11 @@ impl Actions for BrokerActions {
                 now_ms(),
                 None,
             );
+            if let Some(answer) = outcome.answer.take() {
+                broker
+                    .publish(answer)
+                    .map_err(|err| ActionError::Store(err.to_string()))?;
+            }
             return match outcome {
                 o if o.storage_failed => Err(ActionError::Store("IM message not stored".into())),
                 o if o.code >= 0x80 => Err(ActionError::NotAuthorized(format!(
@@ -182,7 +186,7 @@ impl Actions for BrokerActions {
         fields
             .entry("ts")
             .or_insert_with(|| serde_json::json!(now_ms()));
-        broker.gate.notify(person, &envelope, &broker.limits);
+        broker.gate.notify(person, &envelope);
         Ok(())
     }
 }

@@ -25,11 +25,11 @@ use crate::disk::{Disk, FreeLimit};
 use crate::identity::{self, Claim, Holder};
 use crate::im::Gate;
 use crate::message::{Message, QoS, StoredMessage, now_ms};
+use crate::metrics::Histogram;
+use crate::metrics::Metrics;
 use crate::persist::{self, QueuedHeader, SessionRecord, WillRecord};
-use crate::prometheus::Histogram;
 use crate::router::Router;
 use crate::session::{Delivery, Eviction, Offered, QueueLimits, Session};
-use crate::sys::Metrics;
 use crate::wire::Will;
 use mqtter_engine::im::{Im, MessageLog};
 
@@ -100,7 +100,7 @@ pub struct Broker {
     /// The IM world: `person/`, `group/`, `$im/` (see `crate::im`).
     pub gate: Gate,
     /// Where idle connections wait without a task (see `crate::connection`).
-    pub parking: crate::connection::Parking,
+    pub parking: crate::parking::Parking,
     /// Password checks, bounded (see `crate::logins`).
     pub logins: crate::logins::Logins,
     /// The free space of the data folder's filesystem against `disk_free_limit`.
@@ -165,7 +165,13 @@ impl Broker {
         let disk = Arc::new(Disk::new(config.data.clone(), free_limit));
         let im = Im::open(store.clone(), log.clone(), config.im.engine())?;
         let events = Arc::new(Events::default());
-        let gate = Gate::new(im, config.im.clone(), events.clone());
+        let gate = Gate::new(
+            im,
+            config.im.clone(),
+            events.clone(),
+            limits,
+            config.durability == Durability::Sync,
+        );
         let commit = {
             let store = store.clone();
             let errors = metrics.store_errors.clone();

@@ -14,10 +14,7 @@
 
 use std::sync::Arc;
 
-use mqtter_engine::{Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
-
-use crate::persist::SessionRecord;
 
 /// The identity a session belongs to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,23 +87,6 @@ pub fn claim(holder: &Holder, account: Option<&str>, client_id: &str) -> Claim {
         _ if account.is_some_and(|a| a == namespace(client_id)) => Claim::Reclaim,
         _ => Claim::Foreign,
     }
-}
-
-/// The client ids in `account`'s namespace that have a stored session of another holder: an
-/// account of that name would take their client ids away (see the module doc).
-pub fn foreign_sessions(store: &dyn Store, account: &str) -> Result<Vec<String>, StoreError> {
-    let mut found = Vec::new();
-    for (key, value) in store.scan_prefix(Space::Sessions, account.as_bytes())? {
-        let client_id = String::from_utf8_lossy(&key).into_owned();
-        if namespace(&client_id) != account {
-            continue;
-        }
-        let holder = SessionRecord::decode(&value).map_or(StoredHolder::Unknown, |r| r.holder);
-        if holder != StoredHolder::Account(account.to_owned()) {
-            found.push(client_id);
-        }
-    }
-    Ok(found)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`server`]: listeners (TCP, WebSocket), background tasks, graceful shutdown.
 //! - [`connection`]: one client connection: CONNECT handshake and the packet loop.
+//! - [`parking`]: the parking lot where idle connections wait without a task.
 //! - [`wire`]: ntex-mqtt's v3.1.1 and v5 codecs behind one version-neutral interface.
 //! - [`broker`]: the shared state and the publish path of plain MQTT (the IM world's is [`im`]).
 //! - [`session`]: a client's session: subscriptions, queue, in-flight messages.
@@ -18,7 +19,8 @@
 //! - [`identity`]: who a client id and its session belong to.
 //! - [`config`]: the TOML configuration and its commented defaults.
 //! - [`disk`]: the free-space limit of the data folder's filesystem.
-//! - [`sys`]: counters and `$SYS/broker/...`.
+//! - [`metrics`]: the broker's counters.
+//! - [`sys`]: `$SYS/broker/...`, which publishes them.
 //! - [`prometheus`]: the `/metrics` endpoint (Prometheus text format).
 //! - [`counted_store`]: the `Store` wrapper that counts failed writes.
 //! - [`im`]: the IM gate: `person/`, `group/`, `$im/` authorised by the graph, presence, sync.
@@ -35,7 +37,9 @@ pub mod identity;
 pub mod im;
 pub mod logins;
 pub mod message;
+pub mod metrics;
 pub mod on_disk;
+pub mod parking;
 pub mod persist;
 pub mod prometheus;
 pub mod router;
@@ -45,6 +49,9 @@ pub mod store_bench;
 pub mod sys;
 pub mod topic;
 pub mod wire;
+
+#[cfg(test)]
+mod layering;
 
 /// mimalloc rather than the system allocator: messages, deliveries and the store allocate on
 /// every hop, and glibc's malloc and free were about a sixth of a worker's time under load.

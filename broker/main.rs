@@ -360,7 +360,7 @@ fn account(action: AccountAction, store: StoreArgs) -> anyhow::Result<()> {
             kind,
             password,
         } => {
-            let taken = mqtter::identity::foreign_sessions(&*store, &name)?;
+            let taken = mqtter::persist::foreign_sessions(&*store, &name)?;
             if !taken.is_empty() {
                 bail!(
                     "the client ids {} have stored sessions of clients that are not {name}: an \

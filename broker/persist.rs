@@ -9,9 +9,10 @@
 //! All values are postcard-encoded; the message body of a queued entry is encoded once per
 //! PUBLISH and shared by every session it is queued for.
 
+use mqtter_engine::{Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::StoredHolder;
+use crate::identity::{self, StoredHolder};
 use crate::message::StoredMessage;
 use crate::session::SubOpts;
 
@@ -52,6 +53,23 @@ impl SessionRecord {
             })
         })
     }
+}
+
+/// The client ids in `account`'s namespace that have a stored session of another holder: an
+/// account of that name would take their client ids away (see `crate::identity`).
+pub fn foreign_sessions(store: &dyn Store, account: &str) -> Result<Vec<String>, StoreError> {
+    let mut found = Vec::new();
+    for (key, value) in store.scan_prefix(Space::Sessions, account.as_bytes())? {
+        let client_id = String::from_utf8_lossy(&key).into_owned();
+        if identity::namespace(&client_id) != account {
+            continue;
+        }
+        let holder = SessionRecord::decode(&value).map_or(StoredHolder::Unknown, |r| r.holder);
+        if holder != StoredHolder::Account(account.to_owned()) {
+            found.push(client_id);
+        }
+    }
+    Ok(found)
 }
 
 /// The last will of a connected client, kept so that a broker crash does not lose it.

@@ -12,48 +12,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::broker::Broker;
+use crate::metrics::Histogram;
 
-/// Upper bounds of the flush latency buckets, in microseconds.
-const BOUNDS_US: [u64; 12] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
-];
-
-/// A latency histogram with fixed buckets (relaxed atomics: statistics).
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Observations at most `BOUNDS_US[i]` (not cumulative; summed when rendered).
-    buckets: [AtomicU64; BOUNDS_US.len()],
-    sum_us: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, took: Duration) {
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        if let Some(i) = BOUNDS_US.iter().position(|bound| us <= *bound) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+/// `histogram` in the text format: its buckets cumulated, with `+Inf`, the sum and the count.
+fn render_histogram(histogram: &Histogram, name: &str, help: &str, out: &mut String) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bound, bucket) in histogram.buckets() {
+        cumulative += bucket;
+        let le = bound as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
     }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in BOUNDS_US.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let le = *bound as f64 / 1e6;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-    }
+    let count = histogram.count();
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let sum = histogram.sum_us() as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
 }
 
 /// One metric without labels.
@@ -214,7 +187,8 @@ pub fn render(broker: &Broker) -> String {
     ] {
         metric(&mut out, name, "counter", help, get(value));
     }
-    m.flush_latency.render(
+    render_histogram(
+        &m.flush_latency,
         "mqtter_flush_duration_seconds",
         "Time of one flush of the store and the message log (a group commit or a periodic one).",
         &mut out,
@@ -287,7 +261,7 @@ mod tests {
         h.observe(Duration::from_micros(700));
         h.observe(Duration::from_secs(3));
         let mut out = String::new();
-        h.render("f", "help", &mut out);
+        render_histogram(&h, "f", "help", &mut out);
         assert!(out.contains("f_bucket{le=\"0.0001\"} 1\n"), "{out}");
         assert!(out.contains("f_bucket{le=\"0.001\"} 2\n"), "{out}");
         assert!(out.contains("f_bucket{le=\"1\"} 2\n"), "{out}");

@@ -36,7 +36,7 @@ pub async fn run(
     let alive = Arc::new(());
     let mut tasks = tokio::task::JoinSet::new();
     // Before the first connection: one served without the lot would never park.
-    match connection::start_parking(&broker, alive.clone()) {
+    match crate::parking::start_parking(&broker.parking, alive.clone()) {
         Ok(lot) => {
             tasks.spawn(lot);
         }
@@ -151,7 +151,7 @@ async fn im_timers(broker: Arc<Broker>) {
     loop {
         ticker.tick().await;
         let now = crate::message::now_ms();
-        broker.gate.tick(now, &broker.limits);
+        broker.gate.tick(now);
         if last_purge.elapsed() >= purge_every {
             last_purge = tokio::time::Instant::now();
             broker.gate.purge(now);

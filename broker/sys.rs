@@ -1,76 +1,12 @@
-//! Broker counters and the `$SYS/broker/...` topics that publish them, as Mosquitto does.
+//! The `$SYS/broker/...` topics that publish the broker's counters (`crate::metrics`), as
+//! Mosquitto does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::broker::Broker;
 use crate::message::Message;
-use crate::prometheus::Histogram;
-
-/// Counters updated on the hot path (relaxed atomics: they are statistics, not synchronisation).
-#[derive(Debug)]
-pub struct Metrics {
-    pub started: Instant,
-    pub clients_connected: AtomicU64,
-    pub clients_maximum: AtomicU64,
-    pub messages_received: AtomicU64,
-    pub messages_sent: AtomicU64,
-    pub publish_received: AtomicU64,
-    pub publish_sent: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub dropped: AtomicU64,
-    /// Subscribers found slow: a publisher waited `slow_subscriber_timeout` for their queue.
-    pub slow_subscribers: AtomicU64,
-    /// Store writes and flushes that failed (a full disk, say): shared with the flush thread.
-    pub store_errors: Arc<AtomicU64>,
-    /// Connected clients that came through the WebSocket listener (the rest came over TCP).
-    pub ws_connected: AtomicU64,
-    /// How long flushes of the store and the message log take: shared with the flush thread.
-    pub flush_latency: Arc<Histogram>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            clients_connected: AtomicU64::new(0),
-            clients_maximum: AtomicU64::new(0),
-            messages_received: AtomicU64::new(0),
-            messages_sent: AtomicU64::new(0),
-            publish_received: AtomicU64::new(0),
-            publish_sent: AtomicU64::new(0),
-            bytes_received: AtomicU64::new(0),
-            bytes_sent: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            slow_subscribers: AtomicU64::new(0),
-            store_errors: Arc::new(AtomicU64::new(0)),
-            ws_connected: AtomicU64::new(0),
-            flush_latency: Arc::new(Histogram::default()),
-        }
-    }
-}
-
-impl Metrics {
-    /// Take a connection place if fewer than `max` are taken. Taken before the CONNACK is
-    /// written and in one atomic step, so that CONNECTs racing for the last place cannot all
-    /// have it. Given back with `disconnected`.
-    pub fn try_connect(&self, max: usize) -> bool {
-        let before = self.clients_connected.fetch_add(1, Ordering::Relaxed);
-        if before as usize >= max {
-            self.clients_connected.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        self.clients_maximum
-            .fetch_max(before + 1, Ordering::Relaxed);
-        true
-    }
-
-    pub fn disconnected(&self) {
-        self.clients_connected.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// The `$SYS` topics and their current values.
 pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {

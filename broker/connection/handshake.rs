@@ -276,9 +276,7 @@ impl Conn {
                     .any(|(k, v)| k == "im-sync" && v == "false"),
             };
             // After CONNACK: the roster, every missed message, `sync.done`.
-            broker
-                .gate
-                .connect(device.clone(), now_ms(), &broker.limits);
+            broker.gate.connect(device.clone(), now_ms());
             conn.extra_mut().device = Some(device);
         }
         // The CONNACK and what follows it are written by `serve`: awaiting here, with the new

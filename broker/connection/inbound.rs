@@ -130,9 +130,7 @@ impl Conn {
             ));
         }
         if let Some(device) = self.device() {
-            self.broker
-                .gate
-                .activity(&device.account, now_ms(), &self.broker.limits);
+            self.broker.gate.activity(&device.account, now_ms());
         }
         if crate::im::is_im_topic(&topic) {
             if self.broker.disk.is_low() {
@@ -143,8 +141,7 @@ impl Conn {
                 Some(extra) => (extra.device.as_ref(), Some(&mut extra.last_peer)),
                 None => (None, None),
             };
-            let outcome = self.broker.gate.publish(
-                &self.broker,
+            let mut outcome = self.broker.gate.publish(
                 device,
                 ImPublish {
                     topic: &topic,
@@ -159,6 +156,11 @@ impl Conn {
             if outcome.storage_failed {
                 // Not stored, so not acknowledged, in v3 as in v5: the client sends it again.
                 return Err(Violation(reason::UNSPECIFIED, "storage failure"));
+            }
+            if let Some(answer) = outcome.answer.take()
+                && let Err(err) = self.broker.publish(answer)
+            {
+                tracing::error!(cause = %err, "cannot publish an answer");
             }
             // v3 cannot refuse a PUBLISH: it is acknowledged, dropped, and the sender's inbox
             // gets an error envelope.
@@ -294,13 +296,9 @@ impl Conn {
                 let code = if split.group.is_some() {
                     reason::NOT_AUTHORIZED
                 } else {
-                    self.broker.gate.subscribe(
-                        &self.broker,
-                        self.device(),
-                        split.filter,
-                        opts.qos,
-                        now_ms(),
-                    )
+                    self.broker
+                        .gate
+                        .subscribe(self.device(), split.filter, opts.qos, now_ms())
                 };
                 if temporary
                     && code < 0x80
@@ -398,13 +396,10 @@ impl Conn {
             .and_then(|(_, v)| v.parse::<u64>().ok());
         for filter in filters {
             if crate::im::is_im_topic(&filter) {
-                let code = self.broker.gate.unsubscribe(
-                    &self.broker,
-                    self.device(),
-                    &filter,
-                    retain_secs,
-                    now_ms(),
-                );
+                let code =
+                    self.broker
+                        .gate
+                        .unsubscribe(self.device(), &filter, retain_secs, now_ms());
                 im_changed |= code == reason::SUCCESS;
                 codes.push(code);
                 continue;

@@ -29,19 +29,20 @@ mod inbound;
 mod park;
 mod pause;
 
-pub use park::{Lot, Parked, Parking, Transport, start_parking};
+pub use park::{Parked, Transport};
 
 use crate::auth::Action;
 use crate::broker::{Broker, Departure};
 use crate::im::{Device, ImPublish, LastPeer};
 use crate::message::{Message, QoS, now_ms};
+use crate::parking::mono_ms;
 use crate::persist::{self, QueuedHeader};
 use crate::session::{Delivery, Eviction, Outgoing, Session, SubOpts};
 use crate::topic;
 use crate::wire::{
     self, ConnackProps, ConnectIn, Detected, Inbound, Proto, PublishIn, Will, reason,
 };
-use park::{Clock, PARK_AFTER_MS, mono_ms};
+use park::{Clock, PARK_AFTER_MS};
 
 /// Bytes one read takes at most, into the worker thread's scratch buffer (see `Io::fill`).
 const READ_CHUNK: usize = 64 * 1024;
@@ -438,7 +439,7 @@ impl Conn {
         first: Option<Event>,
     ) -> Stop {
         let parking = self.broker.parking.is_on();
-        let mut timer = pin!(tokio::time::sleep_until(park::instant_at(
+        let mut timer = pin!(tokio::time::sleep_until(crate::parking::instant_at(
             clock.next_check(parking, true, mono_ms())
         )));
         // Input already read and not yet decoded (what came in the same read as the CONNECT)
@@ -481,7 +482,7 @@ impl Conn {
                         None => Poll::Pending,
                     });
                     let stuck = async {
-                        tokio::time::sleep_until(park::instant_at(stuck_at)).await;
+                        tokio::time::sleep_until(crate::parking::instant_at(stuck_at)).await;
                     };
                     let wake = poll_fn(|cx| {
                         if session.lock().poll_wake(owner, cx.waker()) {
@@ -569,7 +570,7 @@ impl Conn {
                         return Stop::Park;
                     }
                     let at = clock.next_check(parking, idle, now);
-                    timer.as_mut().reset(park::instant_at(at));
+                    timer.as_mut().reset(crate::parking::instant_at(at));
                 }
             }
         }
@@ -1022,7 +1023,7 @@ impl Conn {
             .collect();
         let now = now_ms();
         let gate = &self.broker.gate;
-        gate.withdraw_temporary(&self.broker, &device.account, &extra.temporary, now);
-        gate.disconnect(&device, &cursors, now, &self.broker.limits);
+        gate.withdraw_temporary(&device.account, &extra.temporary, now);
+        gate.disconnect(&device, &cursors, now);
     }
 }

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::config::ImSection;
 use crate::message::{Message, MessageProps, QoS, Stamp, now_ms};
-use crate::session::{Delivery, Session};
+use crate::session::{Delivery, QueueLimits, Session};
 
 pub use publish::{ImPublish, LastPeer};
 
@@ -122,6 +122,10 @@ pub struct Gate {
     settings: ImSection,
     /// Where the gate emits what happens in the IM world (messages, presence, relations).
     events: Arc<Events>,
+    /// The queue bound of a device's session (the broker's `[limits]`).
+    limits: QueueLimits,
+    /// Acknowledgements of QoS 1/2 messages wait until they are durable (`durability = "sync"`).
+    sync_acks: bool,
     devices: Mutex<DeviceMap>,
     presence: Mutex<PresenceMap>,
     /// Per group, the sessions its messages go to; emptied when a device comes or goes, and an
@@ -159,11 +163,19 @@ fn json_props() -> Option<Arc<MessageProps>> {
 }
 
 impl Gate {
-    pub fn new(im: Im, settings: ImSection, events: Arc<Events>) -> Self {
+    pub fn new(
+        im: Im,
+        settings: ImSection,
+        events: Arc<Events>,
+        limits: QueueLimits,
+        sync_acks: bool,
+    ) -> Self {
         Self {
             im,
             settings,
             events,
+            limits,
+            sync_acks,
             devices: Mutex::new(DeviceMap::default()),
             presence: Mutex::new(PresenceMap::default()),
             group_sessions: Mutex::new(HashMap::default()),
@@ -232,15 +244,9 @@ impl Gate {
     }
 
     /// Queue `msg` for every online device of `account`, but `except` (the sending device).
-    fn deliver(
-        &self,
-        account: &str,
-        msg: &Arc<Message>,
-        except: Option<&str>,
-        limits: &crate::session::QueueLimits,
-    ) {
+    fn deliver(&self, account: &str, msg: &Arc<Message>, except: Option<&str>) {
         for session in self.sessions_of(account, except) {
-            session.offer(Self::delivery(msg), limits);
+            session.offer(Self::delivery(msg), &self.limits);
         }
     }
 
@@ -260,16 +266,10 @@ impl Gate {
     /// Queue `msg` for every online device of every member of `group` but `sender`. The list of
     /// sessions is derived once (graph, then device table) and kept until either changes, so a
     /// busy group's messages cost one offer per device.
-    fn deliver_to_members(
-        &self,
-        group: &str,
-        sender: &str,
-        msg: &Arc<Message>,
-        limits: &crate::session::QueueLimits,
-    ) {
+    fn deliver_to_members(&self, group: &str, sender: &str, msg: &Arc<Message>) {
         for (account, session) in &self.member_sessions(group).sessions {
             if **account != *sender {
-                session.offer(Self::delivery(msg), limits);
+                session.offer(Self::delivery(msg), &self.limits);
             }
         }
     }
@@ -312,9 +312,9 @@ impl Gate {
     }
 
     /// Send a notice envelope to every device of `to`.
-    pub fn notify(&self, to: &str, envelope: &Value, limits: &crate::session::QueueLimits) {
+    pub fn notify(&self, to: &str, envelope: &Value) {
         let msg = Self::message(inbox_topic(to), json_bytes(envelope), false, None);
-        self.deliver(to, &msg, None, limits);
+        self.deliver(to, &msg, None);
     }
 
     /// Send an envelope to one device's inbox.
@@ -329,10 +329,10 @@ impl Gate {
     }
 
     /// Carry out what a domain operation of `by` asks.
-    pub fn apply(&self, effects: Vec<Effect>, by: &str, limits: &crate::session::QueueLimits) {
+    pub fn apply(&self, effects: Vec<Effect>, by: &str) {
         for effect in effects {
             match effect {
-                Effect::Notify { to, envelope } => self.notify(&to, &envelope, limits),
+                Effect::Notify { to, envelope } => self.notify(&to, &envelope),
                 Effect::ShowPresence { to, of } => self.show_presence(&to, &of),
                 Effect::Related(change) => {
                     // New friends see each other's presence at once (retained). Delivery
@@ -387,7 +387,7 @@ impl Gate {
     }
 
     /// Publish `account`'s presence to its friends and its own devices (retained).
-    fn publish_presence(&self, account: &str, limits: &crate::session::QueueLimits) {
+    fn publish_presence(&self, account: &str) {
         self.events.emit_with(EventKind::Presence, || {
             let (status, text) = match self.presences().get(account) {
                 Some(p) => (p.status.public(), p.text.clone()),
@@ -412,17 +412,11 @@ impl Gate {
             .map(String::as_str)
             .chain(std::iter::once(account))
         {
-            self.deliver(friend, &msg, None, limits);
+            self.deliver(friend, &msg, None);
         }
     }
 
-    fn set_status(
-        &self,
-        account: &str,
-        status: Status,
-        now: u64,
-        limits: &crate::session::QueueLimits,
-    ) {
+    fn set_status(&self, account: &str, status: Status, now: u64) {
         let changed = {
             let mut presences = self.presences();
             let p = presences.entry(Arc::from(account)).or_insert(Presence {
@@ -438,12 +432,12 @@ impl Gate {
             changed
         };
         if changed {
-            self.publish_presence(account, limits);
+            self.publish_presence(account);
         }
     }
 
     /// A packet other than PINGREQ from a person: active, so online again if away by inactivity.
-    pub fn activity(&self, account: &str, now: u64, limits: &crate::session::QueueLimits) {
+    pub fn activity(&self, account: &str, now: u64) {
         let back = {
             let mut presences = self.presences();
             match presences.get_mut(account) {
@@ -456,7 +450,7 @@ impl Gate {
             }
         };
         if back {
-            self.set_status(account, Status::Online, now, limits);
+            self.set_status(account, Status::Online, now);
         }
     }
 
@@ -468,7 +462,7 @@ impl Gate {
     }
 
     /// Persons online with only pings for `away_after` become away. Called on a timer.
-    pub fn tick(&self, now: u64, limits: &crate::session::QueueLimits) {
+    pub fn tick(&self, now: u64) {
         let away_after = self.settings.away_after.saturating_mul(1000);
         let going_away: Vec<Arc<str>> = self
             .presences()
@@ -479,7 +473,7 @@ impl Gate {
             .map(|(a, _)| a.clone())
             .collect();
         for account in going_away {
-            self.set_status(&account, Status::Away, now, limits);
+            self.set_status(&account, Status::Away, now);
         }
     }
 
@@ -497,10 +491,10 @@ impl Gate {
     /// A person's device connected: register it, mark them online, and send it the `sync`
     /// envelope, every message it missed (oldest first per conversation), `sync.done`, and its
     /// friends' presence.
-    pub fn connect(&self, device: Device, now: u64, limits: &crate::session::QueueLimits) {
+    pub fn connect(&self, device: Device, now: u64) {
         let account = device.account.clone();
         if !device.sync {
-            self.mark_online(&account, now, limits);
+            self.mark_online(&account, now);
             self.devices_mut().entry(account).or_default().push(device);
             return;
         }
@@ -554,14 +548,14 @@ impl Gate {
         }
         sync.push(envelope(&notice("sync.done", now, json!({ "more": more }))));
         device.session.force_front(sync);
-        self.mark_online(&account, now, limits);
+        self.mark_online(&account, now);
         for friend in self.im.with_graph(|g| g.friends(&account)) {
             Self::deliver_to_device(&device, &self.status_message(&friend));
         }
     }
 
     /// A device of `account` connected: active now, and online.
-    fn mark_online(&self, account: &Arc<str>, now: u64, limits: &crate::session::QueueLimits) {
+    fn mark_online(&self, account: &Arc<str>, now: u64) {
         {
             let mut presences = self.presences();
             let p = presences.entry(account.clone()).or_insert(Presence {
@@ -573,17 +567,11 @@ impl Gate {
             });
             p.last_active = now;
         }
-        self.set_status(account, Status::Online, now, limits);
+        self.set_status(account, Status::Online, now);
     }
 
     /// A device went away: save its cursors; the last device leaving makes the person offline.
-    pub fn disconnect(
-        &self,
-        device: &Device,
-        cursors: &[(String, u64)],
-        now: u64,
-        limits: &crate::session::QueueLimits,
-    ) {
+    pub fn disconnect(&self, device: &Device, cursors: &[(String, u64)], now: u64) {
         if let Err(err) = self
             .im
             .save_cursors(&device.client_id, &device.account, cursors)
@@ -604,7 +592,7 @@ impl Gate {
             if let Err(err) = self.im.set_last_seen(&device.account, now) {
                 tracing::warn!(cause = %err, "cannot save last seen");
             }
-            self.set_status(&device.account, Status::Offline, now, limits);
+            self.set_status(&device.account, Status::Offline, now);
         }
     }
 }

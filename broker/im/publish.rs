@@ -9,8 +9,7 @@ use ntex_bytes::{ByteString, Bytes};
 use serde_json::{Value, json};
 
 use super::{Device, Gate, Status, inbox_topic, json_bytes};
-use crate::broker::Broker;
-use crate::message::{MessageProps, QoS, Stamp};
+use crate::message::{Message, MessageProps, QoS, Stamp};
 use crate::wire::reason;
 
 /// A PUBLISH on an IM topic.
@@ -36,13 +35,16 @@ pub struct LastPeer {
 }
 
 /// What the connection answers: the v5 reason code, and whether to wait for durability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub code: u8,
     pub needs_flush: bool,
     /// The message could not be stored: it must not be acknowledged (the connection closes
     /// without an answer, so the client sends it again).
     pub storage_failed: bool,
+    /// The answer to a `$im/req` that names a plain Response Topic: the caller publishes it on
+    /// the plain publish path (the gate does not route plain topics).
+    pub answer: Option<Arc<Message>>,
 }
 
 fn user_property<'a>(props: Option<&'a MessageProps>, name: &str) -> Option<&'a str> {
@@ -76,7 +78,6 @@ impl Gate {
     /// A PUBLISH on an IM topic by `device` (`None`: an anonymous client or a thing).
     pub fn publish(
         &self,
-        broker: &Broker,
         device: Option<&Device>,
         p: ImPublish<'_>,
         now: u64,
@@ -87,10 +88,11 @@ impl Gate {
                 code: reason::NOT_AUTHORIZED,
                 needs_flush: false,
                 storage_failed: false,
+                answer: None,
             };
         };
         // The connection has marked the person active (every packet does).
-        match self.publish_as(broker, device, &p, now, last_peer) {
+        match self.publish_as(device, &p, now, last_peer) {
             Ok(outcome) => outcome,
             Err(err @ ImError::Store(_)) => {
                 tracing::error!(account = %device.account, topic = p.topic, cause = %err, "IM message not stored: not acknowledged");
@@ -98,6 +100,7 @@ impl Gate {
                     code: reason::UNSPECIFIED,
                     needs_flush: false,
                     storage_failed: true,
+                    answer: None,
                 }
             }
             Err(err) => {
@@ -109,6 +112,7 @@ impl Gate {
                     code: error_code(&err),
                     needs_flush: false,
                     storage_failed: false,
+                    answer: None,
                 }
             }
         }
@@ -116,7 +120,6 @@ impl Gate {
 
     fn publish_as(
         &self,
-        broker: &Broker,
         device: &Device,
         p: &ImPublish<'_>,
         now: u64,
@@ -125,24 +128,23 @@ impl Gate {
         let me: &str = &device.account;
         // IM topics have at most three levels: no allocation to take them apart.
         let levels: smallvec::SmallVec<[&str; 4]> = p.topic.split('/').collect();
-        let durable = p.qos != QoS::AtMostOnce && broker.is_sync();
+        let durable = p.qos != QoS::AtMostOnce && self.sync_acks;
         match levels.as_slice() {
             ["person", peer, "inbox"] => {
                 let (conv, inbox) = self.direct_route(me, peer, last_peer)?;
-                let duplicate =
-                    self.send(broker, device, &conv, peer, p, now, |gate, msg_for| {
-                        gate.deliver(peer, &msg_for(inbox), None, &broker.limits);
-                    })?;
+                let duplicate = self.send(device, &conv, peer, p, now, |gate, msg_for| {
+                    gate.deliver(peer, &msg_for(inbox), None);
+                })?;
                 Ok(Outcome {
                     code: reason::SUCCESS,
                     needs_flush: durable && !duplicate,
                     storage_failed: false,
+                    answer: None,
                 })
             }
             ["group", group] => {
                 self.im.authorize_group(me, group)?;
                 let duplicate = self.send(
-                    broker,
                     device,
                     &Arc::from(conv_group(group)),
                     group,
@@ -150,31 +152,34 @@ impl Gate {
                     now,
                     |gate, msg_for| {
                         let msg = msg_for(ByteString::from(format!("group/{group}")));
-                        gate.deliver_to_members(group, me, &msg, &broker.limits);
+                        gate.deliver_to_members(group, me, &msg);
                     },
                 )?;
                 Ok(Outcome {
                     code: reason::SUCCESS,
                     needs_flush: durable && !duplicate,
                     storage_failed: false,
+                    answer: None,
                 })
             }
             ["person", who, "status"] if *who == me => {
-                self.set_own_status(broker, me, &p.payload, now)?;
+                self.set_own_status(me, &p.payload, now)?;
                 Ok(Outcome {
                     code: reason::SUCCESS,
                     needs_flush: false,
                     storage_failed: false,
+                    answer: None,
                 })
             }
             ["$im", "req"] => {
-                self.request(broker, device, &p.payload, p.props, now);
+                let answer = self.request(device, &p.payload, p.props, now);
                 // A request may have written relations, the bin, cursors: acknowledged means
                 // durable, as for a message.
                 Ok(Outcome {
                     code: reason::SUCCESS,
                     needs_flush: durable,
                     storage_failed: false,
+                    answer,
                 })
             }
             _ => Err(ImError::NotAuthorized(format!(
@@ -229,7 +234,6 @@ impl Gate {
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
-        broker: &Broker,
         device: &Device,
         conv: &Arc<str>,
         to: &str,
@@ -289,19 +293,13 @@ impl Gate {
         if !others.is_empty() {
             let own = msg_for(ByteString::from(inbox_topic(&device.account)));
             for session in others {
-                session.offer(Gate::delivery(&own), &broker.limits);
+                session.offer(Gate::delivery(&own), &self.limits);
             }
         }
         Ok(false)
     }
 
-    fn set_own_status(
-        &self,
-        broker: &Broker,
-        me: &str,
-        payload: &[u8],
-        now: u64,
-    ) -> Result<(), ImError> {
+    fn set_own_status(&self, me: &str, payload: &[u8], now: u64) -> Result<(), ImError> {
         let value: Value = serde_json::from_slice(payload).map_err(|_| {
             ImError::Invalid(
                 r#"status must be JSON: {"presence": "away"|"online", "text": "..."}"#.into(),
@@ -330,26 +328,19 @@ impl Gate {
             }
         };
         match status {
-            Some(status) => self.set_status(me, status, now, &broker.limits),
-            None if text_changed => self.publish_presence(me, &broker.limits),
+            Some(status) => self.set_status(me, status, now),
+            None if text_changed => self.publish_presence(me),
             None => {}
         }
         if text_changed && status.is_some() {
             // `set_status` publishes only on a status change; a new text must show too.
-            self.publish_presence(me, &broker.limits);
+            self.publish_presence(me);
         }
         Ok(())
     }
 
     /// A SUBSCRIBE to an IM filter. Returns the v5 reason code (granted QoS, or 0x87).
-    pub fn subscribe(
-        &self,
-        broker: &Broker,
-        device: Option<&Device>,
-        filter: &str,
-        qos: u8,
-        now: u64,
-    ) -> u8 {
+    pub fn subscribe(&self, device: Option<&Device>, filter: &str, qos: u8, now: u64) -> u8 {
         let Some(device) = device else {
             return reason::NOT_AUTHORIZED;
         };
@@ -357,7 +348,7 @@ impl Gate {
             // The IM world cannot be read by wildcard: every IM topic is granted by the graph.
             return reason::NOT_AUTHORIZED;
         }
-        self.activity(&device.account, now, &broker.limits);
+        self.activity(&device.account, now);
         let granted = qos.min(1);
         let me: &str = &device.account;
         let levels: Vec<&str> = filter.split('/').collect();
@@ -377,7 +368,7 @@ impl Gate {
         };
         match result {
             Ok(effects) => {
-                self.apply(effects, me, &broker.limits);
+                self.apply(effects, me);
                 granted
             }
             Err(err) => {
@@ -394,7 +385,6 @@ impl Gate {
     /// `retain_secs` (default and cap from the configuration).
     pub fn unsubscribe(
         &self,
-        broker: &Broker,
         device: Option<&Device>,
         filter: &str,
         retain_secs: Option<u64>,
@@ -413,7 +403,7 @@ impl Gate {
         };
         match result {
             Ok(effects) => {
-                self.apply(effects, me, &broker.limits);
+                self.apply(effects, me);
                 reason::SUCCESS
             }
             Err(ImError::NotFound(_)) | Err(ImError::NotAuthorized(_)) => {
@@ -429,13 +419,13 @@ impl Gate {
     }
 
     /// Withdraw friend requests that were made with `im-temporary` and are still pending.
-    pub fn withdraw_temporary(&self, broker: &Broker, account: &str, peers: &[String], now: u64) {
+    pub fn withdraw_temporary(&self, account: &str, peers: &[String], now: u64) {
         for peer in peers {
             let pending = self
                 .im
                 .with_graph(|g| g.get(account, peer, "freq").is_some());
             if pending && let Ok(effects) = self.im.friend_remove(account, peer, None, now) {
-                self.apply(effects, account, &broker.limits);
+                self.apply(effects, account);
             }
         }
     }

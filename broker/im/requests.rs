@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 
 use super::publish::{json_payload, res};
 use super::{Device, Gate, inbox_topic, is_im_topic};
-use crate::broker::Broker;
 use crate::message::{Message, MessageProps, QoS};
 
 fn arg<'a>(request: &'a Value, name: &str) -> ImResult<&'a str> {
@@ -26,34 +25,34 @@ fn opt_u64(request: &Value, name: &str) -> Option<u64> {
 }
 
 impl Gate {
+    /// Run a request; the answer goes to the device's inbox, or is returned when it goes to a
+    /// plain Response Topic (for the caller to publish).
     pub(super) fn request(
         &self,
-        broker: &Broker,
         device: &Device,
         payload: &[u8],
         props: Option<&MessageProps>,
         now: u64,
-    ) {
+    ) -> Option<Arc<Message>> {
         let request: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
         let id = request.get("id").cloned().unwrap_or(Value::Null);
         let result = if request.is_object() {
-            self.run(broker, device, &request, now)
+            self.run(device, &request, now)
         } else {
             Err(ImError::Invalid(
                 r#"a request is a JSON object {"id": ..., "op": ...}"#.into(),
             ))
         };
         let answer = res(&id, result, now);
-        self.answer(broker, device, answer, props);
+        self.answer(device, answer, props)
     }
 
     fn answer(
         &self,
-        broker: &Broker,
         device: &Device,
         answer: Value,
         props: Option<&MessageProps>,
-    ) {
+    ) -> Option<Arc<Message>> {
         let response_topic = props.and_then(|p| p.response_topic.clone());
         match response_topic {
             Some(topic) if !is_im_topic(&topic) && crate::topic::validate_name(&topic).is_ok() => {
@@ -72,9 +71,7 @@ impl Gate {
                     publisher: None,
                     stamp: None,
                 };
-                if let Err(err) = broker.publish(Arc::new(msg)) {
-                    tracing::error!(cause = %err, "cannot publish an answer");
-                }
+                Some(Arc::new(msg))
             }
             _ => {
                 let mut msg = Gate::message(
@@ -91,17 +88,17 @@ impl Gate {
                     msg = Arc::new(with);
                 }
                 Gate::deliver_to_device(device, &msg);
+                None
             }
         }
     }
 
-    fn run(&self, broker: &Broker, device: &Device, request: &Value, now: u64) -> ImResult<Value> {
+    fn run(&self, device: &Device, request: &Value, now: u64) -> ImResult<Value> {
         let me: &str = &device.account;
         let op = arg(request, "op")?;
-        let limits = &broker.limits;
         let im = &self.im;
         let done = |effects| {
-            self.apply(effects, me, limits);
+            self.apply(effects, me);
             Ok(json!({}))
         };
         match op {
@@ -123,7 +120,7 @@ impl Gate {
             }
             "friend.request" => {
                 let (state, effects) = im.friend_request(me, arg(request, "peer")?, now)?;
-                self.apply(effects, me, limits);
+                self.apply(effects, me);
                 let state = match state {
                     mqtter_engine::im::FriendState::Friends => "friends",
                     mqtter_engine::im::FriendState::Pending => "pending",
