@@ -1,0 +1,93 @@
+//! Wills: published at once or after their delay, kept in the store while their connection
+//! lives so that a crash does not lose them.
+
+use super::*;
+
+impl Broker {
+    /// Publish the will of connection `owner` now, or after its delay (bounded by the session's
+    /// expiry) unless a new connection for the client id comes first. Its stored record is
+    /// removed once it has gone out.
+    pub(super) fn schedule_will(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        owner: u64,
+        will: Will,
+        session_expiry: u32,
+    ) {
+        let delay = will.delay_secs.min(session_expiry);
+        if delay == 0 {
+            self.publish_will(will);
+            self.forget_will(client_id, owner);
+            return;
+        }
+        let token = self.next_token();
+        self.pending_wills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_id.clone(), PendingWill { token, owner, will });
+        let broker = Arc::clone(self);
+        let client_id = client_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+            let mut pending = broker
+                .pending_wills
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if pending.get(&client_id).is_some_and(|p| p.token == token)
+                && let Some(due) = pending.remove(&client_id)
+            {
+                drop(pending);
+                broker.publish_will(due.will);
+                broker.forget_will(&client_id, due.owner);
+            }
+        });
+    }
+
+    pub(super) fn publish_will(&self, will: Will) {
+        let mut msg = will.msg;
+        // The will's expiry interval counts from when it is published.
+        msg.expires_at_ms = msg.expires_at_ms.map(|secs| now_ms() + secs * 1000);
+        if let Err(err) = self.publish(Arc::new(msg)) {
+            tracing::error!(cause = %err, "cannot publish a will");
+        }
+    }
+
+    /// Keep a new connection's will in the store (or drop an older connection's) so that a crash
+    /// does not lose it. Durable with the next flush.
+    pub fn remember_will(&self, client_id: &str, owner: u64, will: Option<&Will>) {
+        let mut batch = Batch::new();
+        match will {
+            Some(will) => {
+                self.on_disk.will_stored(client_id, owner);
+                let record = WillRecord {
+                    owner,
+                    msg: StoredMessage::from(&will.msg),
+                    delay_secs: will.delay_secs,
+                };
+                batch.put(
+                    Space::Wills,
+                    client_id.as_bytes().to_vec(),
+                    persist::encode(&record),
+                );
+            }
+            None if self.on_disk.take_will(client_id, None) => {
+                batch.remove(Space::Wills, client_id.as_bytes().to_vec());
+            }
+            None => return,
+        }
+        if let Err(err) = self.store.apply(batch) {
+            tracing::error!(cause = %err, client_id, "cannot store a will");
+        }
+    }
+
+    /// The connection `owner` ended: its stored will (if still its own) is no longer needed.
+    pub(super) fn forget_will(&self, client_id: &str, owner: u64) {
+        if self.on_disk.take_will(client_id, Some(owner)) {
+            let mut batch = Batch::new();
+            batch.remove(Space::Wills, client_id.as_bytes().to_vec());
+            if let Err(err) = self.store.apply(batch) {
+                tracing::error!(cause = %err, client_id, "cannot remove a will");
+            }
+        }
+    }
+}
