@@ -23,6 +23,7 @@
 //! - [`sys`]: `$SYS/broker/...`, which publishes them.
 //! - [`prometheus`]: the `/metrics` endpoint (Prometheus text format).
 //! - [`counted_store`]: the `Store` wrapper that counts failed writes.
+//! - [`worlds`]: which world a topic belongs to (plain, IM, `$SYS`), for the connection layer.
 //! - [`im`]: the IM gate: `person/`, `group/`, `$im/` authorised by the graph, presence, sync.
 //! - [`actions`]: the daemon's `mqtter_engine::events::Actions` (what the rules engine does).
 
@@ -49,6 +50,7 @@ pub mod store_bench;
 pub mod sys;
 pub mod topic;
 pub mod wire;
+pub mod worlds;
 
 #[cfg(test)]
 mod layering;

@@ -277,7 +277,7 @@ impl Conn {
             };
             // After CONNACK: the roster, every missed message, `sync.done`.
             broker.gate.connect(device.clone(), now_ms());
-            conn.extra_mut().device = Some(device);
+            conn.extra_mut().im = Some(Connected::new(device));
         }
         // The CONNACK and what follows it are written by `serve`: awaiting here, with the new
         // `Conn` alive, would size every connection's task for this state.

@@ -132,13 +132,15 @@ impl Conn {
         if let Some(device) = self.device() {
             self.broker.gate.activity(&device.account, now_ms());
         }
-        if crate::im::is_im_topic(&topic) {
+        let world = World::of(&topic);
+        if world == World::Im {
             if self.broker.disk.is_low() {
                 return self.refuse_for_disk(wire, p.qos, packet_id);
             }
-            // The device and its remembered peer are two fields of the same `Extra`.
-            let (device, last_peer) = match self.extra.as_deref_mut() {
-                Some(extra) => (extra.device.as_ref(), Some(&mut extra.last_peer)),
+            // The device and its remembered peer are two fields of the same `Connected`.
+            let connected = self.extra.as_deref_mut().and_then(|e| e.im.as_mut());
+            let (device, last_peer) = match connected {
+                Some(connected) => (Some(&connected.device), Some(&mut connected.last_peer)),
                 None => (None, None),
             };
             let mut outcome = self.broker.gate.publish(
@@ -183,7 +185,8 @@ impl Conn {
             }
             return Ok(());
         }
-        let allowed = !topic.starts_with("$SYS")
+        // `$SYS` is the broker's own: no client writes there.
+        let allowed = world != World::Sys
             && self
                 .broker
                 .acl
@@ -291,7 +294,7 @@ impl Conn {
                     continue;
                 }
             };
-            if crate::im::is_im_topic(split.filter) {
+            if World::of(split.filter) == World::Im {
                 // The IM world: a friend request, a join, or one's own inbox and status.
                 let code = if split.group.is_some() {
                     reason::NOT_AUTHORIZED
@@ -302,12 +305,9 @@ impl Conn {
                 };
                 if temporary
                     && code < 0x80
-                    && let Some(peer) = split
-                        .filter
-                        .strip_prefix("person/")
-                        .and_then(|t| t.strip_suffix("/status"))
+                    && let Some(connected) = self.im_mut()
                 {
-                    self.extra_mut().temporary.push(peer.to_owned());
+                    connected.requested_temporarily(split.filter);
                 }
                 im_changed |= code < 0x80;
                 codes.push(self.suback_code(code));
@@ -395,7 +395,7 @@ impl Conn {
             .find(|(k, _)| k == "im-retain-secs")
             .and_then(|(_, v)| v.parse::<u64>().ok());
         for filter in filters {
-            if crate::im::is_im_topic(&filter) {
+            if World::of(&filter) == World::Im {
                 let code =
                     self.broker
                         .gate

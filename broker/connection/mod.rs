@@ -33,7 +33,7 @@ pub use park::{Parked, Transport};
 
 use crate::auth::Action;
 use crate::broker::{Broker, Departure};
-use crate::im::{Device, ImPublish, LastPeer};
+use crate::im::{Connected, Device, ImPublish};
 use crate::message::{Message, QoS, now_ms};
 use crate::parking::mono_ms;
 use crate::persist::{self, QueuedHeader};
@@ -42,6 +42,7 @@ use crate::topic;
 use crate::wire::{
     self, ConnackProps, ConnectIn, Detected, Inbound, Proto, PublishIn, Will, reason,
 };
+use crate::worlds::World;
 use park::{Clock, PARK_AFTER_MS};
 
 /// Bytes one read takes at most, into the worker thread's scratch buffer (see `Io::fill`).
@@ -354,14 +355,8 @@ struct Extra {
     username: Option<String>,
     will: Option<Will>,
     inbound_aliases: HashMap<u16, ByteString>,
-    /// Set when the client is a person: its device in the IM world.
-    device: Option<Device>,
-    /// The last IM sequence number sent per conversation (saved as cursors at the end).
-    cursors: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
-    /// Friend requests made with `im-temporary`, withdrawn at the end if still pending.
-    temporary: Vec<String>,
-    /// The person this device last sent a direct message to (see `LastPeer`).
-    last_peer: LastPeer,
+    /// Set when the client is a person: the IM world's state of its device.
+    im: Option<Connected>,
 }
 
 /// Acknowledgements on their way (see `Conn::flow`).
@@ -400,7 +395,14 @@ impl Conn {
     }
 
     fn device(&self) -> Option<&Device> {
-        self.extra.as_ref().and_then(|e| e.device.as_ref())
+        self.extra
+            .as_ref()
+            .and_then(|e| e.im.as_ref())
+            .map(|c| &c.device)
+    }
+
+    fn im_mut(&mut self) -> Option<&mut Connected> {
+        self.extra.as_mut().and_then(|e| e.im.as_mut())
     }
 
     fn extra_mut(&mut self) -> &mut Extra {
@@ -741,21 +743,7 @@ impl Conn {
                     dup,
                 } => {
                     if let Some(stamp) = &delivery.msg.stamp {
-                        let cursors = &mut self.extra_mut().cursors;
-                        // One lookup for a known conversation; `conv` is cloned only for a new
-                        // one (it is shared by every recipient of the message, and cloning it
-                        // per delivery contends on its count).
-                        let already_sent = match cursors.get_mut(&*stamp.conv) {
-                            Some(cursor) if stamp.seq <= *cursor => true,
-                            Some(cursor) => {
-                                *cursor = stamp.seq;
-                                false
-                            }
-                            None => {
-                                cursors.insert(stamp.conv.clone(), stamp.seq);
-                                false
-                            }
-                        };
+                        let already_sent = self.im_mut().is_some_and(|c| c.already_sent(stamp));
                         if already_sent {
                             // Already sent (it was both in the sync and live).
                             if let Some(id) = packet_id {
@@ -994,13 +982,9 @@ impl Conn {
         Ok(None)
     }
 
-    /// Leave the IM world: what was sent but not acknowledged is owed again (the cursors go back
-    /// before it), temporary requests still pending are withdrawn, the device goes offline.
+    /// Leave the IM world (see `Gate::leave`).
     fn leave_im(&mut self) {
-        let Some(extra) = self.extra.as_mut() else {
-            return;
-        };
-        let Some(device) = extra.device.take() else {
+        let Some(connected) = self.extra.as_mut().and_then(|e| e.im.take()) else {
             return;
         };
         // A persistent session taken over by a new connection keeps its queue and in-flight
@@ -1009,21 +993,11 @@ impl Conn {
             let owner = self.session.lock().owner;
             owner != 0 && owner != self.owner
         };
-        if !taken_over {
-            for stamp in self.session.take_im_unacked() {
-                if let Some(cursor) = extra.cursors.get_mut(&stamp.conv) {
-                    *cursor = (*cursor).min(stamp.seq.saturating_sub(1));
-                }
-            }
-        }
-        let cursors: Vec<(String, u64)> = extra
-            .cursors
-            .iter()
-            .map(|(conv, seq)| (conv.to_string(), *seq))
-            .collect();
-        let now = now_ms();
-        let gate = &self.broker.gate;
-        gate.withdraw_temporary(&device.account, &extra.temporary, now);
-        gate.disconnect(&device, &cursors, now);
+        let unacked = if taken_over {
+            Vec::new()
+        } else {
+            self.session.take_im_unacked()
+        };
+        self.broker.gate.leave(connected, unacked, now_ms());
     }
 }

@@ -7,9 +7,11 @@
 //! module knows devices, presence and the wire shapes.
 //!
 //! - [`Gate`]: online devices per account, presence, delivery, effects.
+//! - `connected`: what the IM world keeps per connection of a device ([`Connected`]).
 //! - `publish`: PUBLISH / SUBSCRIBE / UNSUBSCRIBE on IM topics.
 //! - `requests`: the `$im/req` operations.
 
+mod connected;
 mod publish;
 mod requests;
 
@@ -27,6 +29,7 @@ use crate::config::ImSection;
 use crate::message::{Message, MessageProps, QoS, Stamp, now_ms};
 use crate::session::{Delivery, QueueLimits, Session};
 
+pub use connected::Connected;
 pub use publish::{ImPublish, LastPeer};
 
 /// Does this topic (or filter) belong to the IM world?
