@@ -56,12 +56,14 @@ impl Link {
         packet
     }
 
-    /// The client has sent all it will (TCP: its write side is shut; WebSocket: a close
-    /// frame); the packets the broker sends until it closes.
+    /// The client has sent all it will (TCP: its write side is shut; WebSocket: nothing more is
+    /// sent, the broker closes after the DISCONNECT: a close frame from the client would race
+    /// the broker's answers, since its WebSocket layer replies with a close at once and sends
+    /// no data frame after it); the packets the broker sends until it closes.
     fn finish(mut self) -> Vec<Packet> {
         match &mut self {
             Link::Tcp(client) => client.stream.shutdown(Shutdown::Write).expect("shutdown"),
-            Link::Ws(ws) => ws.send_frame(0x8, &[]),
+            Link::Ws(_) => {}
         }
         let mut seen = Vec::new();
         while let Some(packet) = self.recv() {
