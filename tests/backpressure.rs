@@ -48,6 +48,8 @@ struct Peer {
     expect: usize,
     sip: Option<usize>,
     within: Duration,
+    /// MQTT 5 instead of 3.1.1.
+    v5: bool,
 }
 
 impl Peer {
@@ -61,6 +63,7 @@ impl Peer {
             expect: 0,
             sip: None,
             within: WAIT * 6,
+            v5: false,
         }
     }
 
@@ -71,7 +74,12 @@ impl Peer {
     }
 
     fn connect(&self, mqtt: SocketAddr) -> TcpStream {
-        let mut client = raw::Client::session(mqtt, &Connect::v3(&self.client_id));
+        let connect = if self.v5 {
+            Connect::v5(&self.client_id)
+        } else {
+            Connect::v3(&self.client_id)
+        };
+        let mut client = raw::Client::session(mqtt, &connect);
         if !self.own.is_empty() {
             client.subscribe(&[(&self.own, 1)]);
         }
@@ -86,6 +94,7 @@ impl Peer {
         let (tx, rx) = mpsc::channel();
         let mut reader = stream.try_clone().unwrap();
         let sip = self.sip;
+        let v5 = self.v5;
         let deadline = Instant::now() + self.within;
         thread::spawn(move || {
             let mut buf = Vec::new();
@@ -111,6 +120,13 @@ impl Peer {
                                 usize::from(u16::from_be_bytes([packet.body[0], packet.body[1]]));
                             let at = 2 + topic_len;
                             let id = u16::from_be_bytes([packet.body[at], packet.body[at + 1]]);
+                            // v5: the payload follows the properties.
+                            let at = if v5 {
+                                let (len, used) = raw::read_varint(&packet.body[at + 2..]);
+                                at + used + len
+                            } else {
+                                at
+                            };
                             let index =
                                 u32::from_be_bytes(packet.body[at + 2..at + 6].try_into().unwrap());
                             Seen::Delivery(id, index)
@@ -152,7 +168,7 @@ impl Peer {
             {
                 let id = (next % 65535 + 1) as u16;
                 payload[..4].copy_from_slice(&next.to_be_bytes());
-                out.extend(raw::publish(false, &self.to, 1, false, id, &payload));
+                out.extend(raw::publish(self.v5, &self.to, 1, false, id, &payload));
                 in_flight.insert(id, next);
                 next += 1;
             }
@@ -414,4 +430,23 @@ fn with_the_drop_policy_a_stuck_subscriber_stays_connected_and_misses_messages()
     while sys.next_publish().payload_str() == "0" {
         assert!(Instant::now() < deadline, "the drops are not counted");
     }
+}
+
+/// The same over MQTT 5: a v5 publisher far faster than a v5 subscriber that reads in sips.
+#[test]
+fn a_slow_v5_subscriber_loses_no_acknowledged_qos1_message() {
+    let daemon = Daemon::start_with(&["--allow-anonymous"], Some("[limits]\nmax_queued = 100\n"));
+    let count = 5_000;
+    let mut slow = Peer::new("bp-slow-sub5", "bp/slow5", "", 0);
+    slow.sip = Some(4096);
+    slow.expect = count as usize;
+    slow.v5 = true;
+    let slow = slow.start(daemon.mqtt);
+    let mut publisher = Peer::new("bp-fast-pub5", "", "bp/slow5", count);
+    publisher.size = 1024;
+    publisher.v5 = true;
+    let published = publisher.start(daemon.mqtt).join().unwrap();
+    let received = slow.join().unwrap();
+    assert_eq!(published.acked.len(), count as usize);
+    assert!(published.acked.is_subset(&received.delivered));
 }
