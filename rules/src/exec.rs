@@ -112,6 +112,9 @@ pub(crate) struct Job {
     pub data: Value,
     /// A debounced run that is due (not to be debounced again).
     pub debounced: bool,
+    /// The order in which the event came in (set by `Core::enqueue`): workers may take jobs
+    /// out of order, and debouncing keeps the last to arrive.
+    pub arrival: u64,
 }
 
 pub(crate) enum Work {
@@ -147,6 +150,8 @@ pub struct Core {
     /// Runs per (chain, rule), for `max_repeats`.
     repeats: Mutex<HashMap<ChainRule, Repeats>>,
     ids: AtomicU64,
+    /// Jobs enqueued so far: each job's `arrival`.
+    arrivals: AtomicU64,
     /// The last chain stopped, for the status.
     pub last_stopped: Mutex<Option<Value>>,
 }
@@ -171,6 +176,7 @@ impl Core {
             things: Mutex::default(),
             repeats: Mutex::default(),
             ids: AtomicU64::new(now_ms()),
+            arrivals: AtomicU64::new(0),
             last_stopped: Mutex::default(),
         };
         (Arc::new(core), rx)
@@ -255,6 +261,7 @@ impl Core {
             previous,
             data: Value::Null,
             debounced: false,
+            arrival: 0,
         });
     }
 
@@ -275,7 +282,10 @@ impl Core {
         (!before.is_null()).then_some(before)
     }
 
-    pub(crate) fn enqueue(&self, job: Job) {
+    pub(crate) fn enqueue(&self, mut job: Job) {
+        if !job.debounced {
+            job.arrival = self.arrivals.fetch_add(1, Ordering::Relaxed) + 1;
+        }
         let hits = job.hits.clone();
         let set = job.set.clone();
         match self.tx.try_send(Work::Run(job)) {
@@ -331,6 +341,7 @@ impl Core {
                         previous: None,
                         data,
                         debounced: false,
+                        arrival: 0,
                     });
                 }
                 self.timers.fired(&name);
@@ -372,6 +383,7 @@ impl Core {
                     previous: None,
                     data: Value::Null,
                     debounced: false,
+                    arrival: 0,
                 });
             }
         }
@@ -531,7 +543,11 @@ fn run(core: &Core, engine: &Engine, job: &Job, hit: Hit) {
         state.stats.record(trace, keep);
     };
     if let (Some(wait), false) = (rule.options.debounce, job.debounced) {
-        let seq = state.debounce.fetch_add(1, Ordering::AcqRel) + 1;
+        // Only the last event to arrive waits: a worker that took an earlier one late leaves it.
+        let seq = job.arrival;
+        if state.debounce.fetch_max(seq, Ordering::AcqRel) > seq {
+            return;
+        }
         let due = started_at + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let job = Job {
             set: job.set.clone(),
@@ -540,6 +556,7 @@ fn run(core: &Core, engine: &Engine, job: &Job, hit: Hit) {
             previous: job.previous.clone(),
             data: job.data.clone(),
             debounced: false,
+            arrival: seq,
         };
         core.timers.push(due, Item::Debounce { job, seq });
         return;
