@@ -208,6 +208,24 @@ impl Things {
         });
     }
 
+    /// The owner of `thing` removes the relation `tag` from `person` to it, durably (applied
+    /// to the store); `missing` says why when there is none.
+    fn owner_removes(
+        &self,
+        owner: &str,
+        person: &str,
+        thing: &str,
+        tag: &str,
+        missing: impl FnOnce() -> String,
+    ) -> ThingResult<()> {
+        let _guard = lock(&self.relations);
+        self.require_owner(owner, thing)?;
+        let mut batch = Batch::new();
+        self.take_relation(&mut batch, person, thing, tag, missing)?;
+        self.store.apply(batch)?;
+        Ok(())
+    }
+
     /// The owner ends a share at once (not into a recycle bin: the holder did not remove it).
     pub fn unshare(
         &self,
@@ -216,13 +234,9 @@ impl Things {
         person: &str,
         now: u64,
     ) -> ThingResult<Vec<Effect>> {
-        let _guard = lock(&self.relations);
-        self.require_owner(owner, thing)?;
-        let mut batch = Batch::new();
-        self.take_relation(&mut batch, person, thing, "share", || {
+        self.owner_removes(owner, person, thing, "share", || {
             format!("{thing} is not shared with {person}")
         })?;
-        self.store.apply(batch)?;
         let mut effects = Vec::new();
         Self::unshared(thing, person, owner, now, &mut effects);
         Ok(effects)
@@ -308,13 +322,9 @@ impl Things {
         person: &str,
         now: u64,
     ) -> ThingResult<Vec<Effect>> {
-        let _guard = lock(&self.relations);
-        self.require_owner(owner, thing)?;
-        let mut batch = Batch::new();
-        self.take_relation(&mut batch, person, thing, "follow", || {
+        self.owner_removes(owner, person, thing, "follow", || {
             format!("no follow request from {person}")
         })?;
-        self.store.apply(batch)?;
         Ok(vec![Effect::Notify {
             to: person.to_owned(),
             envelope: notice("thing.follow_rejected", now, json!({ "thing": thing })),
