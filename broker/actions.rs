@@ -106,7 +106,7 @@ impl Actions for BrokerActions {
                 v5: true,
                 sync: false,
             };
-            let mut outcome = broker.gate.publish(
+            let outcome = broker.gate.publish(
                 Some(&device),
                 ImPublish {
                     topic: &action.topic,
@@ -118,7 +118,7 @@ impl Actions for BrokerActions {
                 now_ms(),
                 None,
             );
-            if let Some(answer) = outcome.answer.take() {
+            for answer in outcome.answers.iter().cloned() {
                 broker
                     .publish(answer)
                     .map_err(|err| ActionError::Store(err.to_string()))?;

@@ -35,6 +35,7 @@ use crate::persist::{self, QueuedHeader, SessionRecord, WillRecord};
 use crate::router::Router;
 use crate::session::{Delivery, Eviction, Offered, QueueLimits, Session};
 use crate::wire::Will;
+use crate::worlds::World;
 use mqtter_engine::im::{Im, MessageLog};
 
 mod restore;
@@ -106,7 +107,10 @@ pub struct Broker {
     /// The event seam: every source emits here (plain publishes, the IM world).
     pub events: Arc<Events>,
     /// The IM world: `person/`, `group/`, `$im/` (see `crate::im`).
-    pub gate: Gate,
+    pub gate: Arc<Gate>,
+    /// Every world but plain MQTT and `$SYS`, which the connection layer dispatches to (see
+    /// `crate::worlds`): registering a world is adding it here.
+    pub worlds: Vec<Arc<dyn World>>,
     /// Where idle connections wait without a task (see `crate::connection`).
     pub parking: crate::parking::Parking,
     /// Password checks, bounded (see `crate::logins`).
@@ -173,13 +177,14 @@ impl Broker {
         let disk = Arc::new(Disk::new(config.data.clone(), free_limit));
         let im = Im::open(store.clone(), log.clone(), config.im.engine())?;
         let events = Arc::new(Events::default());
-        let gate = Gate::new(
+        let gate = Arc::new(Gate::new(
             im,
             config.im.clone(),
             events.clone(),
             limits,
             config.durability == Durability::Sync,
-        );
+        ));
+        let worlds: Vec<Arc<dyn World>> = vec![gate.clone()];
         let commit = {
             let store = store.clone();
             let errors = metrics.store_errors.clone();
@@ -192,6 +197,7 @@ impl Broker {
         };
         let broker = Arc::new(Self {
             gate,
+            worlds,
             commit,
             accounts: Accounts::new(store.clone()),
             acl: Acl::new(config.acl.clone()),

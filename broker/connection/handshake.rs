@@ -1,5 +1,6 @@
 //! The CONNECT handshake: protocol detection, authentication, client id, keepalive, will,
-//! session attach and the CONNACK (the IM world's sync starts here too).
+//! session attach and the CONNACK; then the client joins the worlds its account lives in (the
+//! IM world's sync starts there).
 
 use super::*;
 use crate::identity;
@@ -261,23 +262,25 @@ impl Conn {
             conn.session.lock().resend_all(conn.window(), &mut out);
             conn.send(wire, out);
         }
-        if let Some(account) = conn.username()
-            && broker.gate.im.is_person(account)
-        {
-            let device = Device {
-                token: owner,
-                account: Arc::from(account),
-                client_id,
-                session: conn.session.clone(),
-                v5: proto == Proto::V5,
-                sync: !connect
-                    .user_properties
-                    .iter()
-                    .any(|(k, v)| k == "im-sync" && v == "false"),
-            };
-            // After CONNACK: the roster, every missed message, `sync.done`.
-            broker.gate.connect(device.clone(), now_ms());
-            conn.extra_mut().im = Some(Connected::new(device));
+        // After CONNACK: each world the client belongs to queues its sync (the IM world: the
+        // roster, every missed message, `sync.done`).
+        let joining = Joining {
+            token: owner,
+            account: conn.username(),
+            client_id: &client_id,
+            session: &conn.session,
+            v5: proto == Proto::V5,
+            user_properties: &connect.user_properties,
+        };
+        let now = now_ms();
+        let mut members = Members::default();
+        for (at, world) in broker.worlds.iter().enumerate() {
+            if let Some(member) = world.clone().join(&joining, now) {
+                members.push(at, member);
+            }
+        }
+        if !members.is_empty() {
+            conn.extra_mut().members = members;
         }
         // The CONNACK and what follows it are written by `serve`: awaiting here, with the new
         // `Conn` alive, would size every connection's task for this state.

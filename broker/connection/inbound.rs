@@ -1,7 +1,9 @@
-//! What a client sends after CONNECT that changes state: PUBLISH (plain topics and the IM
-//! world), SUBSCRIBE and UNSUBSCRIBE, with their acknowledgements.
+//! What a client sends after CONNECT that changes state: PUBLISH, SUBSCRIBE and UNSUBSCRIBE,
+//! with their acknowledgements. Plain topics go through the ACL and the router; a world's
+//! topics to the connection's member of that world (`crate::worlds`).
 
 use super::*;
+use crate::worlds::Outcome;
 
 impl Conn {
     /// A v5 reason code as the client's protocol says it (v3 SUBACK: 0x80 for any failure).
@@ -129,40 +131,36 @@ impl Conn {
                 "subscription identifier in a PUBLISH",
             ));
         }
-        if let Some(device) = self.device() {
-            self.broker.gate.activity(&device.account, now_ms());
+        let now = now_ms();
+        if let Some(members) = self.members() {
+            members.each().for_each(|m| m.active(now));
         }
-        let world = World::of(&topic);
-        if world == World::Im {
+        let route = Route::of(&self.broker.worlds, &topic);
+        if let Route::World(world) = route {
             if self.broker.disk.is_low() {
                 return self.refuse_for_disk(wire, p.qos, packet_id);
             }
-            // The device and its remembered peer are two fields of the same `Connected`.
-            let connected = self.extra.as_deref_mut().and_then(|e| e.im.as_mut());
-            let (device, last_peer) = match connected {
-                Some(connected) => (Some(&connected.device), Some(&mut connected.last_peer)),
-                None => (None, None),
+            let publish = Publish {
+                topic: &topic,
+                payload: p.payload,
+                qos: p.qos,
+                props: p.props.as_ref(),
+                by_rule: false,
             };
-            let mut outcome = self.broker.gate.publish(
-                device,
-                ImPublish {
-                    topic: &topic,
-                    payload: p.payload,
-                    qos: p.qos,
-                    props: p.props.as_ref(),
-                    by_rule: false,
-                },
-                now_ms(),
-                last_peer,
-            );
+            // A client that is no member of the world (anonymous, or another kind of account)
+            // may not publish there.
+            let outcome = match self.members().and_then(|m| m.of(world)) {
+                Some(member) => member.publish(publish, now),
+                None => Outcome::code(reason::NOT_AUTHORIZED),
+            };
             if outcome.storage_failed {
                 // Not stored, so not acknowledged, in v3 as in v5: the client sends it again.
                 return Err(Violation(reason::UNSPECIFIED, "storage failure"));
             }
-            if let Some(answer) = outcome.answer.take()
-                && let Err(err) = self.broker.publish(answer)
-            {
-                tracing::error!(cause = %err, "cannot publish an answer");
+            for answer in outcome.answers {
+                if let Err(err) = self.broker.publish(answer) {
+                    tracing::error!(cause = %err, "cannot publish an answer");
+                }
             }
             // v3 cannot refuse a PUBLISH: it is acknowledged, dropped, and the sender's inbox
             // gets an error envelope.
@@ -186,7 +184,7 @@ impl Conn {
             return Ok(());
         }
         // `$SYS` is the broker's own: no client writes there.
-        let allowed = world != World::Sys
+        let allowed = route != Route::Sys
             && self
                 .broker
                 .acl
@@ -211,7 +209,6 @@ impl Conn {
             }
             return Ok(());
         }
-        let now = now_ms();
         let msg = Message {
             topic,
             payload: p.payload,
@@ -278,10 +275,8 @@ impl Conn {
     ) -> Result<(), Violation> {
         let mut codes = Vec::with_capacity(filters.len());
         let mut retained: Vec<Delivery> = Vec::new();
-        let mut im_changed = false;
-        let temporary = user_properties
-            .iter()
-            .any(|(k, v)| k == "im-temporary" && v == "true");
+        let mut world_changed = false;
+        let now = now_ms();
         for (filter, opts) in filters {
             let split = match topic::split_share(&filter) {
                 Ok(split) => split,
@@ -294,22 +289,16 @@ impl Conn {
                     continue;
                 }
             };
-            if World::of(split.filter) == World::Im {
-                // The IM world: a friend request, a join, or one's own inbox and status.
-                let code = if split.group.is_some() {
-                    reason::NOT_AUTHORIZED
-                } else {
-                    self.broker
-                        .gate
-                        .subscribe(self.device(), split.filter, opts.qos, now_ms())
+            if let Route::World(world) = Route::of(&self.broker.worlds, split.filter) {
+                // A world's filter: granted (or refused) by the world, never shared.
+                let member = self.members().and_then(|m| m.of(world));
+                let code = match member {
+                    Some(member) if split.group.is_none() => {
+                        member.subscribe(split.filter, opts.qos, user_properties, now)
+                    }
+                    _ => reason::NOT_AUTHORIZED,
                 };
-                if temporary
-                    && code < 0x80
-                    && let Some(connected) = self.im_mut()
-                {
-                    connected.requested_temporarily(split.filter);
-                }
-                im_changed |= code < 0x80;
+                world_changed |= code < 0x80;
                 codes.push(self.suback_code(code));
                 continue;
             }
@@ -367,7 +356,7 @@ impl Conn {
             }
         }
         self.broker.save_session(&self.session, None);
-        if im_changed && self.broker.is_sync() {
+        if world_changed && self.broker.is_sync() {
             self.flow_mut().held.push(HeldAck::SubAck(packet_id, codes));
         } else {
             // SUBACKs are not ordered with PUBACKs: no need to wait behind held ones, and the
@@ -389,18 +378,15 @@ impl Conn {
         user_properties: &[(ByteString, ByteString)],
     ) {
         let mut codes = Vec::with_capacity(filters.len());
-        let mut im_changed = false;
-        let retain_secs = user_properties
-            .iter()
-            .find(|(k, _)| k == "im-retain-secs")
-            .and_then(|(_, v)| v.parse::<u64>().ok());
+        let mut world_changed = false;
+        let now = now_ms();
         for filter in filters {
-            if World::of(&filter) == World::Im {
-                let code =
-                    self.broker
-                        .gate
-                        .unsubscribe(self.device(), &filter, retain_secs, now_ms());
-                im_changed |= code == reason::SUCCESS;
+            if let Route::World(world) = Route::of(&self.broker.worlds, &filter) {
+                let code = match self.members().and_then(|m| m.of(world)) {
+                    Some(member) => member.unsubscribe(&filter, user_properties, now),
+                    None => reason::NO_SUBSCRIPTION_EXISTED,
+                };
+                world_changed |= code == reason::SUCCESS;
                 codes.push(code);
                 continue;
             }
@@ -424,7 +410,7 @@ impl Conn {
             });
         }
         self.broker.save_session(&self.session, None);
-        if im_changed && self.broker.is_sync() {
+        if world_changed && self.broker.is_sync() {
             self.flow_mut()
                 .held
                 .push(HeldAck::UnsubAck(packet_id, codes));

@@ -33,7 +33,6 @@ pub use park::{Parked, Transport};
 
 use crate::auth::Action;
 use crate::broker::{Broker, Departure};
-use crate::im::{Connected, Device, ImPublish};
 use crate::message::{Message, QoS, now_ms};
 use crate::parking::mono_ms;
 use crate::persist::{self, QueuedHeader};
@@ -42,7 +41,7 @@ use crate::topic;
 use crate::wire::{
     self, ConnackProps, ConnectIn, Detected, Inbound, Proto, PublishIn, Will, reason,
 };
-use crate::worlds::World;
+use crate::worlds::{Joining, Members, Publish, Route};
 use park::{Clock, PARK_AFTER_MS};
 
 /// Bytes one read takes at most, into the worker thread's scratch buffer (see `Io::fill`).
@@ -355,8 +354,8 @@ struct Extra {
     username: Option<String>,
     will: Option<Will>,
     inbound_aliases: HashMap<u16, ByteString>,
-    /// Set when the client is a person: the IM world's state of its device.
-    im: Option<Connected>,
+    /// The worlds this client is a member of, each with its state of the connection.
+    members: Members,
 }
 
 /// Acknowledgements on their way (see `Conn::flow`).
@@ -394,15 +393,12 @@ impl Conn {
         self.extra.as_ref().and_then(|e| e.username.as_deref())
     }
 
-    fn device(&self) -> Option<&Device> {
+    /// The worlds' members of this connection (none for most plain clients).
+    fn members(&mut self) -> Option<&mut Members> {
         self.extra
-            .as_ref()
-            .and_then(|e| e.im.as_ref())
-            .map(|c| &c.device)
-    }
-
-    fn im_mut(&mut self) -> Option<&mut Connected> {
-        self.extra.as_mut().and_then(|e| e.im.as_mut())
+            .as_mut()
+            .map(|e| &mut e.members)
+            .filter(|m| !m.is_empty())
     }
 
     fn extra_mut(&mut self) -> &mut Extra {
@@ -655,7 +651,7 @@ impl Conn {
             (End::NormalWithWill | End::Abnormal, Some(will)) => Departure::Will(will),
             _ => Departure::Goodbye,
         };
-        self.leave_im();
+        self.leave_worlds();
         self.broker.detach(&self.session, self.owner, departure);
     }
 
@@ -743,7 +739,9 @@ impl Conn {
                     dup,
                 } => {
                     if let Some(stamp) = &delivery.msg.stamp {
-                        let already_sent = self.im_mut().is_some_and(|c| c.already_sent(stamp));
+                        let already_sent = self
+                            .members()
+                            .is_some_and(|m| m.each().any(|m| m.already_sent(stamp)));
                         if already_sent {
                             // Already sent (it was both in the sync and live).
                             if let Some(id) = packet_id {
@@ -938,8 +936,9 @@ impl Conn {
                 user_properties,
             } => self.on_unsubscribe(wire, packet_id, filters, &user_properties),
             Inbound::PingReq => {
-                if let Some(device) = self.device() {
-                    self.broker.gate.ping(&device.account, now_ms());
+                if let Some(members) = self.members() {
+                    let now = now_ms();
+                    members.each().for_each(|m| m.ping(now));
                 }
                 wire.pingresp()
             }
@@ -982,22 +981,21 @@ impl Conn {
         Ok(None)
     }
 
-    /// Leave the IM world (see `Gate::leave`).
-    fn leave_im(&mut self) {
-        let Some(connected) = self.extra.as_mut().and_then(|e| e.im.take()) else {
+    /// Leave every world the connection is a member of (see `Member::leave`).
+    fn leave_worlds(&mut self) {
+        let Some(members) = self.members() else {
             return;
         };
+        let members: Vec<_> = members.take().collect();
         // A persistent session taken over by a new connection keeps its queue and in-flight
         // messages: the new connection delivers them (and its own sync is queued there too).
         let taken_over = {
             let owner = self.session.lock().owner;
             owner != 0 && owner != self.owner
         };
-        let unacked = if taken_over {
-            Vec::new()
-        } else {
-            self.session.take_im_unacked()
-        };
-        self.broker.gate.leave(connected, unacked, now_ms());
+        let now = now_ms();
+        for member in members {
+            member.leave(taken_over, now);
+        }
     }
 }

@@ -9,19 +9,12 @@ use ntex_bytes::{ByteString, Bytes};
 use serde_json::{Value, json};
 
 use super::{Device, Gate, Status, inbox_topic, json_bytes};
-use crate::message::{Message, MessageProps, QoS, Stamp};
+use crate::message::{MessageProps, QoS, Stamp};
 use crate::wire::reason;
+use crate::worlds::{Outcome, Publish};
 
 /// A PUBLISH on an IM topic.
-#[derive(Debug)]
-pub struct ImPublish<'a> {
-    pub topic: &'a str,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub props: Option<&'a MessageProps>,
-    /// Sent by the rules engine as the device's account (an action), not by a client.
-    pub by_rule: bool,
-}
+pub type ImPublish<'a> = Publish<'a>;
 
 /// What a connection remembers of the person it last sent a direct message to, so that the
 /// next message to them skips the graph and a few allocations. Valid while the graph's version
@@ -32,19 +25,6 @@ pub struct LastPeer {
     conv: Option<Arc<str>>,
     inbox: ByteString,
     graph_version: u64,
-}
-
-/// What the connection answers: the v5 reason code, and whether to wait for durability.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub code: u8,
-    pub needs_flush: bool,
-    /// The message could not be stored: it must not be acknowledged (the connection closes
-    /// without an answer, so the client sends it again).
-    pub storage_failed: bool,
-    /// The answer to a `$im/req` that names a plain Response Topic: the caller publishes it on
-    /// the plain publish path (the gate does not route plain topics).
-    pub answer: Option<Arc<Message>>,
 }
 
 fn user_property<'a>(props: Option<&'a MessageProps>, name: &str) -> Option<&'a str> {
@@ -84,36 +64,21 @@ impl Gate {
         last_peer: Option<&mut LastPeer>,
     ) -> Outcome {
         let Some(device) = device else {
-            return Outcome {
-                code: reason::NOT_AUTHORIZED,
-                needs_flush: false,
-                storage_failed: false,
-                answer: None,
-            };
+            return Outcome::code(reason::NOT_AUTHORIZED);
         };
         // The connection has marked the person active (every packet does).
         match self.publish_as(device, &p, now, last_peer) {
             Ok(outcome) => outcome,
             Err(err @ ImError::Store(_)) => {
                 tracing::error!(account = %device.account, topic = p.topic, cause = %err, "IM message not stored: not acknowledged");
-                Outcome {
-                    code: reason::UNSPECIFIED,
-                    needs_flush: false,
-                    storage_failed: true,
-                    answer: None,
-                }
+                Outcome::storage_failed()
             }
             Err(err) => {
                 tracing::debug!(account = %device.account, topic = p.topic, cause = %err, "IM publish refused");
                 if !device.v5 {
                     Self::tell_device(device, &error_envelope(&err, p.topic, now));
                 }
-                Outcome {
-                    code: error_code(&err),
-                    needs_flush: false,
-                    storage_failed: false,
-                    answer: None,
-                }
+                Outcome::code(error_code(&err))
             }
         }
     }
@@ -139,7 +104,7 @@ impl Gate {
                     code: reason::SUCCESS,
                     needs_flush: durable && !duplicate,
                     storage_failed: false,
-                    answer: None,
+                    answers: Vec::new(),
                 })
             }
             ["group", group] => {
@@ -159,7 +124,7 @@ impl Gate {
                     code: reason::SUCCESS,
                     needs_flush: durable && !duplicate,
                     storage_failed: false,
-                    answer: None,
+                    answers: Vec::new(),
                 })
             }
             ["person", who, "status"] if *who == me => {
@@ -168,7 +133,7 @@ impl Gate {
                     code: reason::SUCCESS,
                     needs_flush: false,
                     storage_failed: false,
-                    answer: None,
+                    answers: Vec::new(),
                 })
             }
             ["$im", "req"] => {
@@ -179,7 +144,7 @@ impl Gate {
                     code: reason::SUCCESS,
                     needs_flush: durable,
                     storage_failed: false,
-                    answer,
+                    answers: answer.into_iter().collect(),
                 })
             }
             _ => Err(ImError::NotAuthorized(format!(
