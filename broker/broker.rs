@@ -470,7 +470,12 @@ impl Broker {
         if is_system(&msg.topic) {
             // `$SYS` values are the broker's own, published anew every interval from the first
             // moment: kept in memory only (no store write per tick, nothing stale after a restart).
-            retained.insert(msg.topic.clone(), msg.clone());
+            // An empty one clears its topic, as any retained message.
+            if msg.payload.is_empty() {
+                retained.remove(&msg.topic);
+            } else {
+                retained.insert(msg.topic.clone(), msg.clone());
+            }
         } else if msg.payload.is_empty() {
             // An empty retained message clears the topic and is not stored [MQTT-3.3.1-10].
             if retained.remove(&msg.topic).is_some() {

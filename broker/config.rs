@@ -53,8 +53,9 @@ metrics_listen = ""
 # Seconds between $SYS/broker/... updates. 0 turns them off.
 sys_interval = 10
 
-# The definitions folder: YAML files declaring persons, things, groups and relations (see
-# docs/DEFINITIONS.md), loaded at start. Empty: none.
+# The rules folder: YAML files declaring persons, things, groups, relations (docs/DEFINITIONS.md)
+# and rules, and the rules' .rhai scripts (docs/RULES.md). Watched: a change reloads it. Empty:
+# none, and no rules engine.
 rules_dir = ""
 
 [limits]
@@ -122,6 +123,33 @@ test_hang_while = ""
 disk_free_limit = "100MiB"
 # Milliseconds between two looks at the free space.
 disk_check_interval_ms = 1000
+
+[rules]
+# The rules engine (docs/RULES.md), running the rules of `rules_dir`.
+# The account a rule acts as when it names none (`as:`); it must exist to act.
+account = "rules"
+# The time zone of cron schedules and of hour(), minute(), weekday(): an IANA name.
+time_zone = "UTC"
+# A rule does not run on an event this many hops into its chain (a chain is stopped, reported).
+max_hops = 16
+# A rule does not run more than this many times in one chain (a loop between rules stops).
+max_repeats = 8
+# Threads that run rules (never the network's).
+workers = 2
+# Events waiting for a worker, at most; when full, an event's rules are not run (counted in
+# $SYS/mqtter/rules/status as queue_full, and per rule as dropped).
+queue = 10000
+# Per run: Rhai operations, call depth, the largest string, array or map, and the wall-clock
+# budget in milliseconds. A run over any of them is stopped and traced.
+max_operations = 1000000
+max_call_levels = 32
+max_size = 65536
+budget_ms = 250
+# Traces kept per rule ($SYS/mqtter/rules/RULE/traces, `mqtter rules trace RULE`).
+traces = 20
+# Milliseconds between two publications of the counters and traces on $SYS/mqtter/rules/...
+# (only what changed is published; the status is also published at every reload).
+publish_interval_ms = 1000
 
 [im]
 # The IM world (person/, group/, $im/ topics; docs/PROTOCOL.md).
@@ -294,6 +322,71 @@ impl StoreSection {
     }
 }
 
+/// The `[rules]` section: the rules engine's settings (`mqtter_rules::Config`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RulesSection {
+    pub account: String,
+    pub time_zone: String,
+    pub max_hops: u32,
+    pub max_repeats: u32,
+    pub workers: usize,
+    pub queue: usize,
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    pub max_size: usize,
+    pub budget_ms: u64,
+    pub traces: usize,
+    pub publish_interval_ms: u64,
+}
+
+impl Default for RulesSection {
+    fn default() -> Self {
+        let engine = mqtter_rules::Config::default();
+        Self {
+            account: engine.account,
+            time_zone: engine.time_zone.name().to_owned(),
+            max_hops: engine.max_hops,
+            max_repeats: engine.max_repeats,
+            workers: engine.workers,
+            queue: engine.queue,
+            max_operations: engine.max_operations,
+            max_call_levels: engine.max_call_levels,
+            max_size: engine.max_size,
+            budget_ms: u64::try_from(engine.budget.as_millis()).unwrap_or(u64::MAX),
+            traces: engine.traces,
+            publish_interval_ms: 1000,
+        }
+    }
+}
+
+impl RulesSection {
+    /// The engine's settings; an unknown time zone is an error.
+    pub fn engine(&self) -> Result<mqtter_rules::Config, ConfigError> {
+        let time_zone = self
+            .time_zone
+            .parse::<mqtter_rules::TimeZone>()
+            .map_err(|err| ConfigError::Invalid {
+                key: "rules.time_zone",
+                value: self.time_zone.clone(),
+                reason: err.to_string(),
+            })?;
+        Ok(mqtter_rules::Config {
+            account: self.account.clone(),
+            time_zone,
+            max_hops: self.max_hops,
+            max_repeats: self.max_repeats,
+            workers: self.workers,
+            queue: self.queue,
+            max_operations: self.max_operations,
+            max_call_levels: self.max_call_levels,
+            max_size: self.max_size,
+            budget: std::time::Duration::from_millis(self.budget_ms),
+            traces: self.traces,
+        })
+    }
+}
+
 /// The `[im]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -354,6 +447,7 @@ pub struct Config {
     pub rules_dir: PathBuf,
     pub limits: Limits,
     pub store: StoreSection,
+    pub rules: RulesSection,
     pub im: ImSection,
     pub acl: Vec<AclRule>,
 }
@@ -377,6 +471,7 @@ impl Default for Config {
             rules_dir: PathBuf::new(),
             limits: Limits::default(),
             store: StoreSection::default(),
+            rules: RulesSection::default(),
             im: ImSection::default(),
             acl: Vec::new(),
         }
@@ -457,6 +552,7 @@ impl Config {
                 reason,
             });
         }
+        self.rules.engine()?;
         if self.limits.max_inflight == 0 || self.limits.receive_maximum == 0 {
             return Err(ConfigError::Invalid {
                 key: "limits",
@@ -488,6 +584,9 @@ mod tests {
         let config: Config =
             toml::from_str("[[acl]]\ntopic = \"a/#/b\"\naccess = \"read\"").unwrap();
         assert!(config.check().is_err());
+        let config: Config = toml::from_str("[rules]\ntime_zone = \"Mars/Olympus\"").unwrap();
+        let err = config.check().unwrap_err().to_string();
+        assert!(err.contains("rules.time_zone"), "{err}");
         let config: Config = toml::from_str("[store]\ndisk_free_limit = \"much\"").unwrap();
         let err = config.check().unwrap_err().to_string();
         assert!(err.contains("disk_free_limit"), "{err}");

@@ -26,9 +26,12 @@
 //! - [`worlds`]: which world a topic belongs to (plain, IM, `$SYS`), for the connection layer.
 //! - [`im`]: the IM gate: `person/`, `group/`, `$im/` authorised by the graph, presence, sync.
 //! - [`actions`]: the daemon's `mqtter_engine::events::Actions` (what the rules engine does).
+//! - [`automation`]: the rules engine in the daemon, and its `$SYS/mqtter/rules/...` topics.
+//! - [`rules_cli`]: `mqtter rules list` and `mqtter rules trace`, read from a running daemon.
 
 pub mod actions;
 pub mod auth;
+pub mod automation;
 pub mod broker;
 pub mod config;
 pub mod connection;
@@ -44,6 +47,7 @@ pub mod parking;
 pub mod persist;
 pub mod prometheus;
 pub mod router;
+pub mod rules_cli;
 pub mod server;
 pub mod session;
 pub mod store_bench;

@@ -49,6 +49,8 @@ enum Command {
         /// The folder (`rules_dir`).
         dir: PathBuf,
     },
+    /// What a running daemon's rules engine says: `list` (status and counters), `trace RULE`.
+    Rules(mqtter::rules_cli::RulesArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -157,6 +159,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(mqtter_bench::run(args)).map(|_| ())
         }
         Command::BenchStore(args) => mqtter::store_bench::run(args),
+        Command::Rules(args) => mqtter::rules_cli::run(args),
     }
 }
 
@@ -251,7 +254,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 "definitions loaded"
             );
         }
-        let shutdown = shutdown_signal();
+        // The rules engine, after the definitions (its rules act as their accounts); stopped
+        // when the stop begins, so that no action comes after the last flush.
+        let automation = mqtter::automation::Automation::start(&broker)?;
+        let signal = shutdown_signal();
+        let shutdown = async move {
+            signal.await;
+            if let Some(mut automation) = automation {
+                let _ = tokio::task::spawn_blocking(move || automation.stop()).await;
+            }
+        };
         // One line on stdout that scripts and tests read to find the ports.
         // Not `println!`: stdout on a full disk must not stop the daemon.
         let ws_part = ws_local.map(|ws| format!(" ws={ws}{}", config.ws_path)).unwrap_or_default();

@@ -10,8 +10,8 @@ fn check(dir: &std::path::Path) -> (bool, String) {
         .arg(dir)
         .output()
         .expect("mqtter check runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + String::from_utf8_lossy(&out.stderr).as_ref();
     (out.status.success(), text)
 }
 

@@ -29,6 +29,8 @@ mod mosquitto;
 mod pipelining;
 mod qos;
 mod retained;
+mod rules_status;
+mod rules_triggers;
 mod sessions;
 mod smoke;
 mod store_engines;

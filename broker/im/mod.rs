@@ -213,6 +213,13 @@ impl Gate {
         self.devices().get(account).cloned().unwrap_or_default()
     }
 
+    /// A person's presence as their friends see it (offline when not connected).
+    pub fn presence_of(&self, account: &str) -> PresenceStatus {
+        self.presences()
+            .get(account)
+            .map_or(PresenceStatus::Offline, |p| p.status.public())
+    }
+
     pub fn is_online(&self, account: &str) -> bool {
         self.devices().get(account).is_some_and(|d| !d.is_empty())
     }

@@ -243,6 +243,15 @@ impl Interest {
     pub fn contains(self, kind: EventKind) -> bool {
         self.0 & kind as u32 != 0
     }
+
+    /// One bit per [`EventKind`] (for a consumer that keeps its interest in an atomic).
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u32) -> Self {
+        Interest(bits)
+    }
 }
 
 /// A consumer of events (the rules engine, a simulator, a test). `on_event` runs on the thread
@@ -251,7 +260,8 @@ impl Interest {
 /// not block, and must not call [`Actions`] itself; real work (and every action) goes to the
 /// consumer's own threads.
 pub trait EventSink: Send + Sync {
-    /// The kinds this consumer wants; asked once, when it is added.
+    /// The kinds this consumer wants; asked when it is added and again at each
+    /// [`Events::refresh_interest`] (a consumer whose wants change calls it).
     fn interest(&self) -> Interest;
     fn on_event(&self, event: &Event);
 }
@@ -279,6 +289,19 @@ impl Events {
         let mut sinks = self.sinks.write().unwrap_or_else(|p| p.into_inner());
         sinks.push((interest, sink));
         self.wanted.fetch_or(interest.0, Ordering::Release);
+    }
+
+    /// Ask every consumer its interest again (one whose wants changed, as a rules engine after
+    /// a reload, calls this). A consumer that wants more should be asked before it needs the
+    /// new kinds, and one that wants less after: see `mqtter_rules::Rules::reload`.
+    pub fn refresh_interest(&self) {
+        let mut sinks = self.sinks.write().unwrap_or_else(|p| p.into_inner());
+        let mut wanted = 0;
+        for (interest, sink) in sinks.iter_mut() {
+            *interest = sink.interest();
+            wanted |= interest.0;
+        }
+        self.wanted.store(wanted, Ordering::Release);
     }
 
     /// Does any consumer want `kind`? A source asks before it builds the event.
@@ -395,6 +418,34 @@ mod tests {
         events.emit_with(EventKind::Presence, || presence("a"));
         assert_eq!(all.1.lock().unwrap().len(), 1);
         assert!(some.1.lock().unwrap().is_empty());
+    }
+
+    /// A consumer whose wants change: asked again, the seam follows it.
+    struct Changing(AtomicU32, Mutex<Vec<Event>>);
+    impl EventSink for Changing {
+        fn interest(&self) -> Interest {
+            Interest(self.0.load(Ordering::Relaxed))
+        }
+        fn on_event(&self, event: &Event) {
+            self.1.lock().unwrap().push(event.clone());
+        }
+    }
+
+    #[test]
+    fn a_refreshed_interest_widens_and_narrows() {
+        let events = Events::default();
+        let sink = Arc::new(Changing(AtomicU32::new(0), Mutex::default()));
+        events.add_sink(sink.clone());
+        assert!(!events.wants(EventKind::Presence));
+        sink.0.store(EventKind::Presence as u32, Ordering::Relaxed);
+        events.refresh_interest();
+        assert!(events.wants(EventKind::Presence));
+        events.emit_with(EventKind::Presence, || presence("a"));
+        assert_eq!(sink.1.lock().unwrap().len(), 1);
+        sink.0.store(0, Ordering::Relaxed);
+        events.refresh_interest();
+        assert!(!events.wants(EventKind::Presence));
+        events.emit_with(EventKind::Presence, || unreachable!("nobody wants it now"));
     }
 
     #[test]

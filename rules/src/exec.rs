@@ -194,6 +194,12 @@ impl Core {
 
     /// Put `rules` in force, and their schedules on the timers.
     pub fn install(&self, rules: Vec<Rule>) {
+        self.install_with(rules, |_| ());
+    }
+
+    /// As [`Core::install`], calling `before` with the new set's index just before it is put in
+    /// force.
+    pub fn install_with<T>(&self, rules: Vec<Rule>, before: impl FnOnce(&Index) -> T) -> T {
         let generation = self.set.load().generation + 1;
         let rules: Vec<Loaded> = rules
             .into_iter()
@@ -219,7 +225,9 @@ impl Core {
                 );
             }
         }
+        let out = before(&set.index);
         self.set.store(set);
+        out
     }
 
     fn next_schedule(&self, set: &RuleSet, hit: Hit) -> Option<u64> {

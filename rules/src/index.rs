@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::events::{Event, EventData, RelationChange};
+use crate::events::{Event, EventData, EventKind, Interest, RelationChange};
 use crate::model::{By, RelationKind, Rule, Trigger};
 
 /// A rule and which of its triggers matched.
@@ -88,6 +88,28 @@ impl Index {
         index
     }
 
+    /// The kinds of event some enabled rule of this set can fire on, as the event seam asks
+    /// (timers and schedules are the engine's own: no kind of the seam).
+    pub fn interest(&self) -> Interest {
+        let mut kinds = Vec::new();
+        if !self.topics.is_empty() {
+            kinds.push(EventKind::Publish);
+        }
+        for (kind, _) in self.keyed.keys() {
+            kinds.push(match kind {
+                Kind::Im => EventKind::ImMessage,
+                Kind::State => EventKind::ThingState,
+                Kind::Command => EventKind::ThingCommand,
+                Kind::Ack => EventKind::ThingAck,
+                Kind::Timeout => EventKind::ThingTimeout,
+                Kind::Presence => EventKind::Presence,
+                Kind::Relation(_) => EventKind::Relation,
+                Kind::Timer => continue,
+            });
+        }
+        Interest::of(&kinds)
+    }
+
     fn add_filter(&mut self, filter: &str, hit: Hit) {
         let mut node = &mut self.topics;
         for level in filter.split('/') {
@@ -141,6 +163,15 @@ impl Index {
         out.sort_unstable_by_key(|h| (h.rule, h.trigger));
         // A rule runs once per event, even when several of its triggers match.
         out.dedup_by_key(|h| h.rule);
+    }
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_empty()
+            && self.here.is_empty()
     }
 }
 
@@ -238,6 +269,29 @@ pub fn matches(trigger: &Trigger, event: &Event, previous: Option<&Value>) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_interest_is_what_the_rules_can_fire_on() {
+        let load = |yaml: &str| {
+            let loaded = crate::loader::load_text(
+                std::path::Path::new("."),
+                std::path::Path::new("r.yaml"),
+                yaml,
+                &crate::loader::compiler(),
+                &crate::loader::LoadConfig::default(),
+            );
+            Index::new(&loaded.0.expect("loads").rules).interest()
+        };
+        assert_eq!(load("rules: []"), Interest::NONE);
+        let topic = load("rules:\n  - { id: a, when: { topic: a/b }, do: '1' }");
+        assert_eq!(topic, Interest::of(&[EventKind::Publish]));
+        let some = load(
+            "rules:\n  - { id: a, when: [{ presence: '*' }, { every: 1s }, { timer: t }], do: '1' }",
+        );
+        assert_eq!(some, Interest::of(&[EventKind::Presence]));
+        let off = load("rules:\n  - { id: a, enabled: false, when: { im: x }, do: '1' }");
+        assert_eq!(off, Interest::NONE);
+    }
 
     #[test]
     fn filters_match_as_mqtt_has_them() {

@@ -33,6 +33,9 @@ pub mod world;
 
 pub use mqtter_engine::events;
 
+/// The time zone of schedules and the script's clock (`[rules] time_zone`).
+pub use chrono_tz::Tz as TimeZone;
+
 pub use check::{CheckReport, check_dir};
 pub use diagnostic::{Diagnostic, Severity};
 pub use exec::Config;

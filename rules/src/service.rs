@@ -81,6 +81,7 @@ struct FileState {
 }
 
 type StatusListener = Box<dyn Fn(&Status) + Send + Sync>;
+type InterestListener = Box<dyn Fn() + Send + Sync>;
 
 /// The running rules engine.
 pub struct Rules {
@@ -89,8 +90,14 @@ pub struct Rules {
     load: LoadConfig,
     compiler: rhai::Engine,
     files: Mutex<BTreeMap<PathBuf, FileState>>,
+    /// The static check's warnings about loops in the rule set in force.
+    loops: Mutex<Vec<Diagnostic>>,
     loaded_at: std::sync::atomic::AtomicU64,
     listener: Mutex<Option<StatusListener>>,
+    /// The event kinds asked of the seam ([`EventSink::interest`]): those of the rule set in
+    /// force, and during a reload those of the new set too.
+    interest: std::sync::atomic::AtomicU32,
+    interest_listener: Mutex<Option<InterestListener>>,
     watcher: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -141,8 +148,11 @@ impl Rules {
             load,
             compiler: loader::compiler(),
             files: Mutex::default(),
+            loops: Mutex::default(),
             loaded_at: 0.into(),
             listener: Mutex::default(),
+            interest: 0.into(),
+            interest_listener: Mutex::default(),
             watcher: Mutex::default(),
             threads: Mutex::new(threads),
         });
@@ -170,6 +180,32 @@ impl Rules {
     pub fn on_status(&self, listener: impl Fn(&Status) + Send + Sync + 'static) {
         listener(&self.status());
         *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(listener));
+    }
+
+    /// Call `listener` whenever [`EventSink::interest`] changes (the daemon asks its event seam
+    /// to refresh the interest of its consumers): before a reload puts in force rules of kinds
+    /// not wanted yet, and after it, once kinds no rule wants any more can be dropped.
+    pub fn on_interest(&self, listener: impl Fn() + Send + Sync + 'static) {
+        *self
+            .interest_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(listener));
+    }
+
+    /// The event kinds the rules in force can fire on.
+    pub fn interest(&self) -> Interest {
+        Interest::from_bits(self.interest.load(Ordering::Acquire))
+    }
+
+    fn set_interest(&self, bits: u32) {
+        if self.interest.swap(bits, Ordering::AcqRel) != bits
+            && let Some(listener) = &*self
+                .interest_listener
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        {
+            listener();
+        }
     }
 
     /// Read the folder again and put the result in force (see the module's doc).
@@ -228,7 +264,21 @@ impl Rules {
                 rules.push(rule.clone());
             }
         }
-        self.core.install(rules);
+        // Which rule can fire which: every cycle is a warning (a chain stops at the limits).
+        let loops = crate::check::loop_warnings(&rules);
+        for d in &loops {
+            tracing::warn!("rules: {d}");
+        }
+        *self.loops.lock().unwrap_or_else(|p| p.into_inner()) = loops;
+        // The seam is asked for the new set's kinds before it is in force (so that no event of
+        // a new kind that arrives after the swap is missed), and for the old set's no longer
+        // after.
+        let wanted = self.core.install_with(rules, |index| {
+            let wanted = index.interest().bits();
+            self.set_interest(self.interest.load(Ordering::Acquire) | wanted);
+            wanted
+        });
+        self.set_interest(wanted);
         self.loaded_at.store(now_ms(), Ordering::Relaxed);
         drop(files);
         let status = self.status();
@@ -275,7 +325,11 @@ impl Rules {
                     last_good: !f.errors.is_empty() && f.good.is_some(),
                 })
                 .collect(),
-            warnings: files.values().flat_map(|f| f.warnings.clone()).collect(),
+            warnings: files
+                .values()
+                .flat_map(|f| f.warnings.clone())
+                .chain(self.loops.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                .collect(),
             loaded_at: self.loaded_at.load(Ordering::Relaxed),
             events: core.counters.events.load(Ordering::Relaxed),
             queue_full: core.counters.queue_full.load(Ordering::Relaxed),
@@ -330,12 +384,12 @@ impl Rules {
     }
 }
 
-/// The daemon adds the engine to its event seam. It asks for every kind: the seam asks a sink
-/// its interest once, and a reload may bring a rule of any kind; an event no rule can fire costs
-/// one index lookup.
+/// The daemon adds the engine to its event seam. It asks for the kinds its rules can fire on
+/// (from the trigger index), and again after each reload ([`Rules::on_interest`]): a kind no
+/// rule wants costs the sources nothing.
 impl EventSink for Rules {
     fn interest(&self) -> Interest {
-        Interest::ALL
+        Rules::interest(self)
     }
 
     fn on_event(&self, event: &Event) {

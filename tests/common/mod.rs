@@ -8,6 +8,7 @@
 
 pub mod im;
 pub mod raw;
+pub mod rules;
 pub mod ws;
 
 use std::io::{BufRead, BufReader, Read, Write};
