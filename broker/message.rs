@@ -7,13 +7,9 @@ use serde::{Deserialize, Serialize};
 
 pub use ntex_mqtt::QoS;
 
-/// Milliseconds since the Unix epoch, the broker's wall clock for expiry and `$SYS`.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch, the broker's wall clock for expiry and `$SYS`: the
+/// process's clock (`mqtter_engine::clock`, virtual under `mqtter sim`).
+pub use mqtter_engine::clock::now_ms;
 
 /// MQTT 5 properties that travel with a message from publisher to subscribers unchanged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -145,15 +145,17 @@ async fn flush_periodically(broker: Arc<Broker>) {
 async fn im_timers(broker: Arc<Broker>) {
     let away_after_ms = broker.config.im.away_after.saturating_mul(1000).max(1);
     let tick = Duration::from_millis((away_after_ms / 4).clamp(100, 1000));
-    let purge_every = Duration::from_secs(broker.config.im.purge_interval.max(1));
+    let purge_every_ms = broker.config.im.purge_interval.max(1).saturating_mul(1000);
+    // Ticks on real time; what is due is measured on the clock (virtual under `mqtter sim`, where
+    // an advance is seen at the next tick).
     let mut ticker = tokio::time::interval(tick);
-    let mut last_purge = tokio::time::Instant::now();
+    let mut last_purge = crate::message::now_ms();
     loop {
         ticker.tick().await;
         let now = crate::message::now_ms();
         broker.gate.tick(now);
-        if last_purge.elapsed() >= purge_every {
-            last_purge = tokio::time::Instant::now();
+        if now.saturating_sub(last_purge) >= purge_every_ms {
+            last_purge = now;
             broker.gate.purge(now);
         }
     }

@@ -147,7 +147,9 @@ impl Broker {
         let weak = Arc::downgrade(&session);
         let mut state = session.lock();
         let timer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(expiry_secs))).await;
+            mqtter_engine::clock::clock()
+                .sleep(Duration::from_secs(u64::from(expiry_secs)))
+                .await;
             let Some(session) = weak.upgrade() else {
                 return;
             };

@@ -28,7 +28,9 @@ impl Broker {
         let broker = Arc::clone(self);
         let client_id = client_id.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+            mqtter_engine::clock::clock()
+                .sleep(Duration::from_secs(u64::from(delay)))
+                .await;
             let mut pending = broker
                 .pending_wills
                 .lock()

@@ -8,6 +8,7 @@
 //!   folder (and migrates a folder of an older version).
 //! - [`staged`]: `Staged`, which takes the backend's waiting off the callers' threads;
 //!   [`watch`] logs store calls that take too long; [`hang`] is a store stuck on demand (tests).
+//! - [`clock`]: the process's clock, the system's or a virtual one a simulator advances.
 //! - [`commit`]: `GroupCommit`, which lets many writers wait for one `flush` together.
 //! - [`accounts`]: persons and things with argon2 password hashes.
 //! - [`graph`]: the relationship graph (friends, blocks, groups and their members).
@@ -20,6 +21,7 @@
 //! through `Store` and the IM `MessageLog`, and takes `now` as a parameter where time matters.
 
 pub mod accounts;
+pub mod clock;
 pub mod commit;
 pub mod definitions;
 pub mod events;

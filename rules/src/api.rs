@@ -256,7 +256,7 @@ fn register_queries(engine: &mut Engine, core: &Arc<Core>) {
 
 fn register_clock(engine: &mut Engine, core: &Arc<Core>) {
     let tz = core.config.time_zone;
-    let local = move || chrono::Utc::now().with_timezone(&tz);
+    let local = move || crate::exec::now_utc().with_timezone(&tz);
     engine.register_fn("now", || {
         i64::try_from(crate::exec::now_ms()).unwrap_or(i64::MAX)
     });

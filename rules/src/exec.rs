@@ -7,7 +7,7 @@
 //! (the first time, then every 1,000th). The network threads are never held up by rules.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,11 +24,13 @@ use crate::stats::{Outcome, RuleStats, Trace};
 use crate::timers::{Item, Timers};
 use crate::world::World;
 
-/// ms since the epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// ms since the epoch, on the process's clock (virtual under `mqtter sim`).
+pub use mqtter_engine::clock::now_ms;
+
+/// The process's clock as a UTC time, for `cron` and the time functions.
+pub(crate) fn now_utc() -> chrono::DateTime<chrono::Utc> {
+    let ms = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
 /// The engine's settings (`[rules]` in the daemon's configuration).
@@ -154,6 +156,8 @@ pub struct Core {
     arrivals: AtomicU64,
     /// The last chain stopped, for the status.
     pub last_stopped: Mutex<Option<Value>>,
+    /// Jobs queued or running: the engine is idle at 0 (a virtual clock waits for it).
+    busy: AtomicUsize,
 }
 
 impl Core {
@@ -178,6 +182,7 @@ impl Core {
             ids: AtomicU64::new(now_ms()),
             arrivals: AtomicU64::new(0),
             last_stopped: Mutex::default(),
+            busy: AtomicUsize::new(0),
         };
         (Arc::new(core), rx)
     }
@@ -237,7 +242,7 @@ impl Core {
                 Some(now + u64::try_from(period.as_millis()).unwrap_or(u64::MAX))
             }
             Trigger::Cron { schedule, .. } => {
-                let local = chrono::Utc::now().with_timezone(&self.config.time_zone);
+                let local = now_utc().with_timezone(&self.config.time_zone);
                 let next = schedule.find_next_occurrence(&local, false).ok()?;
                 u64::try_from(next.timestamp_millis()).ok()
             }
@@ -296,9 +301,11 @@ impl Core {
         }
         let hits = job.hits.clone();
         let set = job.set.clone();
+        self.busy.fetch_add(1, Ordering::AcqRel);
         match self.tx.try_send(Work::Run(job)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
+                self.busy.fetch_sub(1, Ordering::AcqRel);
                 for hit in hits {
                     set.rules[hit.rule]
                         .state
@@ -314,8 +321,15 @@ impl Core {
                     );
                 }
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => {
+                self.busy.fetch_sub(1, Ordering::AcqRel);
+            }
         }
+    }
+
+    /// No job is queued or running.
+    pub fn idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
     }
 
     /// Timers that are due: `after` events, debounced runs and schedules.
@@ -443,6 +457,7 @@ pub(crate) fn worker(core: Arc<Core>, rx: Arc<Mutex<Receiver<Work>>>) {
                 for hit in &job.hits {
                     run(&core, &engine, &job, *hit);
                 }
+                core.busy.fetch_sub(1, Ordering::AcqRel);
             }
             Ok(Work::Stop) | Err(_) => return,
         }

@@ -129,6 +129,10 @@ impl Rules {
                 Err(err) => tracing::error!("rules: cannot start a worker: {err}"),
             }
         }
+        // A virtual clock (`mqtter sim`) goes on to its next deadline once the queue is empty.
+        let weak = Arc::downgrade(&core);
+        mqtter_engine::clock::clock()
+            .add_idle_probe(move || weak.upgrade().is_none_or(|c| c.idle()));
         let timer_core = core.clone();
         if let Ok(handle) = std::thread::Builder::new()
             .name("rules-timers".into())

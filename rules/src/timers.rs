@@ -10,8 +10,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
 
+use mqtter_engine::clock::Alarm;
 use mqtter_engine::{Batch, Space, Store};
 use serde_json::{Value, json};
 
@@ -44,10 +44,11 @@ struct State {
     stopped: bool,
 }
 
-#[derive(Default)]
 pub(crate) struct Timers {
     state: Mutex<State>,
     wake: Condvar,
+    /// The next deadline, on the process's clock (a virtual clock stops at it when advanced).
+    alarm: Alarm,
     /// Where `after` timers are kept across restarts.
     store: Option<std::sync::Arc<dyn Store>>,
 }
@@ -55,8 +56,10 @@ pub(crate) struct Timers {
 impl Timers {
     pub fn new(store: Option<std::sync::Arc<dyn Store>>) -> Self {
         Self {
+            state: Mutex::default(),
+            wake: Condvar::new(),
+            alarm: mqtter_engine::clock::clock().alarm(),
             store,
-            ..Self::default()
         }
     }
 
@@ -126,6 +129,7 @@ impl Timers {
         }
         state.items.insert(seq, item);
         state.heap.push(Reverse((due, seq)));
+        self.alarm.earlier(due);
         drop(state);
         self.wake.notify_one();
     }
@@ -186,7 +190,8 @@ impl Timers {
         self.wake.notify_all();
     }
 
-    /// Wait for the next due items (`None`: stopped). `now` gives the current time in ms.
+    /// Wait for the next due items (`None`: stopped). `now` gives the current time in ms (the
+    /// process's clock, which the alarm waits on).
     pub fn next_due(&self, now: impl Fn() -> u64) -> Option<Vec<Item>> {
         let mut state = self.lock();
         loop {
@@ -212,15 +217,8 @@ impl Timers {
             if !due.is_empty() {
                 return Some(due);
             }
-            let wait = state
-                .heap
-                .peek()
-                .map_or(3_600_000, |Reverse((at, _))| at.saturating_sub(t));
-            state = self
-                .wake
-                .wait_timeout(state, Duration::from_millis(wait.max(1)))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            let next = state.heap.peek().map(|Reverse((at, _))| *at);
+            state = self.alarm.wait(&self.wake, state, next);
         }
     }
 }
