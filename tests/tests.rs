@@ -29,6 +29,7 @@ mod mosquitto;
 mod pipelining;
 mod qos;
 mod retained;
+mod rules_reload;
 mod rules_status;
 mod rules_triggers;
 mod sessions;

@@ -117,6 +117,8 @@ pub(crate) struct Job {
     /// The order in which the event came in (set by `Core::enqueue`): workers may take jobs
     /// out of order, and debouncing keeps the last to arrive.
     pub arrival: u64,
+    /// The `after` timer (name, setting) this job runs: removed from the store once it has run.
+    pub timer: Option<(String, u64)>,
 }
 
 pub(crate) enum Work {
@@ -275,6 +277,7 @@ impl Core {
             data: Value::Null,
             debounced: false,
             arrival: 0,
+            timer: None,
         });
     }
 
@@ -304,8 +307,15 @@ impl Core {
         self.busy.fetch_add(1, Ordering::AcqRel);
         match self.tx.try_send(Work::Run(job)) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full(work)) => {
                 self.busy.fetch_sub(1, Ordering::AcqRel);
+                if let Work::Run(Job {
+                    timer: Some((name, id)),
+                    ..
+                }) = &work
+                {
+                    self.timers.fired(name, *id);
+                }
                 for hit in hits {
                     set.rules[hit.rule]
                         .state
@@ -337,6 +347,7 @@ impl Core {
         match item {
             Item::After {
                 name,
+                id,
                 account,
                 chain,
                 data,
@@ -355,7 +366,11 @@ impl Core {
                 let set = self.set.load_full();
                 let mut hits = Vec::new();
                 set.index.candidates(&event, &mut hits);
-                if !hits.is_empty() {
+                if hits.is_empty() {
+                    self.timers.fired(&name, id);
+                } else {
+                    // Removed from the store by the worker once its rules have run (or here
+                    // if the queue is full: see `enqueue`).
                     self.enqueue(Job {
                         set,
                         event: Arc::new(event),
@@ -364,9 +379,9 @@ impl Core {
                         data,
                         debounced: false,
                         arrival: 0,
+                        timer: Some((name, id)),
                     });
                 }
-                self.timers.fired(&name);
             }
             Item::Debounce { job, seq } => {
                 let Some(hit) = job.hits.first() else { return };
@@ -406,6 +421,7 @@ impl Core {
                     data: Value::Null,
                     debounced: false,
                     arrival: 0,
+                    timer: None,
                 });
             }
         }
@@ -456,6 +472,9 @@ pub(crate) fn worker(core: Arc<Core>, rx: Arc<Mutex<Receiver<Work>>>) {
             Ok(Work::Run(job)) => {
                 for hit in &job.hits {
                     run(&core, &engine, &job, *hit);
+                }
+                if let Some((name, id)) = &job.timer {
+                    core.timers.fired(name, *id);
                 }
                 core.busy.fetch_sub(1, Ordering::AcqRel);
             }
@@ -580,6 +599,7 @@ fn run(core: &Core, engine: &Engine, job: &Job, hit: Hit) {
             data: job.data.clone(),
             debounced: false,
             arrival: seq,
+            timer: None,
         };
         core.timers.push(due, Item::Debounce { job, seq });
         return;

@@ -3,8 +3,10 @@
 //! thread that sleeps until the next one is due.
 //!
 //! **Durability.** An `after` is written to the store (space `Timers`, by name) and flushed before
-//! `after` returns, and removed when it has fired or is cancelled: a timer set before a crash or a
-//! restart fires after it (at once if it fell due meanwhile). Debounced runs and schedules are
+//! `after` returns, and removed once the rules it fired have run (their actions staged before
+//! the removal, so the removal's flush makes them durable too) or when it is cancelled: a timer
+//! set before a crash or a restart fires after it (at once if it fell due meanwhile), and one
+//! whose run a crash cut short fires again (at least once). Debounced runs and schedules are
 //! not stored: schedules are computed again from the rules at start.
 
 use std::cmp::Reverse;
@@ -24,6 +26,9 @@ pub(crate) enum Item {
     /// A rule's `after`: the `Tick` event `name` (with `data`) as `account`, in `chain`.
     After {
         name: String,
+        /// Which setting of `name` this is: a run that sets `name` again must not have its new
+        /// record removed when the old one's run ends.
+        id: u64,
         account: String,
         chain: Chain,
         data: Value,
@@ -55,8 +60,16 @@ pub(crate) struct Timers {
 
 impl Timers {
     pub fn new(store: Option<std::sync::Arc<dyn Store>>) -> Self {
+        // Settings' ids are unique across restarts too (a restored record keeps its id): they
+        // count on from the start's time in microseconds.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
         Self {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                next: start,
+                ..State::default()
+            }),
             wake: Condvar::new(),
             alarm: mqtter_engine::clock::clock().alarm(),
             store,
@@ -87,6 +100,7 @@ impl Timers {
             };
             let item = Item::After {
                 name,
+                id: v["id"].as_u64().unwrap_or(0),
                 account: v["account"].as_str().unwrap_or_default().to_owned(),
                 chain,
                 data: v["data"].clone(),
@@ -105,8 +119,23 @@ impl Timers {
         store.flush().map_err(|e| e.to_string())
     }
 
-    /// An `after` timer has fired (its event is queued): it leaves the store.
-    pub fn fired(&self, name: &str) {
+    /// The rules an `after` timer fired have run (or none could): its record (setting `id`)
+    /// leaves the store, unless the name was set again meanwhile.
+    pub fn fired(&self, name: &str, id: u64) {
+        if let Some(store) = &self.store {
+            let current = store
+                .get(Space::Timers, name.as_bytes())
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_slice::<Value>(&v).ok());
+            if current.is_some_and(|v| v["id"].as_u64().unwrap_or(0) != id) {
+                return;
+            }
+        }
+        self.remove(name);
+    }
+
+    fn remove(&self, name: &str) {
         let mut batch = Batch::new();
         batch.remove(Space::Timers, name.as_bytes());
         if let Err(err) = self.write(batch) {
@@ -147,8 +176,14 @@ impl Timers {
         if name.is_empty() || name.len() > 200 {
             return Err("a timer's name is 1 to 200 characters".into());
         }
+        let id = {
+            let mut state = self.lock();
+            state.next += 1;
+            state.next
+        };
         let stored = json!({
             "due": due, "account": account, "chain": &*chain.id, "hop": chain.hop, "data": data,
+            "id": id,
         });
         let mut batch = Batch::new();
         batch.put(Space::Timers, name.as_bytes(), stored.to_string());
@@ -157,6 +192,7 @@ impl Timers {
             due,
             Item::After {
                 name: name.to_owned(),
+                id,
                 account,
                 chain,
                 data,
@@ -175,7 +211,7 @@ impl Timers {
             }
         };
         if found {
-            self.fired(name);
+            self.remove(name);
         }
         found
     }

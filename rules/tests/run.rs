@@ -1035,3 +1035,37 @@ fn reload_under_traffic_handles_every_event_exactly_once() {
     }
     assert!(setup.rules.status().ok);
 }
+
+#[test]
+fn a_timer_set_again_by_its_own_run_stays_in_the_store() {
+    let rule = r#"
+rules:
+  - id: arm
+    when: { topic: arm }
+    do: 'after(10, "tick")'
+  - id: again
+    when: { timer: tick }
+    do: 'after(600000, "tick"); publish("ticked", "")'
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.yaml"), rule).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let store: Arc<dyn mqtter_engine::Store> =
+        Arc::new(mqtter_engine::SledStore::open(data.path()).unwrap());
+    let recorder = Arc::new(Recorder::default());
+    let rules = Rules::start(
+        dir.path(),
+        Config::default(),
+        recorder.clone(),
+        Arc::new(FolderWorld::default()),
+        Some(store.clone()),
+    );
+    rules.on_event(&publish("alice", ActorKind::Person, "arm", "", "c"));
+    recorder.wait_for("the first tick", |d| !d.is_empty());
+    // The run that fired ends after it set the timer again: the new setting is kept.
+    drop(rules);
+    let kept = store
+        .scan_prefix(mqtter_engine::Space::Timers, b"")
+        .unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+}
