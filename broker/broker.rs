@@ -34,9 +34,11 @@ use crate::metrics::Metrics;
 use crate::persist::{self, QueuedHeader, SessionRecord, WillRecord};
 use crate::router::Router;
 use crate::session::{Delivery, Eviction, Offered, QueueLimits, Session};
+use crate::things::ThingsWorld;
 use crate::wire::Will;
 use crate::worlds::World;
 use mqtter_engine::im::{Im, MessageLog};
+use mqtter_engine::things::Things;
 
 mod restore;
 mod sessions;
@@ -111,6 +113,8 @@ pub struct Broker {
     /// Every world but plain MQTT and `$SYS`, which the connection layer dispatches to (see
     /// `crate::worlds`): registering a world is adding it here.
     pub worlds: Vec<Arc<dyn World>>,
+    /// The things world: `thing/`, `$things/` (see `crate::things`).
+    pub things: Arc<ThingsWorld>,
     /// Where idle connections wait without a task (see `crate::connection`).
     pub parking: crate::parking::Parking,
     /// Password checks, bounded (see `crate::logins`).
@@ -175,16 +179,22 @@ impl Broker {
         let free_limit =
             FreeLimit::parse(&config.store.disk_free_limit).unwrap_or(FreeLimit::Bytes(0));
         let disk = Arc::new(Disk::new(config.data.clone(), free_limit));
-        let im = Im::open(store.clone(), log.clone(), config.im.engine())?;
+        let im = Arc::new(Im::open(store.clone(), log.clone(), config.im.engine())?);
         let events = Arc::new(Events::default());
         let gate = Arc::new(Gate::new(
-            im,
+            im.clone(),
             config.im.clone(),
             events.clone(),
             limits,
             config.durability == Durability::Sync,
         ));
-        let worlds: Vec<Arc<dyn World>> = vec![gate.clone()];
+        let things = Arc::new(ThingsWorld::new(
+            Things::open(store.clone(), im, config.things.engine())?,
+            gate.im.clone(),
+            events.clone(),
+            config.durability == Durability::Sync,
+        ));
+        let worlds: Vec<Arc<dyn World>> = vec![gate.clone(), things.clone()];
         let commit = {
             let store = store.clone();
             let errors = metrics.store_errors.clone();
@@ -198,6 +208,7 @@ impl Broker {
         let broker = Arc::new(Self {
             gate,
             worlds,
+            things,
             commit,
             accounts: Accounts::new(store.clone()),
             acl: Acl::new(config.acl.clone()),

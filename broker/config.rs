@@ -167,6 +167,30 @@ away_after = 300
 # Seconds between sweeps of the recycle bin (expired entries are purged for good).
 purge_interval = 60
 
+[things]
+# The things world (thing/, $things/ topics; docs/PROTOCOL.md section 8).
+# A command's ttl when its sender gives none, and the most a sender may ask for (seconds).
+cmd_ttl_default = 30
+cmd_ttl_max = 3600
+# A claim code's ttl when the thing asks for none, and the most it may ask for (seconds).
+claim_ttl_default = 600
+claim_ttl_max = 3600
+# Open commands (queued or delivered, unanswered) per thing; more are refused ("queue_full").
+max_queued_cmds = 1000
+# Largest command or event body, and largest state document, in bytes.
+max_body_bytes = 65536
+max_state_bytes = 65536
+# The highest chain hop accepted (a loop of things commanding each other ends there).
+max_hops = 16
+# Feed entries (cmd.ack, cmd.timeout, event) kept per account; replayed to a new device at sync.
+feed_max = 1000
+sync_max_feed = 100
+# Audit entries kept per thing; largest audit page.
+audit_max = 10000
+audit_page_max = 100
+# Milliseconds between two looks for commands whose ttl has passed (cmd.timeout).
+sweep_interval_ms = 500
+
 # Topic access rules for plain topics, as in Mosquitto's acl_file. With no rules every account
 # may publish and subscribe anywhere. With rules, what no rule allows is denied, and a "deny"
 # rule wins over any allow. `account` names one account, or "*" for everyone (anonymous too);
@@ -360,6 +384,46 @@ impl Default for RulesSection {
     }
 }
 
+/// The `[things]` section (seconds unless named otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThingsSection {
+    pub cmd_ttl_default: u64,
+    pub cmd_ttl_max: u64,
+    pub claim_ttl_default: u64,
+    pub claim_ttl_max: u64,
+    pub max_queued_cmds: usize,
+    pub max_body_bytes: usize,
+    pub max_state_bytes: usize,
+    pub max_hops: u32,
+    pub feed_max: u64,
+    pub sync_max_feed: usize,
+    pub audit_max: u64,
+    pub audit_page_max: usize,
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for ThingsSection {
+    fn default() -> Self {
+        let e = mqtter_engine::things::ThingsConfig::default();
+        Self {
+            cmd_ttl_default: e.cmd_ttl_default_secs,
+            cmd_ttl_max: e.cmd_ttl_max_secs,
+            claim_ttl_default: e.claim_ttl_default_secs,
+            claim_ttl_max: e.claim_ttl_max_secs,
+            max_queued_cmds: e.max_queued_cmds,
+            max_body_bytes: e.max_body_bytes,
+            max_state_bytes: e.max_state_bytes,
+            max_hops: e.max_hops,
+            feed_max: e.feed_max,
+            sync_max_feed: e.sync_max_feed,
+            audit_max: e.audit_max,
+            audit_page_max: e.audit_page_max,
+            sweep_interval_ms: 500,
+        }
+    }
+}
+
 impl RulesSection {
     /// The engine's settings; an unknown time zone is an error.
     pub fn engine(&self) -> Result<mqtter_rules::Config, ConfigError> {
@@ -384,6 +448,26 @@ impl RulesSection {
             budget: std::time::Duration::from_millis(self.budget_ms),
             traces: self.traces,
         })
+    }
+}
+
+impl ThingsSection {
+    /// The part the engine's things domain reads.
+    pub fn engine(&self) -> mqtter_engine::things::ThingsConfig {
+        mqtter_engine::things::ThingsConfig {
+            cmd_ttl_default_secs: self.cmd_ttl_default,
+            cmd_ttl_max_secs: self.cmd_ttl_max,
+            claim_ttl_default_secs: self.claim_ttl_default,
+            claim_ttl_max_secs: self.claim_ttl_max,
+            max_queued_cmds: self.max_queued_cmds,
+            max_body_bytes: self.max_body_bytes,
+            max_state_bytes: self.max_state_bytes,
+            max_hops: self.max_hops,
+            feed_max: self.feed_max,
+            sync_max_feed: self.sync_max_feed,
+            audit_max: self.audit_max,
+            audit_page_max: self.audit_page_max,
+        }
     }
 }
 
@@ -449,6 +533,7 @@ pub struct Config {
     pub store: StoreSection,
     pub rules: RulesSection,
     pub im: ImSection,
+    pub things: ThingsSection,
     pub acl: Vec<AclRule>,
 }
 
@@ -473,6 +558,7 @@ impl Default for Config {
             store: StoreSection::default(),
             rules: RulesSection::default(),
             im: ImSection::default(),
+            things: ThingsSection::default(),
             acl: Vec::new(),
         }
     }

@@ -23,8 +23,10 @@
 //! - [`sys`]: `$SYS/broker/...`, which publishes them.
 //! - [`prometheus`]: the `/metrics` endpoint (Prometheus text format).
 //! - [`counted_store`]: the `Store` wrapper that counts failed writes.
-//! - [`worlds`]: which world a topic belongs to (plain, IM, `$SYS`), for the connection layer.
+//! - [`worlds`]: the interface between the connection layer and the worlds (`World`, `Member`),
+//!   and which world a topic belongs to.
 //! - [`im`]: the IM gate: `person/`, `group/`, `$im/` authorised by the graph, presence, sync.
+//! - [`things`]: the things world: `thing/`, `$things/`: claims, bindings, commands, state, links.
 //! - [`actions`]: the daemon's `mqtter_engine::events::Actions` (what the rules engine does).
 //! - [`automation`]: the rules engine in the daemon, and its `$SYS/mqtter/rules/...` topics.
 //! - [`rules_cli`]: `mqtter rules list` and `mqtter rules trace`, read from a running daemon.
@@ -52,6 +54,7 @@ pub mod server;
 pub mod session;
 pub mod store_bench;
 pub mod sys;
+pub mod things;
 pub mod topic;
 pub mod wire;
 pub mod worlds;

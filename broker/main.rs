@@ -237,12 +237,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let broker = Broker::open(config.clone(), store).context("cannot restore the store")?;
         // The definitions of the folder the rules engine owns: accounts, groups, relations.
         if !broker.config.rules_dir.as_os_str().is_empty() {
-            let report = mqtter_rules::definitions::load_dir(
+            let (report, effects) = mqtter_rules::definitions::load_dir_with_things(
                 &broker.config.rules_dir,
                 &broker.accounts,
                 &broker.gate.im,
+                Some(&broker.things.things),
                 mqtter::message::now_ms(),
             );
+            broker.things.carry(effects, &mqtter_engine::events::Actor::anonymous());
             for diagnostic in &report.diagnostics {
                 tracing::error!(%diagnostic, "definitions file problem (the rest is loaded)");
             }

@@ -63,6 +63,7 @@ pub async fn run(
         Duration::from_millis(broker.config.store.disk_check_interval_ms.max(10)),
     ));
     tasks.spawn(im_timers(broker.clone()));
+    tasks.spawn(things_timers(broker.clone()));
 
     let store_failed = tokio::select! {
         _ = shutdown => false,
@@ -157,6 +158,30 @@ async fn im_timers(broker: Arc<Broker>) {
         if now.saturating_sub(last_purge) >= purge_every_ms {
             last_purge = now;
             broker.gate.purge(now);
+        }
+    }
+}
+
+/// The things world's timers: commands whose ttl passed are closed (`cmd.timeout`, and the
+/// answer to a v5 Response Topic published here), claim codes and command ids purged.
+async fn things_timers(broker: Arc<Broker>) {
+    let tick = Duration::from_millis(broker.config.things.sweep_interval_ms.max(10));
+    let purge_every_ms = broker.config.im.purge_interval.max(1).saturating_mul(1000);
+    // Ticks on real time; what is due (ttls, purges) is measured on the clock (virtual under
+    // `mqtter sim`, where an advance is seen at the next tick).
+    let mut ticker = tokio::time::interval(tick);
+    let mut last_purge = crate::message::now_ms();
+    loop {
+        ticker.tick().await;
+        let now = crate::message::now_ms();
+        for answer in broker.things.sweep(now) {
+            if let Err(err) = broker.publish(answer) {
+                tracing::error!(cause = %err, "cannot publish a command timeout");
+            }
+        }
+        if now.saturating_sub(last_purge) >= purge_every_ms {
+            last_purge = now;
+            broker.things.purge(now);
         }
     }
 }

@@ -36,6 +36,7 @@ mod sessions;
 mod smoke;
 mod store_engines;
 mod stuck_store;
+mod things;
 mod topics;
 mod v5_features;
 mod websocket;

@@ -121,7 +121,7 @@ type SmallSessions = smallvec::SmallVec<[Arc<Session>; 2]>;
 
 /// The IM world of the running broker.
 pub struct Gate {
-    pub im: Im,
+    pub im: Arc<Im>,
     settings: ImSection,
     /// Where the gate emits what happens in the IM world (messages, presence, relations).
     events: Arc<Events>,
@@ -167,7 +167,7 @@ fn json_props() -> Option<Arc<MessageProps>> {
 
 impl Gate {
     pub fn new(
-        im: Im,
+        im: Arc<Im>,
         settings: ImSection,
         events: Arc<Events>,
         limits: QueueLimits,

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use mqtter_engine::accounts::Accounts;
-use mqtter_engine::definitions::{Diagnostic, Report, apply, parse};
+use mqtter_engine::definitions::{Diagnostic, Report, apply, apply_things, parse};
 use mqtter_engine::im::Im;
+use mqtter_engine::things::{Effect, Things};
 
 /// Every `*.yaml` / `*.yml` file in `dir`, sorted.
 pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -20,7 +21,20 @@ pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Load every file of `dir` into the accounts and the IM world.
 pub fn load_dir(dir: &Path, accounts: &Accounts, im: &Im, now: u64) -> Report {
+    load_dir_with_things(dir, accounts, im, None, now).0
+}
+
+/// As [`load_dir`], and the things relations (`bind`, `share`, `link`) through the things world
+/// when there is one; its effects are for the broker to carry out.
+pub fn load_dir_with_things(
+    dir: &Path,
+    accounts: &Accounts,
+    im: &Im,
+    things: Option<&Things>,
+    now: u64,
+) -> (Report, Vec<Effect>) {
     let mut report = Report::default();
+    let mut effects = Vec::new();
     let files = match files_in(dir) {
         Ok(files) => files,
         Err(err) => {
@@ -30,7 +44,7 @@ pub fn load_dir(dir: &Path, accounts: &Accounts, im: &Im, now: u64) -> Report {
                 column: 0,
                 message: err.to_string(),
             });
-            return report;
+            return (report, effects);
         }
     };
     for file in files {
@@ -49,10 +63,13 @@ pub fn load_dir(dir: &Path, accounts: &Accounts, im: &Im, now: u64) -> Report {
         match parse(&file, &text) {
             Ok(defs) => {
                 apply(&file, &defs, accounts, im, now, &mut report);
+                if let Some(things) = things {
+                    effects.extend(apply_things(&file, &defs, things, now, &mut report));
+                }
                 report.files.push(file);
             }
             Err(diagnostic) => report.diagnostics.push(diagnostic),
         }
     }
-    report
+    (report, effects)
 }

@@ -139,6 +139,8 @@ pub struct Peer {
     events: Vec<(Ev, bool)>,
     task: tokio::task::JoinHandle<()>,
     next_request: u32,
+    /// The account is a thing: its inbox is `thing/T/inbox` (see [`Peer::thing`]).
+    is_thing: bool,
 }
 
 impl Drop for Peer {
@@ -369,6 +371,7 @@ impl Peer {
             events: Vec::new(),
             task,
             next_request: 0,
+            is_thing: false,
         }
     }
 
@@ -377,7 +380,17 @@ impl Peer {
     }
 
     pub fn inbox_topic(&self) -> String {
-        format!("person/{}/inbox", self.account)
+        if self.is_thing {
+            format!("thing/{}/inbox", self.account)
+        } else {
+            format!("person/{}/inbox", self.account)
+        }
+    }
+
+    /// This peer is a thing's device (its inbox is `thing/T/inbox`).
+    pub fn thing(mut self) -> Self {
+        self.is_thing = true;
+        self
     }
 
     /// Take what has arrived so far without waiting.
@@ -597,13 +610,18 @@ impl Peer {
     /// A `$im/req` request answered on the inbox: `op` and its arguments; an `id` is added.
     /// Returns the `res` envelope.
     pub async fn request(&mut self, op: &str, args: Value) -> Value {
+        self.request_on("$im/req", op, args).await
+    }
+
+    /// As `request`, on another request topic (`$things/req`).
+    pub async fn request_on(&mut self, topic: &str, op: &str, args: Value) -> Value {
         self.next_request += 1;
         let id = format!("{}-{}", self.client_id, self.next_request);
         let mut request = json!({ "id": id, "op": op });
         if let Value::Object(args) = args {
             request.as_object_mut().unwrap().extend(args);
         }
-        let code = self.publish("$im/req", request.to_string()).await;
+        let code = self.publish(topic, request.to_string()).await;
         assert_eq!(
             code, 0,
             "{}: PUBACK of the request {request}",

@@ -1,0 +1,423 @@
+//! The things world as a `World`, and `ThingMember`, its state of one connected device of a
+//! person or a thing: the CONNECT sync (a thing's queued commands, a person's things, the
+//! feed), PUBLISH on `thing/T/cmd|ack|state|event` and `$things/req`, SUBSCRIBE as a follow
+//! request, UNSUBSCRIBE as an unbind, PINGREQ as last seen, and the end (offline).
+
+use std::sync::Arc;
+
+use mqtter_engine::events::Actor;
+use mqtter_engine::things::{AckRequest, Chain, CommandRequest, Reply, Sent, ThingError};
+use ntex_bytes::ByteString;
+use serde_json::{Value, json};
+
+use super::{Device, ThingsWorld, delivery, is_things_topic, message};
+use crate::message::{MessageProps, QoS};
+use crate::wire::reason;
+use crate::worlds::{Joining, Member, Outcome, Publish, World};
+
+fn user_property<'a>(props: Option<&'a MessageProps>, name: &str) -> Option<&'a str> {
+    props?
+        .user_properties
+        .iter()
+        .find(|(k, _)| &**k == name)
+        .map(|(_, v)| &**v)
+}
+
+fn property<'a>(props: &'a [(ByteString, ByteString)], name: &str) -> Option<&'a str> {
+    props.iter().find(|(k, _)| &**k == name).map(|(_, v)| &**v)
+}
+
+/// The chain the v5 user properties `chain-id` / `chain-hop` name.
+fn chain_property(props: Option<&MessageProps>) -> Option<Chain> {
+    let id = user_property(props, "chain-id")?;
+    let hop = user_property(props, "chain-hop")
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(0);
+    Some(Chain {
+        id: id.to_owned(),
+        hop,
+    })
+}
+
+/// The v5 reason code for a refused things act.
+pub(super) fn error_code(err: &ThingError) -> u8 {
+    match err {
+        ThingError::Invalid(_) => 0x99,
+        ThingError::TooLarge(_) | ThingError::QueueFull(_) => reason::QUOTA_EXCEEDED,
+        ThingError::Store(_) => reason::UNSPECIFIED,
+        _ => reason::NOT_AUTHORIZED,
+    }
+}
+
+/// `{"type":"error","code":...,"message":...,"topic":...}` for v3 clients.
+pub(super) fn error_envelope(err: &ThingError, topic: &str, now: u64) -> Value {
+    mqtter_engine::im::notice(
+        "error",
+        now,
+        json!({ "code": err.code(), "message": err.to_string(), "topic": topic }),
+    )
+}
+
+/// A connected device in the things world.
+pub struct ThingMember {
+    world: Arc<ThingsWorld>,
+    device: Device,
+}
+
+impl World for ThingsWorld {
+    fn owns(&self, topic: &str) -> bool {
+        is_things_topic(topic)
+    }
+
+    /// Persons and things join. A thing comes online and gets, after the CONNACK, its queued
+    /// commands within their ttl (handed over once), then its feed; a person gets its things
+    /// (`things`: presence, state, follow requests, links) and its feed. Both end with
+    /// `feed.done`.
+    fn join(self: Arc<Self>, client: &Joining<'_>, now: u64) -> Option<Box<dyn Member>> {
+        let account = client.account?;
+        let is_thing = self.things.is_thing(account);
+        if !is_thing && !self.im.is_person(account) {
+            return None;
+        }
+        let device = Device {
+            token: client.token,
+            account: Arc::from(account),
+            client_id: client.client_id.clone(),
+            session: client.session.clone(),
+            v5: client.v5,
+            is_thing,
+            subs: Default::default(),
+        };
+        // Registered first: what is sent from now on reaches it.
+        self.devices()
+            .entry(device.account.clone())
+            .or_default()
+            .push(device.clone());
+        let inbox = self.inbox_of(account);
+        // `im-sync: false` (a script that only makes requests): no sync in any world; live
+        // messages still reach it.
+        let sync = property(client.user_properties, "im-sync") != Some("false");
+        if !sync {
+            if is_thing && let Err(err) = self.things.connected(account, now) {
+                tracing::error!(cause = %err, account, "thing presence not stored");
+            }
+            return Some(Box::new(ThingMember {
+                world: self,
+                device,
+            }));
+        }
+        if is_thing {
+            match self.things.connected(account, now) {
+                Ok(effects) => {
+                    self.carry(effects, &super::thing_actor(account));
+                }
+                Err(err) => tracing::error!(cause = %err, account, "thing presence not stored"),
+            }
+            match self.things.take_queued(account, now) {
+                Ok((commands, effects)) => {
+                    for envelope in commands {
+                        let id = envelope["id"].as_str().unwrap_or_default().to_owned();
+                        let msg = self.command_message(account, &id, &envelope);
+                        device.session.force(delivery(&msg));
+                    }
+                    self.carry(effects, &super::thing_actor(account));
+                }
+                Err(err) => tracing::error!(cause = %err, account, "cannot read queued commands"),
+            }
+        } else {
+            match self.things.roster(account) {
+                Ok(things) => {
+                    let envelope =
+                        mqtter_engine::im::notice("things", now, json!({ "things": things }));
+                    device
+                        .session
+                        .force(delivery(&message(&*inbox, &envelope, false)));
+                }
+                Err(err) => tracing::error!(cause = %err, account, "cannot list things"),
+            }
+        }
+        let mut last = self.things.feed_last(account).unwrap_or(0);
+        match self.things.feed_sync(&device.client_id, account) {
+            Ok(entries) => {
+                for entry in &entries {
+                    device
+                        .session
+                        .force(delivery(&message(&*inbox, entry, false)));
+                    last = last.max(entry["feed"].as_u64().unwrap_or(0));
+                }
+                if let Some(seq) = entries.last().and_then(|e| e["feed"].as_u64())
+                    && let Err(err) = self.things.feed_received(&device.client_id, seq)
+                {
+                    tracing::warn!(cause = %err, "cannot save a feed cursor");
+                }
+            }
+            Err(err) => tracing::error!(cause = %err, account, "cannot read the feed"),
+        }
+        let done = mqtter_engine::im::notice("feed.done", now, json!({ "last": last }));
+        device
+            .session
+            .force(delivery(&message(&*inbox, &done, false)));
+        Some(Box::new(ThingMember {
+            world: self,
+            device,
+        }))
+    }
+}
+
+impl ThingMember {
+    pub(super) fn me(&self) -> &str {
+        &self.device.account
+    }
+
+    pub(super) fn world(&self) -> &ThingsWorld {
+        &self.world
+    }
+
+    pub(super) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub(super) fn actor(&self) -> Actor {
+        if self.device.is_thing {
+            super::thing_actor(self.me())
+        } else {
+            Actor::person(self.me())
+        }
+    }
+
+    /// A refusal: v5 says it in the reason code, v3 is told on its inbox.
+    fn refuse(&self, err: &ThingError, topic: &str, now: u64) -> Outcome {
+        if let ThingError::Store(_) = err {
+            tracing::error!(account = self.me(), topic, cause = %err, "things act not stored: not acknowledged");
+            return Outcome::storage_failed();
+        }
+        tracing::debug!(account = self.me(), topic, cause = %err, "things publish refused");
+        if !self.device.v5 {
+            self.world
+                .tell_device(&self.device, &error_envelope(err, topic, now));
+        }
+        Outcome::code(error_code(err))
+    }
+
+    fn done(&self, p: &Publish<'_>, answers: Vec<Arc<crate::message::Message>>) -> Outcome {
+        Outcome {
+            code: reason::SUCCESS,
+            needs_flush: p.qos != QoS::AtMostOnce && self.world.sync_acks,
+            storage_failed: false,
+            answers,
+        }
+    }
+
+    fn command(&self, thing: &str, p: &Publish<'_>, now: u64) -> Result<Outcome, ThingError> {
+        let world = &self.world;
+        let mut req = CommandRequest::from_payload(
+            self.me(),
+            thing,
+            &p.payload,
+            world.things.config().max_body_bytes,
+        )?;
+        if let Some(cid) = user_property(p.props, "cid") {
+            req.cid = Some(cid.to_owned());
+        }
+        if let Some(ttl) = user_property(p.props, "ttl") {
+            req.ttl_secs = Some(
+                ttl.parse()
+                    .map_err(|_| ThingError::Invalid("ttl must be whole seconds".into()))?,
+            );
+        }
+        if let Some(chain) = chain_property(p.props) {
+            req.chain = Some(chain);
+        }
+        // A v5 request: the answer also goes to its (plain) Response Topic.
+        if let Some(topic) = p.props.and_then(|props| props.response_topic.as_ref())
+            && !topic.starts_with("thing/")
+            && !crate::im::is_im_topic(topic)
+            && crate::topic::validate_name(topic).is_ok()
+        {
+            req.reply = Some(Reply {
+                topic: topic.to_string(),
+                correlation: p
+                    .props
+                    .and_then(|props| props.correlation_data.as_ref())
+                    .map(|c| c.to_vec()),
+            });
+        }
+        let body = req.body.clone();
+        let (sent, effects) = world.things.command(req, now)?;
+        if !matches!(sent, Sent::Duplicate { .. }) {
+            world.emit_command(&self.actor(), thing, sent.id(), &body, now);
+        }
+        let answers = world.carry(effects, &self.actor());
+        Ok(self.done(p, answers))
+    }
+
+    fn own_publish(&self, what: &str, p: &Publish<'_>, now: u64) -> Result<Outcome, ThingError> {
+        let world = &self.world;
+        let me = self.me();
+        let actor = self.actor();
+        let effects = match what {
+            "ack" => {
+                let correlation = p.props.and_then(|props| props.correlation_data.as_deref());
+                let ack = AckRequest::from_payload(&p.payload, correlation)?;
+                world.things.ack(me, ack, now)?
+            }
+            "state" => {
+                let replace = user_property(p.props, "state-replace") == Some("true");
+                let chain = chain_property(p.props).or_else(|| {
+                    user_property(p.props, "cmd-id")
+                        .and_then(|id| world.things.chain_of_command(me, id))
+                });
+                world
+                    .things
+                    .publish_state(me, &p.payload, replace, chain, now)?
+                    .1
+            }
+            "event" => {
+                let chain = chain_property(p.props);
+                world.things.publish_event(me, &p.payload, chain, now)?.1
+            }
+            _ => {
+                return Err(ThingError::NotAuthorized(format!(
+                    "{} is not open to {me}",
+                    p.topic
+                )));
+            }
+        };
+        let answers = world.carry(effects, &actor);
+        Ok(self.done(p, answers))
+    }
+}
+
+impl Member for ThingMember {
+    fn publish(&mut self, p: Publish<'_>, now: u64) -> Outcome {
+        let levels: smallvec::SmallVec<[&str; 4]> = p.topic.split('/').collect();
+        let result = match levels.as_slice() {
+            ["thing", thing, "cmd"] => self.command(thing, &p, now),
+            ["thing", thing, what @ ("ack" | "state" | "event")] if *thing == self.me() => {
+                self.own_publish(what, &p, now)
+            }
+            ["$things", "req"] => {
+                let answers = self.request(&p.payload, p.props, now);
+                Ok(self.done(&p, answers))
+            }
+            _ => Err(ThingError::NotAuthorized(format!(
+                "{} is not open to {}",
+                p.topic,
+                self.me()
+            ))),
+        };
+        match result {
+            Ok(outcome) => outcome,
+            // An answer nothing waits for: 0x80 (docs/PROTOCOL.md 8.3).
+            Err(err @ ThingError::NotFound(_)) if p.topic.ends_with("/ack") => {
+                let outcome = self.refuse(&err, p.topic, now);
+                Outcome::code(if outcome.code == reason::NOT_AUTHORIZED {
+                    reason::UNSPECIFIED
+                } else {
+                    outcome.code
+                })
+            }
+            Err(err) => self.refuse(&err, p.topic, now),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: u8,
+        _user_properties: &[(ByteString, ByteString)],
+        now: u64,
+    ) -> u8 {
+        if filter.contains(['+', '#']) {
+            // Nothing under thing/ is read by wildcard: every right is the graph's.
+            return reason::NOT_AUTHORIZED;
+        }
+        let granted = qos.min(1);
+        let levels: Vec<&str> = filter.split('/').collect();
+        let thing = match levels.as_slice() {
+            ["thing", thing, _] if *thing == self.me() => return granted,
+            ["thing", thing, "state" | "status" | "event"] => *thing,
+            _ => return reason::NOT_AUTHORIZED,
+        };
+        match self.world.things.follow(self.me(), thing, now) {
+            Ok((_, effects)) => {
+                // In force before the effects: a granted follower gets the document at once,
+                // a pending one when the owner accepts.
+                self.device.subs_mut().insert(filter.to_owned());
+                let plain = self.world.carry(effects, &self.actor());
+                debug_assert!(plain.is_empty());
+                granted
+            }
+            Err(err) => {
+                tracing::debug!(account = self.me(), filter, cause = %err, "things subscribe refused");
+                if !self.device.v5 {
+                    self.world
+                        .tell_device(&self.device, &error_envelope(&err, filter, now));
+                }
+                reason::NOT_AUTHORIZED
+            }
+        }
+    }
+
+    fn unsubscribe(
+        &mut self,
+        filter: &str,
+        user_properties: &[(ByteString, ByteString)],
+        now: u64,
+    ) -> u8 {
+        self.device.subs_mut().remove(filter);
+        let levels: Vec<&str> = filter.split('/').collect();
+        let thing = match levels.as_slice() {
+            ["thing", thing, "state"] if !self.device.is_thing => *thing,
+            ["thing", _, _] => return reason::SUCCESS,
+            _ => return reason::NO_SUBSCRIPTION_EXISTED,
+        };
+        let retain_secs =
+            property(user_properties, "im-retain-secs").and_then(|v| v.parse::<u64>().ok());
+        match self.world.things.unbind(self.me(), thing, retain_secs, now) {
+            Ok(effects) => {
+                self.world.carry(effects, &self.actor());
+                reason::SUCCESS
+            }
+            Err(ThingError::NotFound(_)) | Err(ThingError::NotAuthorized(_)) => {
+                reason::NO_SUBSCRIPTION_EXISTED
+            }
+            Err(err) => {
+                if !self.device.v5 {
+                    self.world
+                        .tell_device(&self.device, &error_envelope(&err, filter, now));
+                }
+                reason::UNSPECIFIED
+            }
+        }
+    }
+
+    fn ping(&mut self, now: u64) {
+        if self.device.is_thing
+            && let Err(err) = self.world.things.ping(self.me(), now)
+        {
+            tracing::warn!(cause = %err, "cannot save last seen");
+        }
+    }
+
+    /// The device leaves: a thing's last device going makes it offline.
+    fn leave(self: Box<Self>, _taken_over: bool, now: u64) {
+        let device = &self.device;
+        {
+            let mut devices = self.world.devices();
+            let list = devices.entry(device.account.clone()).or_default();
+            list.retain(|d| d.token != device.token);
+            if list.is_empty() {
+                devices.remove(&device.account);
+            }
+        }
+        if device.is_thing {
+            match self.world.things.disconnected(&device.account, now) {
+                Ok(effects) => {
+                    self.world.carry(effects, &self.actor());
+                }
+                Err(err) => tracing::warn!(cause = %err, "thing presence not stored"),
+            }
+        }
+    }
+}
