@@ -72,7 +72,7 @@ impl World for ThingsWorld {
     /// Persons and things join. A thing comes online and gets, after the CONNACK, its queued
     /// commands within their ttl (handed over once), then its feed; a person gets its things
     /// (`things`: presence, state, follow requests, links) and its feed. Both end with
-    /// `feed.done`.
+    /// `feed.done`, but a thing that is owed nothing gets nothing.
     fn join(self: Arc<Self>, client: &Joining<'_>, now: u64) -> Option<Box<dyn Member>> {
         let account = client.account?;
         let is_thing = self.things.is_thing(account);
@@ -106,6 +106,8 @@ impl World for ThingsWorld {
                 device,
             }));
         }
+        // What follows the CONNACK, in order.
+        let mut sync = Vec::new();
         if is_thing {
             match self.things.connected(account, now) {
                 Ok(effects) => {
@@ -118,7 +120,7 @@ impl World for ThingsWorld {
                     for envelope in commands {
                         let id = envelope["id"].as_str().unwrap_or_default().to_owned();
                         let msg = self.command_message(account, &id, &envelope);
-                        device.session.force(delivery(&msg));
+                        sync.push(delivery(&msg));
                     }
                     self.carry(effects, &super::thing_actor(account));
                 }
@@ -129,9 +131,7 @@ impl World for ThingsWorld {
                 Ok(things) => {
                     let envelope =
                         mqtter_engine::im::notice("things", now, json!({ "things": things }));
-                    device
-                        .session
-                        .force(delivery(&message(&*inbox, &envelope, false)));
+                    sync.push(delivery(&message(&*inbox, &envelope, false)));
                 }
                 Err(err) => tracing::error!(cause = %err, account, "cannot list things"),
             }
@@ -140,9 +140,7 @@ impl World for ThingsWorld {
         match self.things.feed_sync(&device.client_id, account) {
             Ok(entries) => {
                 for entry in &entries {
-                    device
-                        .session
-                        .force(delivery(&message(&*inbox, entry, false)));
+                    sync.push(delivery(&message(&*inbox, entry, false)));
                     last = last.max(entry["feed"].as_u64().unwrap_or(0));
                 }
                 if let Some(seq) = entries.last().and_then(|e| e["feed"].as_u64())
@@ -153,10 +151,14 @@ impl World for ThingsWorld {
             }
             Err(err) => tracing::error!(cause = %err, account, "cannot read the feed"),
         }
-        let done = mqtter_engine::im::notice("feed.done", now, json!({ "last": last }));
-        device
-            .session
-            .force(delivery(&message(&*inbox, &done, false)));
+        // A thing with nothing owed gets nothing (a thing account may be a plain MQTT device).
+        if !is_thing || !sync.is_empty() {
+            let done = mqtter_engine::im::notice("feed.done", now, json!({ "last": last }));
+            sync.push(delivery(&message(&*inbox, &done, false)));
+        }
+        for d in sync {
+            device.session.force(d);
+        }
         Some(Box::new(ThingMember {
             world: self,
             device,
