@@ -3,7 +3,9 @@
 //!
 //! An action enters as a PUBLISH of the named account would: a plain topic goes through the
 //! same ACL check and `Broker::publish` (retained, queued, stored) as a client's; an IM topic
-//! through the gate (authorised against the graph, stamped, stored once, fanned out). It is
+//! through the gate (authorised against the graph, stamped, stored once, fanned out); a things
+//! topic through the things world (a command: the account's rights, stamped, queued or
+//! delivered, audited). It is
 //! emitted as an event again, with the chain one hop further (`chain-id` / `chain-hop` user
 //! properties on the message, `chain` in an IM envelope). Its writes are durable with the next
 //! flush (there is no publisher waiting for an acknowledgement).
@@ -19,6 +21,8 @@ use crate::broker::Broker;
 use crate::im::{Device, ImPublish, is_im_topic};
 use crate::message::{Message, MessageProps, now_ms, qos_from_u8};
 use crate::session::Session;
+use crate::things::is_things_topic;
+use crate::worlds::Publish;
 
 /// Acts on the broker it was made for; holds it weakly (the broker's event sinks may hold this),
 /// so an action after the broker is gone is `ActionError::Stopped`.
@@ -125,6 +129,43 @@ impl Actions for BrokerActions {
             }
             return match outcome {
                 o if o.storage_failed => Err(ActionError::Store("IM message not stored".into())),
+                o if o.code >= 0x80 => Err(ActionError::NotAuthorized(format!(
+                    "{} may not publish to {} (reason 0x{:02x})",
+                    action.account, action.topic, o.code
+                ))),
+                _ => Ok(()),
+            };
+        }
+        if is_things_topic(&action.topic) {
+            // The things world continues the chain itself (one hop further).
+            let props = MessageProps {
+                user_properties: chain_properties(&action.chain),
+                ..Default::default()
+            };
+            let publish = Publish {
+                topic: &action.topic,
+                payload,
+                qos,
+                props: Some(&props),
+                by_rule: true,
+            };
+            let session = Arc::new(Session::new(client_id));
+            let Some(outcome) = broker
+                .things
+                .act(&action.account, publish, session, now_ms())
+            else {
+                return Err(ActionError::NotAuthorized(format!(
+                    "{} is neither a person nor a thing",
+                    action.account
+                )));
+            };
+            for answer in outcome.answers.iter().cloned() {
+                broker
+                    .publish(answer)
+                    .map_err(|err| ActionError::Store(err.to_string()))?;
+            }
+            return match outcome {
+                o if o.storage_failed => Err(ActionError::Store("things act not stored".into())),
                 o if o.code >= 0x80 => Err(ActionError::NotAuthorized(format!(
                     "{} may not publish to {} (reason 0x{:02x})",
                     action.account, action.topic, o.code

@@ -651,3 +651,69 @@ async fn the_readme_example_works_as_written() {
     let feed = ok(&mut dana, "thing.feed", json!({})).await;
     assert_eq!(feed["entries"][0]["type"], "cmd.ack");
 }
+
+/// A rule commands a thing as its account, with that account's rights, in the chain of the
+/// event it answers; a rule's account without rights is refused and nothing is delivered.
+#[tokio::test]
+async fn a_rule_commands_a_thing_through_the_same_rights() {
+    let mut defs = yaml(
+        &["alice", "home", "stranger"],
+        &["door", "lamp"],
+        &[
+            "{ bind: door, to: alice }",
+            "{ bind: lamp, to: alice }",
+            "{ share: lamp, with: home, rights: control }",
+        ],
+    );
+    defs.push_str(
+        r#"rules:
+  - id: door-opens-lamp-on
+    when: { state: door, changed: open, to: true }
+    as: home
+    do: 'command("lamp", #{ on: true })'
+  - id: stranger-tries
+    when: { state: door, changed: open, to: true }
+    as: stranger
+    do: 'command("lamp", #{ on: "no" })'
+"#,
+    );
+    let world = World::with(&defs, "");
+    let mut lamp = thing(&world, "lamp", true).await;
+    let mut door = thing(&world, "door", true).await;
+    let mut alice = person(&world, "alice", true).await;
+    assert!(alice.subscribe("thing/door/state").await <= 1);
+    assert_eq!(
+        door.publish("thing/door/state", r#"{"open":true}"#).await,
+        0
+    );
+    let state = alice
+        .wait_msg("the state", |m| m.topic == "thing/door/state")
+        .await;
+    let cmd = next_cmd(&mut lamp).await;
+    assert_eq!(cmd["from"], "home");
+    assert_eq!(cmd["body"]["on"], true);
+    assert_eq!(cmd["chain"]["id"], state.json["chain"]["id"]);
+    assert_eq!(cmd["chain"]["hop"], 1);
+    // The stranger's command is in the audit as refused, never delivered.
+    let mut refused_seen = false;
+    for _ in 0..100 {
+        let page = ok(&mut alice, "thing.audit", json!({"thing": "lamp"})).await;
+        let entries = page["entries"].as_array().unwrap().clone();
+        if entries
+            .iter()
+            .any(|e| e["from"] == "stranger" && e["result"]["kind"] == "refused")
+        {
+            refused_seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(refused_seen, "the stranger's command is audited as refused");
+    assert_eq!(alice.publish("thing/lamp/cmd", r#"{"marker":1}"#).await, 0);
+    let next = next_cmd(&mut lamp).await;
+    assert_eq!(
+        next["body"],
+        json!({"marker": 1}),
+        "nothing of the stranger's came first"
+    );
+}

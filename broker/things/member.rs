@@ -62,6 +62,8 @@ pub(super) fn error_envelope(err: &ThingError, topic: &str, now: u64) -> Value {
 pub struct ThingMember {
     world: Arc<ThingsWorld>,
     device: Device,
+    /// Acting for the rules engine as the device's account (an action), not a client.
+    by_rule: bool,
 }
 
 impl World for ThingsWorld {
@@ -104,6 +106,7 @@ impl World for ThingsWorld {
             return Some(Box::new(ThingMember {
                 world: self,
                 device,
+                by_rule: false,
             }));
         }
         // What follows the CONNACK, in order.
@@ -162,6 +165,7 @@ impl World for ThingsWorld {
         Some(Box::new(ThingMember {
             world: self,
             device,
+            by_rule: false,
         }))
     }
 }
@@ -180,7 +184,12 @@ impl ThingMember {
     }
 
     pub(super) fn actor(&self) -> Actor {
-        if self.device.is_thing {
+        if self.by_rule {
+            Actor {
+                account: Some(self.device.account.clone()),
+                kind: mqtter_engine::events::ActorKind::Rule,
+            }
+        } else if self.device.is_thing {
             super::thing_actor(self.me())
         } else {
             Actor::person(self.me())
@@ -287,6 +296,38 @@ impl ThingMember {
         };
         let answers = world.carry(effects, &actor);
         Ok(self.done(p, answers))
+    }
+}
+
+impl ThingsWorld {
+    /// A PUBLISH on a things topic as `account` by a component without a connection (an
+    /// action of the rules engine): the same rights, stamping and storage as that account's
+    /// client would get. `None` when the account is neither a person nor a thing.
+    pub fn act(
+        self: &Arc<Self>,
+        account: &str,
+        p: Publish<'_>,
+        session: Arc<crate::session::Session>,
+        now: u64,
+    ) -> Option<Outcome> {
+        let is_thing = self.things.is_thing(account);
+        if !is_thing && !self.im.is_person(account) {
+            return None;
+        }
+        let mut member = ThingMember {
+            world: self.clone(),
+            device: Device {
+                token: 0,
+                account: Arc::from(account),
+                client_id: session.client_id.clone(),
+                session,
+                v5: true,
+                is_thing,
+                subs: Default::default(),
+            },
+            by_rule: p.by_rule,
+        };
+        Some(member.publish(p, now))
     }
 }
 

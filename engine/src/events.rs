@@ -367,6 +367,25 @@ pub trait Actions: Send + Sync {
     fn publish(&self, message: ActionPublish) -> Result<(), ActionError>;
     /// Send a notice envelope (`{"type": ..., ...}`) to every online device of a person's inbox.
     fn notify(&self, person: &str, envelope: Value, chain: &Chain) -> Result<(), ActionError>;
+    /// Command a thing as an account: a PUBLISH of `body` (a JSON object, with `cid` / `ttl` if
+    /// wanted) to `thing/{thing}/cmd`, with that account's rights (owner, `control` share or a
+    /// linked thing), stamped in the chain one hop further.
+    fn command(
+        &self,
+        account: &str,
+        thing: &str,
+        body: Value,
+        chain: &Chain,
+    ) -> Result<(), ActionError> {
+        self.publish(ActionPublish {
+            account: account.to_owned(),
+            topic: format!("thing/{thing}/cmd"),
+            payload: Bytes::from(body.to_string()),
+            qos: 1,
+            retain: false,
+            chain: chain.clone(),
+        })
+    }
 }
 
 #[cfg(test)]
