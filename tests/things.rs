@@ -717,3 +717,40 @@ async fn a_rule_commands_a_thing_through_the_same_rights() {
         "nothing of the stranger's came first"
     );
 }
+
+/// Bindings and links go out through the event seam: a rule sees them.
+#[tokio::test]
+async fn bind_and_link_changes_reach_the_rules() {
+    let mut defs = yaml(&["alice", "bob", "home"], &["door", "lamp"], &[]);
+    defs.push_str(
+        r#"rules:
+  - id: told-of-bindings
+    when: { relation: bound }
+    as: home
+    do: 'notify("bob", "bound " + event.thing + " " + event.person)'
+  - id: told-of-links
+    when: { relation: linked }
+    as: home
+    do: 'notify("bob", "linked " + event.a + " " + event.b)'
+"#,
+    );
+    let world = World::with(&defs, "");
+    let mut bob = person(&world, "bob", true).await;
+    for id in ["door", "lamp"] {
+        let mut t = thing(&world, id, true).await;
+        let claim = ok(&mut t, "thing.claim_code", json!({})).await;
+        let mut alice = person(&world, "alice", true).await;
+        ok(&mut alice, "thing.bind", json!({ "code": claim["code"] })).await;
+        bob.notice_where("notice", |n| n["text"] == format!("bound {id} alice"))
+            .await;
+    }
+    let mut alice = person(&world, "alice", true).await;
+    ok(
+        &mut alice,
+        "thing.link",
+        json!({"things": ["lamp", "door"]}),
+    )
+    .await;
+    bob.notice_where("notice", |n| n["text"] == "linked door lamp")
+        .await;
+}

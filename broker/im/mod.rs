@@ -93,6 +93,10 @@ fn relation_chain(change: &RelationChange) -> String {
         RelationChange::FriendRemoved { a, b } => format!("friend.removed:{a}|{b}"),
         RelationChange::MemberJoined { group, member } => format!("group.joined:{group}|{member}"),
         RelationChange::MemberLeft { group, member } => format!("group.left:{group}|{member}"),
+        RelationChange::Bound { thing, person } => format!("thing.bound:{thing}|{person}"),
+        RelationChange::Unbound { thing, person } => format!("thing.unbound:{thing}|{person}"),
+        RelationChange::Linked { a, b } => format!("thing.linked:{a}|{b}"),
+        RelationChange::Unlinked { a, b } => format!("thing.unlinked:{a}|{b}"),
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use mqtter_engine::events::{
     Actor, ActorKind, Chain as EventChain, Event, EventData, EventKind, Events, PresenceStatus,
+    RelationChange,
 };
 use mqtter_engine::im::Im;
 use mqtter_engine::things::{Effect, Things};
@@ -301,6 +302,7 @@ impl ThingsWorld {
                     }
                 }
                 Effect::Notify { to, envelope } => {
+                    self.emit_relation(&to, &envelope, by);
                     let msg = message(self.inbox_of(&to), &envelope, false);
                     self.deliver(&to, &msg);
                 }
@@ -415,6 +417,53 @@ impl ThingsWorld {
             }),
             _ => {}
         }
+    }
+
+    /// Binding and link changes go out through the event seam, once each: read from the
+    /// notice the person (or, for links, the first thing of the pair) gets.
+    fn emit_relation(&self, to: &str, envelope: &Value, by: &Actor) {
+        let thing = envelope["thing"].as_str().unwrap_or_default();
+        let named = |field: &str| envelope[field].as_str() == Some(to);
+        let change = match envelope["type"].as_str() {
+            Some("thing.bound") if named("owner") => RelationChange::Bound {
+                thing: thing.to_owned(),
+                person: to.to_owned(),
+            },
+            Some("thing.shared") => RelationChange::Bound {
+                thing: thing.to_owned(),
+                person: to.to_owned(),
+            },
+            Some("thing.unbound") if named("owner") || named("person") => RelationChange::Unbound {
+                thing: thing.to_owned(),
+                person: to.to_owned(),
+            },
+            Some("thing.unshared") => RelationChange::Unbound {
+                thing: thing.to_owned(),
+                person: to.to_owned(),
+            },
+            Some(kind @ ("thing.linked" | "thing.unlinked")) => {
+                let Some(peer) = envelope["peer"].as_str().filter(|p| to < *p) else {
+                    return;
+                };
+                let (a, b) = (to.to_owned(), peer.to_owned());
+                if kind == "thing.linked" {
+                    RelationChange::Linked { a, b }
+                } else {
+                    RelationChange::Unlinked { a, b }
+                }
+            }
+            _ => return,
+        };
+        self.events.emit_with(EventKind::Relation, || Event {
+            actor: by.clone(),
+            at: envelope["ts"].as_u64().unwrap_or_default(),
+            chain: EventChain::start(format!(
+                "{}:{to}#{}",
+                envelope["type"].as_str().unwrap_or_default(),
+                envelope["ts"].as_u64().unwrap_or_default()
+            )),
+            data: EventData::Relation(change),
+        });
     }
 
     /// A command was accepted: out through the event seam.

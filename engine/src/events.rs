@@ -101,8 +101,7 @@ impl PresenceStatus {
 }
 
 /// A change of the relationship graph. Also what the IM domain returns for the broker to act
-/// on (see `im::Effect::Related`). Later issues add their kinds (bound/unbound,
-/// linked/unlinked).
+/// on (see `im::Effect::Related`); the things world emits bound/unbound and linked/unlinked.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RelationChange {
     FriendAdded {
@@ -122,6 +121,25 @@ pub enum RelationChange {
     MemberLeft {
         group: String,
         member: String,
+    },
+    /// A person became a thing's owner or got a share of it (claimed, shared, accepted as a
+    /// follower, restored, or from a definitions file).
+    Bound {
+        thing: String,
+        person: String,
+    },
+    /// A person's ownership or share of a thing ended (unbound into the recycle bin, unshared).
+    Unbound {
+        thing: String,
+        person: String,
+    },
+    Linked {
+        a: String,
+        b: String,
+    },
+    Unlinked {
+        a: String,
+        b: String,
     },
 }
 

@@ -521,6 +521,13 @@ fn event_map(event: &Event, previous: Option<&Value>, data: &Value) -> Value {
                 | RelationChange::MemberLeft { group, member } => json!({
                     "kind": "relation", "relation": relation, "group": group, "member": member,
                 }),
+                RelationChange::Bound { thing, person }
+                | RelationChange::Unbound { thing, person } => json!({
+                    "kind": "relation", "relation": relation, "thing": thing, "person": person,
+                }),
+                RelationChange::Linked { a, b } | RelationChange::Unlinked { a, b } => {
+                    json!({ "kind": "relation", "relation": relation, "a": a, "b": b })
+                }
             }
         }
         EventData::ThingState { thing, state } => json!({

@@ -217,6 +217,10 @@ pub fn relation_kind(change: &RelationChange) -> RelationKind {
         RelationChange::FriendRemoved { .. } => RelationKind::FriendRemoved,
         RelationChange::MemberJoined { .. } => RelationKind::MemberJoined,
         RelationChange::MemberLeft { .. } => RelationKind::MemberLeft,
+        RelationChange::Bound { .. } => RelationKind::Bound,
+        RelationChange::Unbound { .. } => RelationKind::Unbound,
+        RelationChange::Linked { .. } => RelationKind::Linked,
+        RelationChange::Unlinked { .. } => RelationKind::Unlinked,
     }
 }
 
@@ -225,6 +229,10 @@ fn relation_parties(change: &RelationChange) -> [&str; 2] {
         RelationChange::FriendAdded { a, b } | RelationChange::FriendRemoved { a, b } => [a, b],
         RelationChange::MemberJoined { group, member }
         | RelationChange::MemberLeft { group, member } => [group, member],
+        RelationChange::Bound { thing, person } | RelationChange::Unbound { thing, person } => {
+            [thing, person]
+        }
+        RelationChange::Linked { a, b } | RelationChange::Unlinked { a, b } => [a, b],
     }
 }
 
