@@ -383,6 +383,16 @@ impl ThingsWorld {
                 self.deliver_subscribed(&viewer, &msg);
             }
         } else if let Some(thing) = thing_of(topic, "event") {
+            self.events.emit_with(EventKind::ThingEvent, || Event {
+                actor: by.clone(),
+                at: envelope["ts"].as_u64().unwrap_or_default(),
+                chain: chain_of(envelope),
+                data: EventData::ThingEvent {
+                    thing: thing.to_owned(),
+                    id: envelope["id"].as_str().unwrap_or_default().to_owned(),
+                    body: envelope["body"].clone(),
+                },
+            });
             // Bound persons have it in their feed already: live here to the linked things that
             // subscribed.
             for peer in self.im.with_graph(|g| g.links_of(thing)) {

@@ -203,6 +203,12 @@ pub enum EventData {
     Tick {
         timer: String,
     },
+    /// A thing published an event (`thing/T/event`): its id and body.
+    ThingEvent {
+        thing: String,
+        id: String,
+        body: Value,
+    },
 }
 
 /// The kinds of event, one bit each in an [`Interest`].
@@ -218,6 +224,7 @@ pub enum EventKind {
     ThingAck = 1 << 6,
     ThingTimeout = 1 << 7,
     Tick = 1 << 8,
+    ThingEvent = 1 << 9,
 }
 
 impl EventData {
@@ -232,6 +239,7 @@ impl EventData {
             EventData::ThingAck { .. } => EventKind::ThingAck,
             EventData::ThingTimeout { .. } => EventKind::ThingTimeout,
             EventData::Tick { .. } => EventKind::Tick,
+            EventData::ThingEvent { .. } => EventKind::ThingEvent,
         }
     }
 }

@@ -543,6 +543,9 @@ fn event_map(event: &Event, previous: Option<&Value>, data: &Value) -> Value {
             "kind": "timeout", "thing": thing, "id": id,
         }),
         EventData::Tick { timer } => json!({ "kind": "timer", "timer": timer, "data": data }),
+        EventData::ThingEvent { thing, id, body } => json!({
+            "kind": "event", "thing": thing, "id": id, "body": body,
+        }),
     };
     if let (Some(map), Value::Object(more)) = (map.as_object_mut(), more) {
         map.extend(more);
@@ -563,6 +566,7 @@ fn describe(event: &Event) -> String {
         EventData::ThingAck { thing, .. } => format!("ack {thing}"),
         EventData::ThingTimeout { thing, .. } => format!("timeout {thing}"),
         EventData::Tick { timer } => format!("timer {timer}"),
+        EventData::ThingEvent { thing, .. } => format!("event {thing}"),
     }
 }
 

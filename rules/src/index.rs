@@ -159,6 +159,8 @@ impl Index {
                 let name = timer.split('/').next().unwrap_or_default();
                 self.keyed(Kind::Timer, name, out)
             }
+            // No trigger names a thing's events yet.
+            EventData::ThingEvent { .. } => {}
         }
         out.sort_unstable_by_key(|h| (h.rule, h.trigger));
         // A rule runs once per event, even when several of its triggers match.
