@@ -1,6 +1,6 @@
 //! The rules engine in the daemon: `mqtter_rules::Rules` started on the folder `rules_dir`,
-//! fed by the broker's event seam, acting through `BrokerActions`, asking the engine's graph
-//! (`EngineWorld`), keeping its `after` timers in the store, and showing what it does on
+//! fed by the broker's event seam, acting through `BrokerActions`, asking the engine's graph and
+//! things' states (`EngineWorld`), keeping its `after` timers in the store, and showing what it does on
 //! retained `$SYS/mqtter/rules/...` topics (docs/RULES.md, "Seeing what happened"):
 //!
 //! - `$SYS/mqtter/rules/status`: the folder's files, the rules in force, every diagnostic with
@@ -61,7 +61,7 @@ impl Automation {
         let world = EngineWorld::new(
             Arc::downgrade(broker),
             |b: &Broker| &b.gate.im,
-            None,
+            Some(|b: &Broker| &b.things.things),
             |b: &Broker, account: &str| b.gate.presence_of(account).as_str().to_owned(),
         );
         let rules = Rules::start(

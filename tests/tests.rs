@@ -31,6 +31,7 @@ mod qos;
 mod retained;
 mod rules_reload;
 mod rules_status;
+mod rules_things;
 mod rules_triggers;
 mod sessions;
 mod smoke;
