@@ -9,6 +9,8 @@ mod access;
 mod backpressure;
 mod bench;
 mod check;
+mod client_persons;
+mod client_resume;
 mod crash;
 mod daemon;
 mod disk_free;

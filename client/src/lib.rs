@@ -1,3 +1,47 @@
-//! MQTTER's person/thing client library on rumqttc (a later stage): IM API, thing API, P2P.
+//! MQTTER's client library for persons: the IM world of docs/PROTOCOL.md over MQTT 5, typed.
 //!
-//! Nothing is built here yet; tests drive the broker with rumqttc directly.
+//! # Layout
+//! - `options.rs`: [`Options`] (server, account, device, cache folder, backoff).
+//! - `types.rs`: the protocol's shapes ([`Message`], [`Roster`], [`Presence`], [`Receipt`],
+//!   [`Notice`]) and [`Event`], what the stream yields.
+//! - `client.rs`: [`Client`] (every operation, async) and [`EventStream`].
+//! - `core.rs`: the one task that owns the connection's state: the outbox (each PUBLISH kept
+//!   until acknowledged or answered, resent across reconnects), dedup and gap filling of what
+//!   arrives, the roster snapshot.
+//! - `cache.rs`: [`Cache`], the local history cache (redb, one file per device).
+//! - `p2p.rs`: direct channels between friends' devices.
+//!
+//! The library talks MQTT only: it depends on no daemon code. docs/CLIENT.md has an example
+//! per flow.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mqtter_client::Error> {
+//! use mqtter_client::{Client, Event, Options, Target};
+//! let opts = Options::new("127.0.0.1", 1883, "alice", "secret", "laptop");
+//! let (alice, mut events) = Client::connect(opts).await?;
+//! alice.send_text(&Target::Person("bob".into()), "hi").await?;
+//! while let Some(event) = events.next().await {
+//!     if let Event::Message(m) = event {
+//!         println!("{}: {}", m.from, m.text().unwrap_or_default());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod client;
+mod core;
+mod error;
+mod options;
+pub mod p2p;
+mod types;
+
+pub use cache::Cache;
+pub use client::{Client, EventStream, Sent};
+pub use core::Stats;
+pub use error::{Error, Result};
+pub use options::{Backoff, Options};
+pub use types::{
+    Chain, ConvId, Event, Friend, FriendState, GroupEntry, Member, Message, Notice, Page, Presence,
+    Range, Receipt, ReceiptKind, RecycleEntry, Requests, Role, Roster, Target,
+};

@@ -7,6 +7,8 @@
 #![allow(dead_code)]
 
 pub mod im;
+pub mod person;
+pub mod proxy;
 pub mod raw;
 pub mod rules;
 pub mod ws;
