@@ -9,10 +9,11 @@
 //!   until acknowledged or answered, resent across reconnects), dedup and gap filling of what
 //!   arrives, the roster snapshot.
 //! - `cache.rs`: [`Cache`], the local history cache (redb, one file per device).
-//! - `p2p.rs`: direct channels between friends' devices.
+//! - `p2p.rs`: where direct channels between friends' devices will live (not built yet: no
+//!   negotiation, no direct connection; every message goes through the server).
 //!
-//! The library talks MQTT only: it depends on no daemon code. docs/CLIENT.md has an example
-//! per flow.
+//! The library talks MQTT only: it depends on no daemon code. `tests/client_persons.rs` and
+//! `tests/client_resume.rs` use every flow against the real daemon.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mqtter_client::Error> {

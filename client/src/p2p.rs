@@ -1,4 +1,5 @@
-//! Direct channels between two friends' devices (placeholder until the channel lands).
+//! Direct channels between two friends' devices: not built yet (the hooks the client calls are
+//! empty; every message goes through the server).
 
 use tokio::sync::mpsc;
 
