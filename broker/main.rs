@@ -252,7 +252,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 dir = %broker.config.rules_dir.display(),
                 files = report.files.len(),
                 problems = report.diagnostics.len(),
-                later_stage = report.not_applied,
+                not_applied = report.not_applied,
                 "definitions loaded"
             );
         }

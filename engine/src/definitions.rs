@@ -5,9 +5,9 @@
 //! and skipped.
 //!
 //! What a file declares is added to what runtime created; runtime relations are never removed by
-//! a file. `rules:` belong to a later stage: accepted and reported as not applied. The things
-//! relations (`bind`, `share`, `link`) are applied by [`apply_things`], through the things world,
-//! once the broker carries it; until then [`apply`] reports them as not applied.
+//! a file. `rules:` are the rules engine's (the `rules` crate loads them from the same files). The
+//! things relations (`bind`, `share`, `link`) are applied by [`apply_things`], through the things
+//! world; [`apply`] alone counts them as not applied.
 
 use std::path::{Path, PathBuf};
 
@@ -113,7 +113,8 @@ impl std::fmt::Display for Diagnostic {
 pub struct Report {
     pub files: Vec<PathBuf>,
     pub diagnostics: Vec<Diagnostic>,
-    /// Declarations accepted but left to a later stage (rules, bind, link).
+    /// Things relations (bind, share, link) accepted by `apply` and left to `apply_things`
+    /// (0 once that has run; `rules:` entries are the rules engine's and not counted here).
     pub not_applied: usize,
 }
 
@@ -201,7 +202,6 @@ pub fn apply(
             }
         }
     }
-    report.not_applied += defs.rules.len();
 }
 
 /// Apply one file's things relations through the things world: owners first, then shares (given

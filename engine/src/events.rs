@@ -177,29 +177,29 @@ pub enum EventData {
         text: Option<String>,
     },
     Relation(RelationChange),
-    /// A thing reported its state (the things world, a later stage).
+    /// A thing reported its state.
     ThingState {
         thing: String,
         state: Value,
     },
-    /// A command was sent to a thing (later stage).
+    /// A command was sent to a thing.
     ThingCommand {
         thing: String,
         id: String,
         command: Value,
     },
-    /// A thing acknowledged a command (later stage).
+    /// A thing acknowledged a command.
     ThingAck {
         thing: String,
         id: String,
         result: Value,
     },
-    /// A command got no acknowledgement in time (later stage).
+    /// A command got no acknowledgement in time.
     ThingTimeout {
         thing: String,
         id: String,
     },
-    /// A timer of the rules engine fired (later stage).
+    /// A timer of the rules engine fired.
     Tick {
         timer: String,
     },

@@ -1,6 +1,7 @@
 //! The definitions folder: reading its `*.yaml` / `*.yml` files and handing each to the engine
 //! (`mqtter_engine::definitions`: parsing and applying). The rules engine owns the folder: its
-//! `rules:` sections are its own (a later stage), and so will be watching it for changes.
+//! `rules:` sections are its own. Definitions are applied once, at start (a reload re-reads rules,
+//! not definitions).
 
 use std::path::{Path, PathBuf};
 
