@@ -12,7 +12,8 @@
 //! - `p2p.rs`: where direct channels between friends' devices will live (not built yet: no
 //!   negotiation, no direct connection; every message goes through the server).
 //!
-//! The library talks MQTT only: it depends on no daemon code. `tests/client_persons.rs` and
+//! The library talks MQTT only: it depends on no daemon code. docs/CLIENT.md has an example per
+//! flow; `tests/client_persons.rs` and
 //! `tests/client_resume.rs` use every flow against the real daemon.
 //!
 //! ```no_run
