@@ -398,18 +398,7 @@ impl Gate {
 
 /// The answer shape shared with requests.
 pub(super) fn res(id: &Value, result: Result<Value, ImError>, now: u64) -> Value {
-    match result {
-        Ok(mut fields) => {
-            fields["id"] = id.clone();
-            fields["ok"] = json!(true);
-            mqtter_engine::im::notice("res", now, fields)
-        }
-        Err(err) => mqtter_engine::im::notice(
-            "res",
-            now,
-            json!({ "id": id, "ok": false, "error": { "code": err.code(), "message": err.to_string() } }),
-        ),
-    }
+    mqtter_engine::im::res(id, result.map_err(|e| (e.code(), e.to_string())), now)
 }
 
 pub(super) fn json_payload(value: &Value) -> Bytes {

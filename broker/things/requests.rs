@@ -26,18 +26,7 @@ fn opt_u64(request: &Value, name: &str) -> Option<u64> {
 
 /// The `res` envelope of a request.
 fn res(id: &Value, result: ThingResult<Value>, now: u64) -> Value {
-    match result {
-        Ok(mut fields) => {
-            fields["id"] = id.clone();
-            fields["ok"] = json!(true);
-            mqtter_engine::im::notice("res", now, fields)
-        }
-        Err(err) => mqtter_engine::im::notice(
-            "res",
-            now,
-            json!({ "id": id, "ok": false, "error": { "code": err.code(), "message": err.to_string() } }),
-        ),
-    }
+    mqtter_engine::im::res(id, result.map_err(|e| (e.code(), e.to_string())), now)
 }
 
 impl ThingMember {

@@ -19,6 +19,23 @@ pub fn notice(kind: &str, now: u64, fields: Value) -> Value {
     Value::Object(object)
 }
 
+/// The `res` envelope answering request `id` (IM and things requests alike): the result's
+/// fields with `ok: true`, or `ok: false` with the error's `code` and message.
+pub fn res(id: &Value, result: Result<Value, (&str, String)>, now: u64) -> Value {
+    match result {
+        Ok(mut fields) => {
+            fields["id"] = id.clone();
+            fields["ok"] = json!(true);
+            notice("res", now, fields)
+        }
+        Err((code, message)) => notice(
+            "res",
+            now,
+            json!({ "id": id, "ok": false, "error": { "code": code, "message": message } }),
+        ),
+    }
+}
+
 /// A message body: the text of one JSON object, and the `cid` (client message id) it carried,
 /// taken out of it.
 #[derive(Debug, Clone, PartialEq, Eq)]

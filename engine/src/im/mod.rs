@@ -26,7 +26,7 @@ use crate::graph::{Graph, Origin, Relation};
 use crate::store::{Batch, Space, Store, StoreError};
 
 pub use conversations::{Missed, Stamped, conv_direct, conv_group};
-pub use envelope::{Body, notice, parse_body};
+pub use envelope::{Body, notice, parse_body, res};
 pub use friends::FriendState;
 pub use groups::{GroupRecord, JoinState};
 pub use log::{LogError, MessageLog};
