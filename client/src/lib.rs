@@ -5,9 +5,10 @@
 //! - `types.rs`: the protocol's shapes ([`Message`], [`Roster`], [`Presence`], [`Receipt`],
 //!   [`Notice`]) and [`Event`], what the stream yields.
 //! - `client.rs`: [`Client`] (every operation, async) and [`EventStream`].
-//! - `core.rs`: the one task that owns the connection's state: the outbox (each PUBLISH kept
-//!   until acknowledged or answered, resent across reconnects), dedup and gap filling of what
-//!   arrives, the roster snapshot.
+//! - `core/`: the one task that owns the connection's state, a file per concept: the pump
+//!   (rumqttc's event loop with backoff), the connection's packets, the outbox (each PUBLISH
+//!   kept until acknowledged or answered, resent across reconnects), own messages, what
+//!   arrives, dedup and gap filling, the roster snapshot.
 //! - `cache.rs`: [`Cache`], the local history cache (redb, one file per device).
 //! - `p2p.rs`: where direct channels between friends' devices will live (not built yet: no
 //!   negotiation, no direct connection; every message goes through the server).
