@@ -166,6 +166,9 @@ history_max = 100
 away_after = 300
 # Seconds between sweeps of the recycle bin (expired entries are purged for good).
 purge_interval = 60
+# How long the token of a direct channel (`direct.open`) stays good, in milliseconds: the peer
+# must dial within it. A token opens one connection.
+direct_token_ms = 30000
 
 [things]
 # The things world (thing/, $things/ topics; docs/PROTOCOL.md section 8).
@@ -482,6 +485,8 @@ pub struct ImSection {
     pub history_max: usize,
     pub away_after: u64,
     pub purge_interval: u64,
+    /// The lifetime of a direct channel's token, in ms.
+    pub direct_token_ms: u64,
 }
 
 impl Default for ImSection {
@@ -495,6 +500,7 @@ impl Default for ImSection {
             history_max: engine.history_max,
             away_after: 300,
             purge_interval: 60,
+            direct_token_ms: 30_000,
         }
     }
 }

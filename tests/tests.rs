@@ -28,6 +28,7 @@ mod malformed;
 mod memory;
 mod metrics;
 mod mosquitto;
+mod p2p;
 mod pipelining;
 mod qos;
 mod retained;

@@ -10,8 +10,10 @@
 //! - `connected`: what the IM world keeps per connection of a device ([`Connected`]).
 //! - `publish`: PUBLISH / SUBSCRIBE / UNSUBSCRIBE on IM topics.
 //! - `requests`: the `$im/req` operations.
+//! - `direct`: direct channels between friends' devices (`direct.open`, `direct.upload`).
 
 mod connected;
+mod direct;
 mod publish;
 mod requests;
 

@@ -35,13 +35,26 @@ fn user_property<'a>(props: Option<&'a MessageProps>, name: &str) -> Option<&'a 
         .map(|(_, v)| &**v)
 }
 
+/// A message just stamped and stored: its envelope, to be delivered.
+pub(super) struct Fresh {
+    pub stamp: Stamp,
+    pub payload: Bytes,
+}
+
+impl Fresh {
+    /// The message as devices receive it on `topic`.
+    pub fn message(&self, topic: ByteString) -> Arc<crate::message::Message> {
+        Gate::message(topic, self.payload.clone(), false, Some(self.stamp.clone()))
+    }
+}
+
 /// The v5 reason code for a refused IM act.
 pub fn error_code(err: &ImError) -> u8 {
     match err {
         ImError::NotFound(_) | ImError::NotAuthorized(_) => reason::NOT_AUTHORIZED,
         ImError::TooLarge(_) => reason::QUOTA_EXCEEDED,
         ImError::Invalid(_) => 0x99,
-        ImError::Conflict(_) | ImError::Store(_) => reason::UNSPECIFIED,
+        ImError::Conflict(_) | ImError::Offline(_) | ImError::Store(_) => reason::UNSPECIFIED,
     }
 }
 
@@ -213,16 +226,55 @@ impl Gate {
             (id, hop.unwrap_or(0))
         });
         let _order = self.im.lock_conv(conv);
-        let stamped = self
-            .im
-            .append(conv, &device.account, to, &body.json, cid, chain, now)?;
-        if stamped.duplicate {
+        let Some(stamped) = self.stamp(
+            conv,
+            &device.account,
+            to,
+            &body.json,
+            cid,
+            chain,
+            p.by_rule,
+            now,
+        )?
+        else {
             return Ok(true);
+        };
+        let msg_for = |topic: ByteString| stamped.message(topic);
+        fan_out(self, &msg_for);
+        // A copy to the sender's other devices, if it has any online.
+        let others = self.sessions_of(&device.account, Some(&device.client_id));
+        if !others.is_empty() {
+            let own = msg_for(ByteString::from(inbox_topic(&device.account)));
+            for session in others {
+                session.offer(Gate::delivery(&own), &self.limits);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Stamp and store one message of `conv` from `from` (hold `lock_conv(conv)`) and emit it
+    /// on the event seam; `None` when it is a duplicate (the same `cid` from `from` was stored
+    /// before), which is delivered to nobody.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn stamp(
+        &self,
+        conv: &Arc<str>,
+        from: &Arc<str>,
+        to: &str,
+        body: &[u8],
+        cid: Option<&str>,
+        chain: Option<(&str, u32)>,
+        by_rule: bool,
+        now: u64,
+    ) -> Result<Option<Fresh>, ImError> {
+        let stamped = self.im.append(conv, from, to, body, cid, chain, now)?;
+        if stamped.duplicate {
+            return Ok(None);
         }
         self.events.emit_with(EventKind::ImMessage, || Event {
             actor: Actor {
-                account: Some(device.account.clone()),
-                kind: if p.by_rule {
+                account: Some(from.clone()),
+                kind: if by_rule {
                     ActorKind::Rule
                 } else {
                     ActorKind::Person
@@ -239,29 +291,19 @@ impl Gate {
             data: EventData::ImMessage(ImMessageEvent {
                 conv: conv.to_string(),
                 seq: stamped.seq,
-                from: device.account.to_string(),
+                from: from.to_string(),
                 to: to.to_owned(),
-                body: bytes::Bytes::copy_from_slice(&body.json),
+                body: bytes::Bytes::copy_from_slice(body),
                 cid: cid.map(str::to_owned),
             }),
         });
-        let stamp = Stamp {
-            conv: conv.clone(),
-            seq: stamped.seq,
-        };
-        let payload = Bytes::from(stamped.envelope);
-        let msg_for =
-            |topic: ByteString| Gate::message(topic, payload.clone(), false, Some(stamp.clone()));
-        fan_out(self, &msg_for);
-        // A copy to the sender's other devices, if it has any online.
-        let others = self.sessions_of(&device.account, Some(&device.client_id));
-        if !others.is_empty() {
-            let own = msg_for(ByteString::from(inbox_topic(&device.account)));
-            for session in others {
-                session.offer(Gate::delivery(&own), &self.limits);
-            }
-        }
-        Ok(false)
+        Ok(Some(Fresh {
+            stamp: Stamp {
+                conv: conv.clone(),
+                seq: stamped.seq,
+            },
+            payload: Bytes::from(stamped.envelope),
+        }))
     }
 
     fn set_own_status(&self, me: &str, payload: &[u8], now: u64) -> Result<(), ImError> {

@@ -13,7 +13,8 @@ use super::publish::{json_payload, res};
 use super::{Device, Gate, inbox_topic, is_im_topic};
 use crate::message::{Message, MessageProps, QoS};
 
-fn arg<'a>(request: &'a Value, name: &str) -> ImResult<&'a str> {
+/// A string argument of a request.
+pub(super) fn arg<'a>(request: &'a Value, name: &str) -> ImResult<&'a str> {
     request
         .get(name)
         .and_then(Value::as_str)
@@ -207,6 +208,8 @@ impl Gate {
                     .ok_or_else(|| ImError::Invalid("missing number argument \"seq\"".into()))?;
                 done(im.receipt(me, arg(request, "conv")?, seq, arg(request, "kind")?, now)?)
             }
+            "direct.open" => self.direct_open(device, request, now),
+            "direct.upload" => self.direct_upload(device, request, now),
             other => Err(ImError::Invalid(format!("unknown op {other:?}"))),
         }
     }

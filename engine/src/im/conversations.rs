@@ -236,6 +236,11 @@ impl Im {
         })
     }
 
+    /// The `seq` of the message `from` stored in `conv` under `cid`, if it is remembered.
+    pub fn find_cid(&self, conv: &str, from: &str, cid: &str) -> Option<u64> {
+        self.log.find_dedup(conv, from, cid)
+    }
+
     /// Messages of `conv` from the log (see [`MessageLog::read`]), as envelopes.
     fn read_envelopes(
         &self,

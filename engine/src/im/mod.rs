@@ -7,6 +7,7 @@
 //! ([`Im::open`]).
 
 mod conversations;
+pub mod direct;
 mod envelope;
 mod friends;
 mod groups;
@@ -26,6 +27,7 @@ use crate::graph::{Graph, Origin, Relation};
 use crate::store::{Batch, Space, Store, StoreError};
 
 pub use conversations::{Missed, Stamped, conv_direct, conv_group};
+pub use direct::DirectKeys;
 pub use envelope::{Body, notice, parse_body, res};
 pub use friends::FriendState;
 pub use groups::{GroupRecord, JoinState};
@@ -84,6 +86,9 @@ pub enum ImError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The person asked for is not online (a direct channel needs both sides there).
+    #[error("{0}")]
+    Offline(String),
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
 }
@@ -97,6 +102,7 @@ impl ImError {
             ImError::Invalid(_) => "invalid",
             ImError::Conflict(_) => "conflict",
             ImError::TooLarge(_) => "too_large",
+            ImError::Offline(_) => "offline",
             ImError::Store(_) => "storage",
         }
     }
@@ -129,6 +135,8 @@ pub struct Im {
     relations: Mutex<()>,
     /// Bumped whenever the graph may change (see [`Im::graph_version`]).
     graph_version: AtomicU64,
+    /// The keys of direct channels' messages (see [`direct`]).
+    direct_keys: DirectKeys,
 }
 
 impl std::fmt::Debug for Im {
@@ -214,6 +222,7 @@ impl Im {
             groups = groups.len(),
             "relationship graph loaded"
         );
+        let direct_keys = DirectKeys::load(&*store)?;
         Ok(Self {
             store,
             config,
@@ -225,7 +234,13 @@ impl Im {
             conv_locks: (0..64).map(|_| Mutex::new(())).collect(),
             relations: Mutex::new(()),
             graph_version: AtomicU64::new(0),
+            direct_keys,
         })
+    }
+
+    /// The keys of direct channels' messages.
+    pub fn direct_keys(&self) -> &DirectKeys {
+        &self.direct_keys
     }
 
     pub fn config(&self) -> &ImConfig {

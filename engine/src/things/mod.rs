@@ -189,7 +189,7 @@ impl From<ImError> for ThingError {
             ImError::NotFound(m) => ThingError::NotFound(m),
             ImError::NotAuthorized(m) => ThingError::NotAuthorized(m),
             ImError::Invalid(m) => ThingError::Invalid(m),
-            ImError::Conflict(m) => ThingError::Conflict(m),
+            ImError::Conflict(m) | ImError::Offline(m) => ThingError::Conflict(m),
             ImError::TooLarge(m) => ThingError::TooLarge(m),
             ImError::Store(e) => ThingError::Store(e),
         }
