@@ -11,6 +11,7 @@ mod bench;
 mod check;
 mod client_persons;
 mod client_resume;
+mod client_things;
 mod crash;
 mod daemon;
 mod disk_free;

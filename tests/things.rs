@@ -4,26 +4,10 @@
 
 use serde_json::{Value, json};
 
-use crate::common::im::{Peer, World, persons, with_user};
+use crate::common::im::{Peer, World, with_user};
+use crate::common::thing::world_yaml as yaml;
 
 const REQ: &str = "$things/req";
-
-/// The definitions of a world with these persons and things (each with the secret `<id>-pw`)
-/// and these extra relation lines.
-fn yaml(people: &[&str], things: &[&str], relations: &[&str]) -> String {
-    let mut yaml = persons(people);
-    yaml.push_str("things:\n");
-    for t in things {
-        yaml.push_str(&format!("  - {{ id: {t}, secret: {t}-pw }}\n"));
-    }
-    if !relations.is_empty() {
-        yaml.push_str("relations:\n");
-        for r in relations {
-            yaml.push_str(&format!("  - {r}\n"));
-        }
-    }
-    yaml
-}
 
 /// A thing's device, connected; what it was owed at CONNECT has arrived (a request's answer
 /// comes after it: a thing owed nothing gets no `feed.done`).

@@ -246,12 +246,26 @@ impl Client {
     /// A `$im/req` request: `op` and its arguments (a JSON object). Returns the `res` envelope
     /// when `ok`, else [`Error::Refused`] with the server's code.
     pub async fn request(&self, op: &str, args: Value) -> Result<Value> {
+        self.request_on("$im/req", op, args).await
+    }
+
+    /// A request on `topic` (`$im/req` or `$things/req`).
+    pub(crate) async fn request_on(
+        &self,
+        topic: &'static str,
+        op: &str,
+        args: Value,
+    ) -> Result<Value> {
         let mut request = json!({ "op": op });
         if let Value::Object(args) = args {
             request.as_object_mut().expect("an object").extend(args);
         }
         let (reply, answer) = oneshot::channel();
-        self.send_cmd(Cmd::Request { request, reply })?;
+        self.send_cmd(Cmd::Request {
+            topic,
+            request,
+            reply,
+        })?;
         answer.await.map_err(|_| Error::Closed)?
     }
 

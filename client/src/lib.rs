@@ -1,4 +1,5 @@
-//! MQTTER's client library for persons: the IM world of docs/PROTOCOL.md over MQTT 5, typed.
+//! MQTTER's client library for persons and things: the IM and things worlds of docs/PROTOCOL.md
+//! over MQTT 5, typed.
 //!
 //! # Layout
 //! - `options.rs`: [`Options`] (server, account, device, cache folder, backoff).
@@ -9,13 +10,16 @@
 //!   (rumqttc's event loop with backoff), the connection's packets, the outbox (each PUBLISH
 //!   kept until acknowledged or answered, resent across reconnects), own messages, what
 //!   arrives, dedup and gap filling, the roster snapshot.
+//! - `things/`: the things world: [`ThingClient`] (a thing's device) and the person's calls on
+//!   [`Client`] (bind, share, follow, link, command with its outcome, state, the audit).
 //! - `cache.rs`: [`Cache`], the local history cache (redb, one file per device).
 //! - `p2p.rs`: where direct channels between friends' devices will live (not built yet: no
 //!   negotiation, no direct connection; every message goes through the server).
 //!
 //! The library talks MQTT only: it depends on no daemon code. docs/CLIENT.md has an example per
 //! flow; `tests/client_persons.rs` and
-//! `tests/client_resume.rs` use every flow against the real daemon.
+//! `tests/client_resume.rs` use every flow against the real daemon, `tests/client_things.rs`
+//! the things flows.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mqtter_client::Error> {
@@ -37,6 +41,7 @@ mod core;
 mod error;
 mod options;
 pub mod p2p;
+pub mod things;
 mod types;
 
 pub use cache::Cache;
@@ -44,6 +49,11 @@ pub use client::{Client, EventStream, Sent};
 pub use core::Stats;
 pub use error::{Error, Result};
 pub use options::{Backoff, Options};
+pub use things::{
+    Access, Ack, AuditEntry, AuditPage, ClaimCode, Command, CommandAck, CommandOptions,
+    CommandTimeout, Commanded, FollowState, Outcome, Rights, ThingClient, ThingEntry, ThingEvent,
+    ThingState,
+};
 pub use types::{
     Chain, ConvId, Event, Friend, FriendState, GroupEntry, Member, Message, Notice, Page, Presence,
     Range, Receipt, ReceiptKind, RecycleEntry, Requests, Role, Roster, Target,

@@ -164,6 +164,10 @@ pub struct Roster {
     pub blocked: Vec<String>,
     #[serde(default)]
     pub recycle: Vec<RecycleEntry>,
+    /// The things one owns or is shared (the `things` envelope after the sync), kept current
+    /// by the things notices, state and presence.
+    #[serde(default)]
+    pub things: Vec<crate::things::ThingEntry>,
 }
 
 /// A presence change of a friend or of oneself (`{"type":"presence", ...}`).
@@ -289,8 +293,27 @@ pub enum Event {
     Synced,
     /// A message, each `(conv, seq)` once and in `seq` order per conversation.
     Message(Message),
+    /// A friend's presence (or one's own).
     Presence(Presence),
     Receipt(Receipt),
+    /// A thing: a command to answer ([`crate::ThingClient::ack`]), each once.
+    Command(crate::things::Command),
+    /// A thing answered one's command.
+    CommandAck(crate::things::CommandAck),
+    /// One's command's ttl passed unanswered.
+    CommandTimeout(crate::things::CommandTimeout),
+    /// A state document one subscribed to (a new version, or the current one at once).
+    ThingState(crate::things::ThingState),
+    /// An event of a bound thing (from the feed) or of a linked thing one subscribed to.
+    ThingEvent(crate::things::ThingEvent),
+    /// A thing's presence, on `thing/T/status`.
+    ThingPresence(Presence),
+    /// A person's things, after the sync (also in [`crate::Client::roster`]).
+    Things(Vec<crate::things::ThingEntry>),
+    /// The feed's catch-up after CONNECT is done: every entry up to `last` was yielded.
+    FeedDone {
+        last: u64,
+    },
     /// An `error` notice: something this device published was refused (v3.1.1 style).
     Refused(Notice),
     Notice(Notice),

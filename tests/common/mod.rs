@@ -11,6 +11,7 @@ pub mod person;
 pub mod proxy;
 pub mod raw;
 pub mod rules;
+pub mod thing;
 pub mod ws;
 
 use std::io::{BufRead, BufReader, Read, Write};

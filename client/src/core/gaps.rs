@@ -121,7 +121,7 @@ impl Core {
         let request =
             json!({"op": "history", "conv": conv.as_str(), "after": gap.after, "limit": PAGE});
         let deadline = Instant::now() + self.opts.request_timeout;
-        self.push_request(request, None, Some(conv.clone()), deadline)
+        self.push_request("$im/req", request, None, Some(conv.clone()), deadline)
             .await;
     }
 

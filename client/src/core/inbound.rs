@@ -19,14 +19,21 @@ impl Core {
             return;
         };
         let kind = json.get("type").and_then(Value::as_str).unwrap_or_default();
+        if self.on_thing_envelope(kind, &topic, &json) {
+            return;
+        }
         match kind {
             "msg" => match serde_json::from_value::<Message>(json.clone()) {
                 Ok(m) => self.on_message(m).await,
                 Err(err) => warn!(%err, "a message envelope of another shape"),
             },
             "sync" => {
-                let roster: Roster = serde_json::from_value(json).unwrap_or_default();
-                *self.view.roster.lock().unwrap_or_else(|e| e.into_inner()) = roster.clone();
+                let mut roster: Roster = serde_json::from_value(json).unwrap_or_default();
+                let mut held = self.view.roster.lock().unwrap_or_else(|e| e.into_inner());
+                // The things come after the sync (their own envelope): keep the last list.
+                roster.things = std::mem::take(&mut held.things);
+                *held = roster.clone();
+                drop(held);
                 self.syncing = true;
                 self.sync_done_seen = false;
                 self.emit(Event::Connected(roster));

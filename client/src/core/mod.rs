@@ -36,6 +36,7 @@ mod outbox;
 mod own;
 mod pump;
 mod roster;
+mod things;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::Event as MqttEvent;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -59,6 +61,7 @@ use gaps::Gap;
 use outbox::Entry;
 use own::Own;
 pub(crate) use pump::spawn_pump;
+pub(crate) use things::Waiter;
 
 /// What the core task is fed.
 pub(crate) enum Input {
@@ -83,13 +86,23 @@ pub(crate) enum Cmd {
         cid: String,
         reply: oneshot::Sender<Result<()>>,
     },
-    /// A `$im/req` request, answered by its `res`.
+    /// A request (on `$im/req` or `$things/req`), answered by its `res`.
     Request {
+        topic: &'static str,
         request: Value,
         reply: oneshot::Sender<Result<Value>>,
     },
     /// Publish and forget (presence, status text): QoS 1, retried like the rest.
     Fire { topic: String, payload: Bytes },
+    /// Publish, answered at its PUBACK (a command, a thing's state, event or ack); a command's
+    /// outcome goes to `outcome` as well as to the stream.
+    Publish {
+        topic: String,
+        payload: Bytes,
+        props: Option<Box<PublishProperties>>,
+        reply: oneshot::Sender<Result<()>>,
+        outcome: Option<things::Waiter>,
+    },
     /// SUBSCRIBE (a group join), answered by its SUBACK's first code.
     Subscribe {
         filter: String,
@@ -160,6 +173,8 @@ pub(crate) struct Core {
     dirty_since: Option<Instant>,
     pump: tokio::task::JoinHandle<()>,
     next_request: Arc<AtomicU64>,
+    /// The things world: outcome waiters, dedup of commands and feed entries.
+    things: things::Seen,
 }
 
 fn now_ms() -> u64 {
@@ -206,6 +221,7 @@ impl Core {
             dirty_since: None,
             pump,
             next_request,
+            things: things::Seen::default(),
         }
     }
 

@@ -152,9 +152,32 @@ impl Core {
                 })
                 .await;
             }
-            Cmd::Request { request, reply } => {
-                self.push_request(request, Some(reply), None, deadline)
+            Cmd::Request {
+                topic,
+                request,
+                reply,
+            } => {
+                self.push_request(topic, request, Some(reply), None, deadline)
                     .await;
+            }
+            Cmd::Publish {
+                topic,
+                payload,
+                props,
+                reply,
+                outcome,
+            } => {
+                if let Some(waiter) = outcome {
+                    self.things.wait(waiter);
+                }
+                self.push(Entry {
+                    topic,
+                    payload,
+                    props: props.map(|p| *p),
+                    kind: Kind::Message(Some(reply)),
+                    deadline,
+                })
+                .await;
             }
             Cmd::Fire { topic, payload } => {
                 self.push(Entry {
@@ -183,6 +206,7 @@ impl Core {
 
     pub(super) async fn push_request(
         &mut self,
+        topic: &'static str,
         mut request: Value,
         reply: Option<oneshot::Sender<Result<Value>>>,
         internal: Option<ConvId>,
@@ -200,7 +224,7 @@ impl Core {
         let payload = Bytes::from(request.to_string());
         let key = self
             .push(Entry {
-                topic: "$im/req".into(),
+                topic: topic.into(),
                 payload,
                 props: None,
                 kind: Kind::Request {

@@ -3,12 +3,14 @@
 use serde_json::Value;
 
 use super::Core;
+use crate::things::{Access, ThingEntry};
 
 impl Core {
     /// Keep the roster snapshot current with the notices that change it.
     pub(super) fn track_roster(&self, kind: &str, json: &Value) {
         let field = |n: &str| json.get(n).and_then(Value::as_str).map(str::to_owned);
         let mut roster = self.view.roster.lock().unwrap_or_else(|e| e.into_inner());
+        let me = self.opts.account.as_str();
         match kind {
             "friend.added" => {
                 if let Some(peer) = field("peer") {
@@ -69,6 +71,39 @@ impl Core {
                     && member == self.opts.account
                 {
                     roster.groups.retain(|g| g.id != group);
+                }
+            }
+            "thing.bound" | "thing.shared" => {
+                let access = match (kind, field("rights").as_deref()) {
+                    ("thing.bound", _) if field("owner").as_deref() == Some(me) => Access::Owner,
+                    ("thing.shared", Some("view")) => Access::View,
+                    ("thing.shared", _) => Access::Control,
+                    _ => return,
+                };
+                if let Some(thing) = field("thing") {
+                    match roster.things.iter_mut().find(|t| t.id == thing) {
+                        Some(t) => t.access = access,
+                        None => roster.things.push(ThingEntry {
+                            id: thing,
+                            access,
+                            presence: "offline".into(),
+                            last_seen: None,
+                            version: 0,
+                            state: Value::Null,
+                            follow_requests: Vec::new(),
+                            links: Vec::new(),
+                        }),
+                    }
+                }
+            }
+            "thing.unbound" | "thing.unshared" => {
+                let mine = kind == "thing.unshared"
+                    || field("owner").as_deref() == Some(me)
+                    || field("person").as_deref() == Some(me);
+                if let Some(thing) = field("thing")
+                    && mine
+                {
+                    roster.things.retain(|t| t.id != thing);
                 }
             }
             "group.dissolved" => {
