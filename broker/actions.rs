@@ -195,6 +195,7 @@ impl Actions for BrokerActions {
             expires_at_ms: None,
             publisher: Some(client_id),
             stamp: None,
+            receipt: None,
         });
         broker
             .publish(msg.clone())

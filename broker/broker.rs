@@ -188,13 +188,6 @@ impl Broker {
             limits,
             config.durability == Durability::Sync,
         ));
-        let things = Arc::new(ThingsWorld::new(
-            Things::open(store.clone(), im, config.things.engine())?,
-            gate.im.clone(),
-            events.clone(),
-            config.durability == Durability::Sync,
-        ));
-        let worlds: Vec<Arc<dyn World>> = vec![gate.clone(), things.clone()];
         let commit = {
             let store = store.clone();
             let errors = metrics.store_errors.clone();
@@ -205,6 +198,14 @@ impl Broker {
             };
             GroupCommit::start_with(move || flush_both(&*store, &log, &errors, &latency), gap)
         };
+        let things = Arc::new(ThingsWorld::new(
+            Things::open(store.clone(), im, config.things.engine())?,
+            gate.im.clone(),
+            events.clone(),
+            config.durability == Durability::Sync,
+            commit.clone(),
+        ));
+        let worlds: Vec<Arc<dyn World>> = vec![gate.clone(), things.clone()];
         let broker = Arc::new(Self {
             gate,
             worlds,

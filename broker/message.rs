@@ -44,6 +44,10 @@ pub struct Message {
     /// For IM messages: the conversation and sequence number, so that a connection knows which
     /// messages its client has received (its cursors).
     pub stamp: Option<Stamp>,
+    /// For a message a world wants to hear back about: told to the connection's members when
+    /// the client acknowledges it (`Member::acknowledged`), and handed back to the world when
+    /// the connection ends without that (`Session::take_receipts`).
+    pub receipt: Option<Receipt>,
 }
 
 /// Where an IM message stands in its conversation.
@@ -51,6 +55,17 @@ pub struct Message {
 pub struct Stamp {
     pub conv: Arc<str>,
     pub seq: u64,
+}
+
+/// What a world asks to be told about one message it sends (see `Message::receipt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    /// The things world's command `seq` to the connection's thing, held by the connection of
+    /// token `holder`: acknowledged = handed over.
+    ThingCommand { seq: u64, holder: u64 },
+    /// The things world's feed entry `seq` of the connection's account: acknowledged =
+    /// received by that device (its feed cursor).
+    ThingFeed { seq: u64 },
 }
 
 impl Message {
@@ -65,6 +80,7 @@ impl Message {
             expires_at_ms: None,
             publisher: None,
             stamp: None,
+            receipt: None,
         }
     }
 
@@ -158,6 +174,7 @@ impl From<StoredMessage> for Message {
             expires_at_ms: s.expires_at_ms,
             publisher: s.publisher.map(Arc::from),
             stamp: None,
+            receipt: None,
         }
     }
 }
@@ -183,6 +200,7 @@ mod tests {
             expires_at_ms: Some(42),
             publisher: Some(Arc::from("pub")),
             stamp: None,
+            receipt: None,
         };
         let stored = StoredMessage::from(&msg);
         let bytes = postcard::to_allocvec(&stored).unwrap();

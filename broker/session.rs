@@ -692,6 +692,27 @@ impl Session {
         self.wake();
     }
 
+    /// Take every delivery with a receipt that `which` picks, still queued or unacknowledged,
+    /// out of the session, and return the receipts: their world, not the MQTT session, gives
+    /// them again.
+    pub fn take_receipts(
+        &self,
+        mut which: impl FnMut(&crate::message::Receipt) -> bool,
+    ) -> Vec<crate::message::Receipt> {
+        let mut state = self.lock();
+        let mut receipts = Vec::new();
+        let mut take = |msg: &Message| match msg.receipt {
+            Some(receipt) if which(&receipt) => {
+                receipts.push(receipt);
+                false
+            }
+            _ => true,
+        };
+        state.queue.retain(|d| take(&d.msg));
+        state.inflight.retain(|_, f| take(&f.delivery.msg));
+        receipts
+    }
+
     /// Take every IM delivery (stamped) still queued or unacknowledged out of the session, and
     /// return their stamps: the IM log, not the MQTT session, redelivers them at the next CONNECT.
     pub fn take_im_unacked(&self) -> Vec<crate::message::Stamp> {

@@ -865,6 +865,7 @@ fn will_v3(will: v3::codec::LastWill) -> Will {
             expires_at_ms: None,
             publisher: None,
             stamp: None,
+            receipt: None,
         },
         delay_secs: 0,
     }
@@ -893,6 +894,7 @@ fn will_v5(will: v5::codec::LastWill) -> Will {
             expires_at_ms: will.message_expiry_interval.map(|s| u64::from(s.get())),
             publisher: None,
             stamp: None,
+            receipt: None,
         },
         delay_secs: will.will_delay_interval_sec.unwrap_or(0),
     }

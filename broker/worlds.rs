@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use ntex_bytes::{ByteString, Bytes};
 
-use crate::message::{Message, MessageProps, QoS, Stamp};
+use crate::message::{Message, MessageProps, QoS, Receipt, Stamp};
 use crate::session::Session;
 
 /// A PUBLISH on one of a world's topics.
@@ -120,6 +120,10 @@ pub trait Member: Send {
     fn already_sent(&mut self, _stamp: &Stamp) -> bool {
         false
     }
+
+    /// The client acknowledged (PUBACK) a message whose `receipt` a world asked for (every
+    /// member is told; each knows its own).
+    fn acknowledged(&mut self, _receipt: Receipt, _now: u64) {}
 
     /// The connection ended. `taken_over`: its session now belongs to a newer connection,
     /// which delivers what is still queued.

@@ -42,6 +42,7 @@ mod smoke;
 mod store_engines;
 mod stuck_store;
 mod things;
+mod things_delivery;
 mod topics;
 mod v5_features;
 mod websocket;

@@ -218,6 +218,7 @@ impl Conn {
             expires_at_ms: p.expiry_secs.map(|s| now + u64::from(s) * 1000),
             publisher: Some(self.client_id().clone()),
             stamp: None,
+            receipt: None,
         };
         if msg.qos != QoS::AtMostOnce && self.broker.disk.is_low() && self.broker.would_store(&msg)
         {

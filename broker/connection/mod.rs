@@ -820,9 +820,19 @@ impl Conn {
             }
         }
         let mut batch = Batch::new();
+        let mut receipts = Vec::new();
         for flight in &done {
             if let Some(seq) = flight.delivery.store_seq {
                 batch.remove(Space::Queue, persist::queue_key(self.client_id(), seq));
+            }
+            receipts.extend(flight.delivery.msg.receipt);
+        }
+        if !receipts.is_empty()
+            && let Some(members) = self.members()
+        {
+            let now = now_ms();
+            for receipt in receipts {
+                members.each().for_each(|m| m.acknowledged(receipt, now));
             }
         }
         if !batch.is_empty()

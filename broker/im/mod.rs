@@ -246,6 +246,7 @@ impl Gate {
             expires_at_ms: None,
             publisher: None,
             stamp,
+            receipt: None,
         })
     }
 

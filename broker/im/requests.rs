@@ -71,6 +71,7 @@ impl Gate {
                     expires_at_ms: None,
                     publisher: None,
                     stamp: None,
+                    receipt: None,
                 };
                 Some(Arc::new(msg))
             }

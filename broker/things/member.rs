@@ -11,7 +11,7 @@ use ntex_bytes::ByteString;
 use serde_json::{Value, json};
 
 use super::{Device, ThingsWorld, delivery, is_things_topic, message};
-use crate::message::{MessageProps, QoS};
+use crate::message::{MessageProps, QoS, Receipt};
 use crate::wire::reason;
 use crate::worlds::{Joining, Member, Outcome, Publish, World};
 
@@ -118,13 +118,9 @@ impl World for ThingsWorld {
                 }
                 Err(err) => tracing::error!(cause = %err, account, "thing presence not stored"),
             }
-            match self.things.take_queued(account, now) {
+            match self.things.take_queued(account, device.token, now) {
                 Ok((commands, effects)) => {
-                    for envelope in commands {
-                        let id = envelope["id"].as_str().unwrap_or_default().to_owned();
-                        let msg = self.command_message(account, &id, &envelope);
-                        sync.push(delivery(&msg));
-                    }
+                    sync.extend(self.queued_for(account, device.token, &commands));
                     self.carry(effects, &super::thing_actor(account));
                 }
                 Err(err) => tracing::error!(cause = %err, account, "cannot read queued commands"),
@@ -142,14 +138,10 @@ impl World for ThingsWorld {
         let mut last = self.things.feed_last(account).unwrap_or(0);
         match self.things.feed_sync(&device.client_id, account) {
             Ok(entries) => {
+                // The device's cursor moves as it acknowledges them (`acknowledged`).
                 for entry in &entries {
-                    sync.push(delivery(&message(&*inbox, entry, false)));
+                    sync.push(delivery(&super::feed_message(&inbox, entry)));
                     last = last.max(entry["feed"].as_u64().unwrap_or(0));
-                }
-                if let Some(seq) = entries.last().and_then(|e| e["feed"].as_u64())
-                    && let Err(err) = self.things.feed_received(&device.client_id, seq)
-                {
-                    tracing::warn!(cause = %err, "cannot save a feed cursor");
                 }
             }
             Err(err) => tracing::error!(cause = %err, account, "cannot read the feed"),
@@ -443,8 +435,26 @@ impl Member for ThingMember {
         }
     }
 
-    /// The device leaves: a thing's last device going makes it offline.
-    fn leave(self: Box<Self>, _taken_over: bool, now: u64) {
+    /// A command's PUBACK hands it over; a feed entry's moves the device's feed cursor.
+    fn acknowledged(&mut self, receipt: Receipt, _now: u64) {
+        match receipt {
+            Receipt::ThingCommand { seq, .. } if self.device.is_thing => {
+                self.world.handed_over(self.me(), seq);
+            }
+            Receipt::ThingFeed { seq } => {
+                if let Err(err) = self.world.things.feed_received(&self.device.client_id, seq) {
+                    tracing::warn!(cause = %err, "cannot save a feed cursor");
+                }
+            }
+            Receipt::ThingCommand { .. } => {}
+        }
+    }
+
+    /// The device leaves: what it did not acknowledge is owed again (commands it held go to
+    /// the thing's devices online or wait for the next CONNECT; its feed cursor goes back
+    /// before the first feed entry it did not acknowledge, unless a newer connection took
+    /// its session over and delivers them); a thing's last device going makes it offline.
+    fn leave(self: Box<Self>, taken_over: bool, now: u64) {
         let device = &self.device;
         {
             let mut devices = self.world.devices();
@@ -453,6 +463,30 @@ impl Member for ThingMember {
             if list.is_empty() {
                 devices.remove(&device.account);
             }
+        }
+        // Commands ride on one connection only: out of the session, even one taken over.
+        let token = device.token;
+        let unacked = device.session.take_receipts(|r| match r {
+            Receipt::ThingCommand { holder, .. } => *holder == token,
+            Receipt::ThingFeed { .. } => !taken_over,
+        });
+        if device.is_thing {
+            self.world.release(&device.account, token, now);
+        }
+        let first_unacked = unacked
+            .iter()
+            .filter_map(|r| match r {
+                Receipt::ThingFeed { seq } => Some(*seq),
+                Receipt::ThingCommand { .. } => None,
+            })
+            .min();
+        if let Some(seq) = first_unacked
+            && let Err(err) = self
+                .world
+                .things
+                .feed_rewind(&device.client_id, seq.saturating_sub(1))
+        {
+            tracing::warn!(cause = %err, "cannot save a feed cursor");
         }
         if device.is_thing {
             match self.world.things.disconnected(&device.account, now) {

@@ -19,16 +19,17 @@ mod requests;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use mqtter_engine::GroupCommit;
 use mqtter_engine::events::{
     Actor, ActorKind, Chain as EventChain, Event, EventData, EventKind, Events, PresenceStatus,
     RelationChange,
 };
 use mqtter_engine::im::Im;
-use mqtter_engine::things::{Effect, Things};
+use mqtter_engine::things::{Command, EFFECT_HOLDER, Effect, Things};
 use ntex_bytes::{ByteString, Bytes};
 use serde_json::Value;
 
-use crate::message::{Message, MessageProps, QoS};
+use crate::message::{Message, MessageProps, QoS, Receipt, now_ms};
 use crate::session::{Delivery, Session};
 
 pub use member::ThingMember;
@@ -79,6 +80,9 @@ pub struct ThingsWorld {
     events: Arc<Events>,
     /// Acknowledgements of QoS 1/2 PUBLISHes wait until they are durable.
     sync_acks: bool,
+    /// The broker's flusher: a command's hand-over is made durable at once (with
+    /// `sync_acks`), so that a crash seldom gives it again.
+    commit: GroupCommit,
     devices: Mutex<DeviceMap>,
 }
 
@@ -114,7 +118,16 @@ fn message_with(
     retain: bool,
     props: Arc<MessageProps>,
 ) -> Arc<Message> {
-    Arc::new(Message {
+    Arc::new(unshared(topic, envelope, retain, props))
+}
+
+fn unshared(
+    topic: impl Into<ByteString>,
+    envelope: &Value,
+    retain: bool,
+    props: Arc<MessageProps>,
+) -> Message {
+    Message {
         topic: topic.into(),
         payload: json_bytes(envelope),
         qos: QoS::AtLeastOnce,
@@ -123,7 +136,18 @@ fn message_with(
         expires_at_ms: None,
         publisher: None,
         stamp: None,
-    })
+        receipt: None,
+    }
+}
+
+/// A feed entry (`Effect::Feed`, or at a sync) as a device receives it on `inbox`: its
+/// acknowledgement moves the device's feed cursor.
+fn feed_message(inbox: &str, envelope: &Value) -> Arc<Message> {
+    let mut msg = unshared(inbox.to_owned(), envelope, false, json_props());
+    msg.receipt = envelope["feed"]
+        .as_u64()
+        .map(|seq| Receipt::ThingFeed { seq });
+    Arc::new(msg)
 }
 
 fn delivery(msg: &Arc<Message>) -> Delivery {
@@ -163,12 +187,19 @@ fn thing_of<'a>(topic: &'a str, what: &str) -> Option<&'a str> {
 }
 
 impl ThingsWorld {
-    pub fn new(things: Things, im: Arc<Im>, events: Arc<Events>, sync_acks: bool) -> Self {
+    pub fn new(
+        things: Things,
+        im: Arc<Im>,
+        events: Arc<Events>,
+        sync_acks: bool,
+        commit: GroupCommit,
+    ) -> Self {
         Self {
             things,
             im,
             events,
             sync_acks,
+            commit,
             devices: Mutex::new(DeviceMap::default()),
         }
     }
@@ -286,20 +317,17 @@ impl ThingsWorld {
         let mut plain = Vec::new();
         for effect in effects {
             match effect {
-                Effect::Command { thing, envelope } => {
-                    let id = envelope["id"].as_str().unwrap_or_default().to_owned();
-                    let msg = self.command_message(&thing, &id, &envelope);
-                    self.deliver(&thing, &msg);
+                Effect::Command {
+                    thing,
+                    seq,
+                    envelope,
+                } => {
+                    self.give(&thing, seq, &envelope);
+                    self.hand_back(&thing, seq, EFFECT_HOLDER);
                 }
-                Effect::Feed { to, seq, envelope } => {
+                Effect::Feed { to, envelope, .. } => {
                     self.emit_answer(&envelope);
-                    let msg = message(self.inbox_of(&to), &envelope, false);
-                    for device in self.devices_of(&to) {
-                        device.session.force(delivery(&msg));
-                        if let Err(err) = self.things.feed_received(&device.client_id, seq) {
-                            tracing::warn!(cause = %err, "cannot save a feed cursor");
-                        }
-                    }
+                    self.deliver(&to, &feed_message(&self.inbox_of(&to), &envelope));
                 }
                 Effect::Notify { to, envelope } => {
                     self.emit_relation(&to, &envelope, by);
@@ -331,15 +359,68 @@ impl ThingsWorld {
         plain
     }
 
-    /// A command as the thing's devices receive it: v5 Response Topic `thing/T/ack` and the
-    /// command id as Correlation Data.
-    fn command_message(&self, thing: &str, id: &str, envelope: &Value) -> Arc<Message> {
+    /// A command as the device of connection `holder` receives it: v5 Response Topic
+    /// `thing/T/ack` and the command id as Correlation Data; its PUBACK hands it over.
+    fn command_message(&self, thing: &str, seq: u64, envelope: &Value, holder: u64) -> Delivery {
+        let id = envelope["id"].as_str().unwrap_or_default();
         let props = Arc::new(MessageProps {
             response_topic: Some(ByteString::from(format!("thing/{thing}/ack"))),
             correlation_data: Some(Bytes::copy_from_slice(id.as_bytes())),
             ..(*json_props()).clone()
         });
-        message_with(format!("thing/{thing}/cmd"), envelope, false, props)
+        let mut msg = unshared(format!("thing/{thing}/cmd"), envelope, false, props);
+        msg.receipt = Some(Receipt::ThingCommand { seq, holder });
+        delivery(&Arc::new(msg))
+    }
+
+    /// Give command `seq` of `thing` to every device of the thing online now, each
+    /// connection holding it until its PUBACK (see `mqtter_engine::things` `handover.rs`).
+    fn give(&self, thing: &str, seq: u64, envelope: &Value) {
+        for device in self.devices_of(thing) {
+            self.things.sending(thing, seq, device.token);
+            device
+                .session
+                .force(self.command_message(thing, seq, envelope, device.token));
+        }
+    }
+
+    /// `holder` lets command `seq` of `thing` go unacknowledged: if nobody holds it now, the
+    /// devices online get it again (none: it waits for the next CONNECT).
+    fn hand_back(&self, thing: &str, seq: u64, holder: u64) {
+        match self.things.handed_back(thing, seq, holder, now_ms()) {
+            Ok(Some(cmd)) => self.give(thing, seq, &cmd.envelope()),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(thing, cause = %err, "cannot read a command handed back"),
+        }
+    }
+
+    /// The connection `holder` of `thing` ended: the commands it held unacknowledged go to
+    /// the devices online (none: they wait for the next CONNECT).
+    fn release(&self, thing: &str, holder: u64, now: u64) {
+        match self.things.release(thing, holder, now) {
+            Ok(again) => {
+                for cmd in again {
+                    self.give(thing, cmd.seq, &cmd.envelope());
+                }
+            }
+            Err(err) => tracing::warn!(thing, cause = %err, "cannot read commands handed back"),
+        }
+    }
+
+    /// A device of `thing` acknowledged command `seq`: handed over, made durable at once.
+    fn handed_over(&self, thing: &str, seq: u64) {
+        match self.things.handed_over(thing, seq) {
+            Ok(true) if self.sync_acks => self.commit.soon(),
+            Ok(_) => {}
+            Err(err) => tracing::error!(thing, cause = %err, "a command's hand-over not stored"),
+        }
+    }
+
+    /// The connection `holder` of `thing` is given these queued commands at its CONNECT.
+    fn queued_for(&self, thing: &str, holder: u64, cmds: &[Command]) -> Vec<Delivery> {
+        cmds.iter()
+            .map(|cmd| self.command_message(thing, cmd.seq, &cmd.envelope(), holder))
+            .collect()
     }
 
     /// State, presence and events of a thing, to those who may see them.

@@ -67,6 +67,13 @@ impl GroupCommit {
         Self { tx }
     }
 
+    /// Start a flush soon without waiting for it: what was applied before this call is
+    /// durable once it has run.
+    pub fn soon(&self) {
+        let (tx, _unwaited) = oneshot::channel();
+        let _ = self.tx.send(tx);
+    }
+
     /// Resolve once everything applied before this call is durable.
     pub async fn durable(&self) -> Result<(), Arc<StoreError>> {
         let (tx, rx) = oneshot::channel();

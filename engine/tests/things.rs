@@ -92,8 +92,12 @@ fn crash_child() {
     t.publish_state("door", br#"{"open":true}"#, false, None, 2_000)
         .unwrap();
     t.connected("door", 5_000).unwrap();
-    let (queued, _) = t.take_queued("door", 5_000).unwrap();
-    assert_eq!(queued.len(), 2, "c1 and c2 handed over, c3 timed out");
+    let (queued, _) = t.take_queued("door", 1, 5_000).unwrap();
+    assert_eq!(queued.len(), 2, "c1 and c2 given, c3 timed out");
+    // The device acknowledges both PUBLISHes: handed over.
+    for cmd in &queued {
+        assert!(t.handed_over("door", cmd.seq).unwrap());
+    }
     ack(t, "door", "thing:door#1", 6_000);
     w.store.flush().unwrap();
     // Not durable unless flushed below.
@@ -107,6 +111,12 @@ fn crash_child() {
         w.store.flush().unwrap();
     }
     std::process::exit(0);
+}
+
+/// What `take_queued` gives door's device at `now`, as the envelopes it receives.
+fn taken(t: &Things, now: u64) -> (Vec<Value>, Vec<Effect>) {
+    let (queued, effects) = t.take_queued("door", 1, now).unwrap();
+    (queued.iter().map(|c| c.envelope()).collect(), effects)
 }
 
 fn crash(flush: bool) -> tempfile::TempDir {
@@ -157,7 +167,7 @@ fn a_crash_loses_nothing_flushed_and_replays_nothing_closed() {
     }
     assert_eq!(kinds_and_ids(&feed), expected);
     // Handed over before the crash: never again. Only c4, if it is there, is still queued.
-    let (queued, effects) = t.take_queued("door", 8_000).unwrap();
+    let (queued, effects) = taken(t, 8_000);
     let expected: Vec<(String, String)> = if c4_there {
         vec![("cmd".to_string(), "thing:door#5".to_string())]
     } else {
@@ -211,17 +221,18 @@ fn a_crash_loses_nothing_flushed_and_replays_nothing_closed() {
         .map(|c| c.id)
         .collect();
     assert_eq!(open_ids, ["thing:door#5"]);
-    let (queued, _) = t.take_queued("door", 8_000).unwrap();
+    let (queued, _) = taken(t, 8_000);
     assert_eq!(
         kinds_and_ids(&queued),
         [("cmd".to_string(), "thing:door#5".to_string())]
     );
     assert_eq!(queued[0]["body"], json!({"n": 4}));
+    assert!(t.handed_over("door", 5).unwrap());
     w.store.flush().unwrap();
     drop(w);
     let w = open(dir.path());
     let t = &w.things;
-    assert!(t.take_queued("door", 9_000).unwrap().0.is_empty());
+    assert!(t.take_queued("door", 1, 9_000).unwrap().0.is_empty());
     assert!(
         t.ack(
             "door",

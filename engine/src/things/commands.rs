@@ -1,12 +1,14 @@
 //! Commands: authorised, stamped (`id`, `from`, `ts`, `chain`), recorded, delivered or queued
-//! while the thing is offline until their ttl, handed over once, and closed once: answered
+//! while the thing is offline until their ttl, handed over, and closed once: answered
 //! (`cmd.ack`) or timed out (`cmd.timeout`), into the commander's feed. A `cid` makes a retry
 //! a no-op.
+//! How a command reaches a device of its thing (the hand-over) is `handover.rs`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::audit::{AuditEntry, Outcome};
+use super::handover::EFFECT_HOLDER;
 use super::payload::{AckRequest, CommandRequest};
 use super::{
     Chain, Effect, ThingError, ThingResult, Things, decode, encode, item_id, lock, notice, seq_key,
@@ -37,7 +39,7 @@ pub struct Command {
     pub body: String,
     pub chain: Chain,
     pub reply: Option<Reply>,
-    /// Handed to a device of the thing (never again).
+    /// A device of the thing acknowledged it (handed over: never given again).
     pub delivered: bool,
 }
 
@@ -85,11 +87,11 @@ struct DedupRecord {
     until: u64,
 }
 
-fn open_key(thing: &str, seq: u64) -> Vec<u8> {
+pub(super) fn open_key(thing: &str, seq: u64) -> Vec<u8> {
     seq_key(&["q", thing], seq)
 }
 
-fn open_prefix(thing: &str) -> Vec<u8> {
+pub(super) fn open_prefix(thing: &str) -> Vec<u8> {
     let mut k = key(&["q", thing]);
     k.push(0);
     k
@@ -193,7 +195,7 @@ impl Things {
             body: req.body,
             chain,
             reply: req.reply,
-            delivered: online,
+            delivered: false,
         };
         batch.put(Space::Commands, open_key(thing, seq), encode(&cmd));
         if let Some(k) = dedup {
@@ -208,8 +210,11 @@ impl Things {
         self.store.apply(batch)?;
         lock(&self.deadlines).insert((cmd.expires, thing.to_owned(), seq));
         if online {
+            // Held for the effect (no CONNECT takes it meanwhile): the broker gives it back.
+            self.hold(thing, seq, EFFECT_HOLDER);
             let effects = vec![Effect::Command {
                 thing: thing.to_owned(),
+                seq,
                 envelope: cmd.envelope(),
             }];
             Ok((Sent::Delivered { id }, effects))
@@ -222,45 +227,6 @@ impl Things {
                 Vec::new(),
             ))
         }
-    }
-
-    /// At a device's CONNECT: the commands queued for `thing` within their ttl, oldest first,
-    /// now handed over (never again); those whose ttl passed time out here.
-    pub fn take_queued(&self, thing: &str, now: u64) -> ThingResult<(Vec<Value>, Vec<Effect>)> {
-        let _guard = self.thing_lock(thing);
-        let mut batch = Batch::new();
-        let mut envelopes = Vec::new();
-        let mut effects = Vec::new();
-        let mut closed = Vec::new();
-        for (k, v) in self
-            .store
-            .scan_prefix(Space::Commands, &open_prefix(thing))?
-        {
-            let Some(mut cmd) = decode::<Command>(&v) else {
-                continue;
-            };
-            if cmd.delivered {
-                continue;
-            }
-            if cmd.expires <= now {
-                batch.remove(Space::Commands, k);
-                effects.extend(self.timed_out(&mut batch, &cmd, now)?);
-                closed.push((cmd.expires, cmd.seq));
-                continue;
-            }
-            cmd.delivered = true;
-            batch.put(Space::Commands, k, encode(&cmd));
-            self.audit_update(&mut batch, thing, cmd.seq, |e| {
-                e.outcome = Outcome::Pending { delivered: true };
-            })?;
-            envelopes.push(cmd.envelope());
-        }
-        self.store.apply(batch)?;
-        let mut deadlines = lock(&self.deadlines);
-        for (expires, seq) in closed {
-            deadlines.remove(&(expires, thing.to_owned(), seq));
-        }
-        Ok((envelopes, effects))
     }
 
     /// `thing` answers one of its open commands: the commander gets `cmd.ack` in its feed (and
@@ -308,6 +274,7 @@ impl Things {
         let effects = self.answer(&mut batch, &cmd, envelope)?;
         self.store.apply(batch)?;
         lock(&self.deadlines).remove(&(cmd.expires, thing.to_owned(), seq));
+        self.unhold(thing, seq);
         Ok(effects)
     }
 
@@ -333,7 +300,12 @@ impl Things {
         Ok(effects)
     }
 
-    fn timed_out(&self, batch: &mut Batch, cmd: &Command, now: u64) -> ThingResult<Vec<Effect>> {
+    pub(super) fn timed_out(
+        &self,
+        batch: &mut Batch,
+        cmd: &Command,
+        now: u64,
+    ) -> ThingResult<Vec<Effect>> {
         self.audit_update(batch, &cmd.thing, cmd.seq, |e| {
             e.outcome = Outcome::Timeout {
                 at: now,
@@ -395,6 +367,7 @@ impl Things {
         batch.remove(Space::Commands, k);
         let effects = self.timed_out(&mut batch, &cmd, now)?;
         self.store.apply(batch)?;
+        self.unhold(thing, seq);
         Ok(effects)
     }
 
@@ -437,10 +410,15 @@ mod tests {
                 id: "thing:door#1".into()
             }
         );
-        let Effect::Command { thing, envelope } = &effects[0] else {
+        let Effect::Command {
+            thing,
+            seq,
+            envelope,
+        } = &effects[0]
+        else {
             panic!("{effects:?}")
         };
-        assert_eq!(thing, "door");
+        assert_eq!((thing.as_str(), *seq), ("door", 1));
         assert_eq!(envelope["from"], "alice");
         assert_eq!(envelope["ts"], 1_000);
         assert_eq!(envelope["ttl"], 30);
@@ -502,17 +480,35 @@ mod tests {
         t.command(cmd("alice", "door", r#"{"n":3,"ttl":999999}"#), 1_000)
             .unwrap();
         // At 5 s: the second has expired and times out; the others come, oldest first.
-        let (queued, effects) = t.take_queued("door", 5_000).unwrap();
-        let bodies: Vec<_> = queued.iter().map(|e| e["body"]["n"].clone()).collect();
+        let (queued, effects) = t.take_queued("door", 7, 5_000).unwrap();
+        let bodies: Vec<_> = queued
+            .iter()
+            .map(|c| c.envelope()["body"]["n"].clone())
+            .collect();
         assert_eq!(bodies, [json!(1), json!(3)]);
-        assert_eq!(queued[1]["ttl"], 3600, "capped by the configuration");
+        assert_eq!(queued[1].ttl, 3600, "capped by the configuration");
         assert_eq!(sent_to(&effects, "alice"), ["cmd.timeout"]);
         let Effect::Feed { envelope, .. } = &effects[0] else {
             panic!()
         };
         assert_eq!(envelope["delivered"], false);
-        // Handed over once: a reconnect gets nothing again.
-        assert!(t.take_queued("door", 6_000).unwrap().0.is_empty());
+        // Held by that device's connection: another connection gets nothing meanwhile.
+        assert!(t.take_queued("door", 8, 6_000).unwrap().0.is_empty());
+        // The device acknowledged the first (handed over, once); the third came back
+        // unacknowledged (its connection ended): the next CONNECT gets it, the same command.
+        assert!(t.handed_over("door", queued[0].seq).unwrap());
+        assert!(!t.handed_over("door", queued[0].seq).unwrap(), "once");
+        let back = t.handed_back("door", queued[1].seq, 7, 6_000).unwrap();
+        assert_eq!(back.map(|c| c.id), Some(queued[1].id.clone()));
+        let (again, _) = t.take_queued("door", 8, 6_000).unwrap();
+        let ids: Vec<_> = again.iter().map(|c| c.id.clone()).collect();
+        assert_eq!(ids, [queued[1].id.clone()]);
+        assert!(t.handed_over("door", again[0].seq).unwrap());
+        assert!(
+            t.release("door", 8, 7_000).unwrap().is_empty(),
+            "nothing left"
+        );
+        assert!(t.take_queued("door", 9, 7_000).unwrap().0.is_empty());
         // The first times out unanswered, delivered.
         let effects = t.sweep(11_000).unwrap();
         assert_eq!(sent_to(&effects, "alice"), ["cmd.timeout"]);

@@ -95,11 +95,25 @@ impl Things {
         self.get_u64(&key(&["fcur", client]))
     }
 
-    /// Device `client` has received its feed up to `seq` (kept when higher than before).
+    /// Device `client` has received (acknowledged) its feed up to `seq` (kept when higher than
+    /// before).
     pub fn feed_received(&self, client: &str, seq: u64) -> ThingResult<()> {
         if self.feed_cursor(client)?.is_some_and(|c| c >= seq) {
             return Ok(());
         }
+        self.feed_set_cursor(client, seq)
+    }
+
+    /// Device `client` did not receive what came after `seq` (its connection ended with it
+    /// unacknowledged): its next sync starts there (kept when lower than before).
+    pub fn feed_rewind(&self, client: &str, seq: u64) -> ThingResult<()> {
+        if self.feed_cursor(client)?.is_some_and(|c| c <= seq) {
+            return Ok(());
+        }
+        self.feed_set_cursor(client, seq)
+    }
+
+    fn feed_set_cursor(&self, client: &str, seq: u64) -> ThingResult<()> {
         let mut batch = Batch::new();
         batch.put(
             Space::Things,

@@ -7,7 +7,8 @@
 //! The store is the source of truth: bindings and links are relations of the graph (kept by
 //! [`Im`], rebuilt from `Space::Relations` at start), commands live in `Space::Commands`, state
 //! documents, claim codes and feeds in `Space::Things`, the audit in `Space::Audit`. What is in
-//! memory (the deadlines of open commands, who is online) is rebuilt or starts empty at
+//! memory (the deadlines of open commands, who is online, which commands are on their way to a
+//! device) is rebuilt or starts empty at
 //! [`Things::open`]. Every operation applies its writes in one batch: visible at once, durable
 //! after the next flush (the broker acknowledges after it).
 
@@ -16,6 +17,7 @@ mod bindings;
 mod claim;
 mod commands;
 mod feed;
+mod handover;
 mod links;
 mod payload;
 mod state;
@@ -35,6 +37,7 @@ pub use audit::{AuditEntry, AuditPage, Outcome};
 pub use bindings::FollowState;
 pub use claim::Claim;
 pub use commands::{Command, Reply, Sent};
+pub use handover::EFFECT_HOLDER;
 pub use payload::{AckRequest, CommandRequest};
 pub use state::{StateDoc, merge_patch, merge_patch_diff};
 
@@ -108,9 +111,15 @@ impl Chain {
 /// What the broker must do after an operation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// Hand a stamped `cmd` envelope to the thing's online devices on `thing/T/cmd` (QoS 1; v5:
-    /// Response Topic `thing/T/ack`, Correlation Data the command id).
-    Command { thing: String, envelope: Value },
+    /// Hand a stamped `cmd` envelope (the thing's command `seq`) to the thing's online devices
+    /// on `thing/T/cmd` (QoS 1; v5: Response Topic `thing/T/ack`, Correlation Data the command
+    /// id). The command is held for the effect ([`EFFECT_HOLDER`]) until the broker lets go
+    /// with [`Things::handed_back`] (see `handover.rs`).
+    Command {
+        thing: String,
+        seq: u64,
+        envelope: Value,
+    },
     /// Deliver `envelope` to every online device of `to` on its inbox; it is kept in `to`'s feed
     /// under `seq` for the devices that are offline (their next sync).
     Feed {
@@ -209,6 +218,9 @@ pub struct Things {
     thing_locks: Vec<Mutex<()>>,
     /// Open commands by deadline: (expires, thing, seq).
     deadlines: Mutex<BTreeSet<(u64, String, u64)>>,
+    /// Commands on their way to a device of their thing (queued on its session, not yet
+    /// acknowledged): how many sessions hold each. Not handed over again while held.
+    handing: Mutex<handover::Handing>,
     /// Connected devices per thing.
     online: Mutex<HashMap<String, usize>>,
     /// The last feed number given per account (loaded from the store on first use).
@@ -284,6 +296,7 @@ impl Things {
             relations: Mutex::new(()),
             thing_locks: (0..64).map(|_| Mutex::new(())).collect(),
             deadlines: Mutex::new(deadlines),
+            handing: Mutex::new(Default::default()),
             online: Mutex::new(HashMap::new()),
             feed_seqs: Mutex::new(HashMap::new()),
         })
