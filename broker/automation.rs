@@ -1,5 +1,6 @@
 //! The rules engine in the daemon: `mqtter_rules::Rules` started on the folder `rules_dir`,
-//! fed by the broker's event seam, acting through `BrokerActions`, asking the engine's graph and
+//! owning the folder's definitions (applied with `mqtter_engine::definitions::sync` at start
+//! and at every reload, their effects carried out), fed by the broker's event seam, acting through `BrokerActions`, asking the engine's graph and
 //! things' states (`EngineWorld`), keeping its `after` timers in the store, and showing what it does on
 //! retained `$SYS/mqtter/rules/...` topics (docs/RULES.md, "Seeing what happened"):
 //!
@@ -17,13 +18,15 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use mqtter_rules::Rules;
+use mqtter_engine::definitions::{FolderFile, Targets, sync};
+use mqtter_engine::events::Actor;
 use mqtter_rules::world::EngineWorld;
+use mqtter_rules::{DefinitionsOwner, Rules};
 
 use crate::actions::BrokerActions;
 use crate::broker::Broker;
 use crate::config::ConfigError;
-use crate::message::Message;
+use crate::message::{Message, now_ms};
 
 /// The retained status of the rules folder.
 pub const STATUS_TOPIC: &str = "$SYS/mqtter/rules/status";
@@ -64,12 +67,13 @@ impl Automation {
             Some(|b: &Broker| &b.things.things),
             |b: &Broker, account: &str| b.gate.presence_of(account).as_str().to_owned(),
         );
-        let rules = Rules::start(
+        let rules = Rules::start_owning(
             dir,
             config,
             Arc::new(BrokerActions::new(broker)),
             Arc::new(world),
             Some(broker.store.clone()),
+            Some(definitions_owner(broker)),
         );
         let status = rules.status();
         let errors: usize = status.files.iter().map(|f| f.errors.len()).sum();
@@ -146,6 +150,45 @@ impl Drop for Automation {
         }
     }
 }
+
+/// The daemon applies the folder's definitions (`mqtter_engine::definitions::sync`: each file
+/// owns what it declares) and carries out what that changes: the members and friends told, the
+/// relation events emitted (as done by the account `definitions`), rights granted or revoked.
+fn definitions_owner(broker: &Arc<Broker>) -> DefinitionsOwner {
+    let broker = Arc::downgrade(broker);
+    Box::new(move |folder: &[FolderFile<'_>]| {
+        let Some(broker) = broker.upgrade() else {
+            return Vec::new();
+        };
+        let targets = Targets {
+            accounts: &broker.accounts,
+            im: &broker.gate.im,
+            things: Some(&broker.things.things),
+        };
+        let synced = sync(folder, &*broker.store, &targets, now_ms());
+        if synced.applied + synced.withdrawn > 0 {
+            tracing::info!(
+                applied = synced.applied,
+                withdrawn = synced.withdrawn,
+                problems = synced.diagnostics.len(),
+                "definitions in force"
+            );
+        }
+        broker.gate.apply(synced.effects.im, DEFINITIONS_ACTOR);
+        for msg in broker
+            .things
+            .carry(synced.effects.things, &Actor::person(DEFINITIONS_ACTOR))
+        {
+            if let Err(err) = broker.publish(msg) {
+                tracing::warn!(cause = %err, "cannot publish a definitions change");
+            }
+        }
+        synced.diagnostics
+    })
+}
+
+/// The actor of the events the definitions files cause.
+pub const DEFINITIONS_ACTOR: &str = "definitions";
 
 fn publish_every(
     rules: &Weak<Rules>,

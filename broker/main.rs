@@ -235,29 +235,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let ws_local = ws.as_ref().map(|l| l.local_addr()).transpose()?;
         let metrics_local = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
         let broker = Broker::open(config.clone(), store).context("cannot restore the store")?;
-        // The definitions of the folder the rules engine owns: accounts, groups, relations.
-        if !broker.config.rules_dir.as_os_str().is_empty() {
-            let (report, effects) = mqtter_rules::definitions::load_dir_with_things(
-                &broker.config.rules_dir,
-                &broker.accounts,
-                &broker.gate.im,
-                Some(&broker.things.things),
-                mqtter::message::now_ms(),
-            );
-            broker.things.carry(effects, &mqtter_engine::events::Actor::anonymous());
-            for diagnostic in &report.diagnostics {
-                tracing::error!(%diagnostic, "definitions file problem (the rest is loaded)");
-            }
-            tracing::info!(
-                dir = %broker.config.rules_dir.display(),
-                files = report.files.len(),
-                problems = report.diagnostics.len(),
-                not_applied = report.not_applied,
-                "definitions loaded"
-            );
-        }
-        // The rules engine, after the definitions (its rules act as their accounts); stopped
-        // when the stop begins, so that no action comes after the last flush.
+        // The rules engine, which applies the folder's definitions (accounts, groups,
+        // relations) as it loads; stopped when the stop begins, so that no action comes after
+        // the last flush.
         let automation = mqtter::automation::Automation::start(&broker)?;
         let signal = shutdown_signal();
         let shutdown = async move {

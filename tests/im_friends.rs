@@ -102,8 +102,8 @@ async fn a_stranger_cannot_message_a_person() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfriended_person_stays_restorable_until_the_retention_ends() {
-    // Friends made at runtime: a friendship a definitions file declares is declared again at
-    // every start.
+    // Friends made at runtime: this is about what persons do (a file's own friendships:
+    // tests/definitions_reload.rs).
     let world = World::with(&persons(&["alice", "bob"]), "[im]\npurge_interval = 1\n");
     let mut alice = world.v5("alice").await;
     let mut bob = world.v5("bob").await;

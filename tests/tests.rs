@@ -14,6 +14,7 @@ mod client_resume;
 mod client_things;
 mod crash;
 mod daemon;
+mod definitions_reload;
 mod disk_free;
 mod events;
 mod full_disk;

@@ -4,19 +4,26 @@
 //! file is parsed on its own, and a file that fails is reported (file, line, column, message)
 //! and skipped.
 //!
-//! What a file declares is added to what runtime created; runtime relations are never removed by
-//! a file. `rules:` are the rules engine's (the `rules` crate loads them from the same files). The
-//! things relations (`bind`, `share`, `link`) are applied by [`apply_things`], through the things
-//! world; [`apply`] alone counts them as not applied.
+//! A running daemon keeps what the files declare in line with them through [`sync`] (module
+//! `owned`: each file owns its declarations; removing one from the file withdraws it). [`apply`]
+//! and [`apply_things`] apply a file's declarations once, without that record. `rules:` are the
+//! rules engine's (the `rules` crate loads them from the same files).
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::accounts::{AccountKind, Accounts};
+use crate::accounts::Accounts;
 use crate::graph::Rights;
-use crate::im::{Im, PersonSettings};
+use crate::im::Im;
 use crate::things::{Effect, Things};
+
+mod owned;
+
+pub use owned::{
+    Declaration, Effects, FolderFile, Source, Synced, Targets, apply_one, apply_to_things,
+    declarations, sync, withdraw_one,
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,8 +138,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Definitions, Diagnostic> {
     })
 }
 
-/// Apply one file's definitions to the accounts and the IM world; what fails is reported in
-/// `report` and the rest applied. (Reading the files is the rules crate's: it owns the folder.)
+/// Apply one file's definitions to the accounts and the IM world, all of them (no ledger: see
+/// [`sync`] for what a running daemon does); what fails is reported in `report` and the rest
+/// applied. The things relations are counted as not applied ([`apply_things`] applies them).
 pub fn apply(
     file: &Path,
     defs: &Definitions,
@@ -141,65 +149,17 @@ pub fn apply(
     now: u64,
     report: &mut Report,
 ) {
-    let mut fail = |message: String| {
-        report.diagnostics.push(Diagnostic {
-            file: file.to_owned(),
-            line: 0,
-            column: 0,
-            message,
-        });
+    let to = Targets {
+        accounts,
+        im,
+        things: None,
     };
-    for (kind, list) in [
-        (AccountKind::Person, &defs.persons),
-        (AccountKind::Thing, &defs.things),
-    ] {
-        for def in list {
-            let result = match (&def.password_hash, &def.password) {
-                (Some(hash), _) => accounts.define(&def.id, kind, hash, now),
-                (None, Some(password)) => {
-                    accounts.define_with_password(&def.id, kind, password, now)
-                }
-                (None, None) => {
-                    fail(format!("{} needs a password or a password_hash", def.id));
-                    continue;
-                }
-            };
-            match result {
-                Ok(()) => {
-                    im.account_added(&def.id, kind);
-                    if def.auto_accept
-                        && let Err(err) =
-                            im.set_settings(&def.id, PersonSettings { auto_accept: true })
-                    {
-                        fail(format!("{}: {err}", def.id));
-                    }
-                }
-                Err(err) => fail(format!("{}: {err}", def.id)),
-            }
-        }
-    }
-    for group in &defs.groups {
-        if let Err(err) = im.define_group(
-            &group.id,
-            &group.owner,
-            &group.members,
-            group.name.as_deref(),
-            group.open,
-            now,
-        ) {
-            fail(format!("group {}: {err}", group.id));
-        }
-    }
-    for relation in &defs.relations {
-        match relation {
-            RelationDef::Friends { friends: [a, b] } => {
-                if let Err(err) = im.define_friends(a, b, now) {
-                    fail(format!("friends {a}, {b}: {err}"));
-                }
-            }
-            RelationDef::Bind { .. } | RelationDef::Share { .. } | RelationDef::Link { .. } => {
-                report.not_applied += 1
-            }
+    let mut effects = Effects::default();
+    for (declaration, source) in declarations(defs) {
+        if declaration.of_things() {
+            report.not_applied += 1;
+        } else if let Err(message) = apply_one(&declaration, source, &to, now, &mut effects) {
+            report.diagnostics.push(Diagnostic::in_file(file, message));
         }
     }
 }
@@ -215,43 +175,32 @@ pub fn apply_things(
     now: u64,
     report: &mut Report,
 ) -> Vec<Effect> {
+    let mut relations: Vec<_> = declarations(defs)
+        .into_iter()
+        .filter(|(d, _)| d.of_things())
+        .collect();
+    relations.sort_by_key(|(d, _)| d.rank());
     let mut effects = Vec::new();
-    for pass in 0..3 {
-        for relation in &defs.relations {
-            let (what, result) = match (pass, relation) {
-                (0, RelationDef::Bind { bind, to }) => (
-                    format!("bind {bind} to {to}"),
-                    things.define_owner(bind, to, now),
-                ),
-                (
-                    1,
-                    RelationDef::Share {
-                        share,
-                        with,
-                        rights,
-                    },
-                ) => (
-                    format!("share {share} with {with}"),
-                    things.define_share(share, with, *rights, now),
-                ),
-                (2, RelationDef::Link { link: [a, b] }) => {
-                    (format!("link {a}, {b}"), things.define_link(a, b, now))
-                }
-                _ => continue,
-            };
-            report.not_applied = report.not_applied.saturating_sub(1);
-            match result {
-                Ok(done) => effects.extend(done),
-                Err(err) => report.diagnostics.push(Diagnostic {
-                    file: file.to_owned(),
-                    line: 0,
-                    column: 0,
-                    message: format!("{what}: {err}"),
-                }),
-            }
+    for (declaration, source) in relations {
+        report.not_applied = report.not_applied.saturating_sub(1);
+        match apply_to_things(&declaration, source, things, now) {
+            Ok(done) => effects.extend(done),
+            Err(message) => report.diagnostics.push(Diagnostic::in_file(file, message)),
         }
     }
     effects
+}
+
+impl Diagnostic {
+    /// A problem of a file as a whole (no line or column).
+    pub fn in_file(file: &Path, message: String) -> Self {
+        Diagnostic {
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+            message,
+        }
+    }
 }
 
 #[cfg(test)]

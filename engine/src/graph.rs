@@ -114,6 +114,22 @@ impl Relation {
             Relation::Link { .. } => "link",
         }
     }
+
+    /// Where the relation came from, for the kinds that record it.
+    pub fn origin(&self) -> Option<Origin> {
+        match self {
+            Relation::FriendRequest { origin, .. }
+            | Relation::Friend { origin, .. }
+            | Relation::Member { origin, .. }
+            | Relation::Owner { origin, .. }
+            | Relation::Share { origin, .. }
+            | Relation::Link { origin, .. } => Some(*origin),
+            Relation::Block { .. }
+            | Relation::JoinRequest { .. }
+            | Relation::Invite { .. }
+            | Relation::FollowRequest { .. } => None,
+        }
+    }
 }
 
 /// The graph with an index from ids to nodes.

@@ -13,7 +13,7 @@
 //! - `timers`: `after`, debounced runs and schedules, on one thread.
 //! - [`stats`]: per-rule counters and traces.
 //! - [`service`]: [`Rules`], the running engine: reload, watch, status, listings.
-//! - [`definitions`]: the folder's definitions files, applied by the daemon at start.
+//! - [`definitions`]: the folder's definitions files (applied by the daemon at every load).
 //!
 //! **Architecture Invariant:** this crate depends on `mqtter-engine` only: no MQTT, no network,
 //! no daemon types. Events come in through the engine's event seam and actions go out through it.
@@ -41,4 +41,4 @@ pub use diagnostic::{Diagnostic, Severity};
 pub use exec::Config;
 pub use loader::{LoadConfig, Loaded, load_dir};
 pub use model::{Rule, RuleId, Trigger};
-pub use service::{Rules, Status};
+pub use service::{DefinitionsOwner, Rules, Status};

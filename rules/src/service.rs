@@ -6,7 +6,8 @@
 //! file that fails keeps its last good version (or has no rules if it never loaded) and its
 //! error is in the status until it loads again; an empty file (an in-place save half done) keeps
 //! its last version; a removed file's rules go. The new set is put in
-//! force with one atomic swap. Each event is matched against the set in force when it arrives
+//! force with one atomic swap, then the definitions of the files in force are handed to their
+//! owner (the daemon applies them: `mqtter_engine::definitions::sync`). Each event is matched against the set in force when it arrives
 //! and runs with that set, so across a reload no event is lost or handled twice.
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mqtter_engine::Store;
+use mqtter_engine::definitions::{Definitions, FolderFile};
 use serde::Serialize;
 
 use crate::diagnostic::Diagnostic;
@@ -76,12 +78,21 @@ pub struct RuleReport {
 #[derive(Default)]
 struct FileState {
     good: Option<Vec<Rule>>,
+    /// The definitions of the last good version.
+    definitions: Option<Arc<Definitions>>,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
 }
 
 type StatusListener = Box<dyn Fn(&Status) + Send + Sync>;
 type InterestListener = Box<dyn Fn() + Send + Sync>;
+
+/// Whoever applies the folder's definitions (the daemon: `mqtter_engine::definitions::sync`
+/// and the effects carried out). Called at every reload, after the rule set is swapped, with
+/// every file of the folder (`definitions: None` for one that never loaded); what it returns
+/// (declarations not applied) is shown as warnings in the status.
+pub type DefinitionsOwner =
+    Box<dyn Fn(&[FolderFile<'_>]) -> Vec<mqtter_engine::definitions::Diagnostic> + Send + Sync>;
 
 /// The running rules engine.
 pub struct Rules {
@@ -98,6 +109,9 @@ pub struct Rules {
     /// force, and during a reload those of the new set too.
     interest: std::sync::atomic::AtomicU32,
     interest_listener: Mutex<Option<InterestListener>>,
+    definitions: Option<DefinitionsOwner>,
+    /// What the last reload's definitions could not apply or withdraw.
+    definition_problems: Mutex<Vec<Diagnostic>>,
     watcher: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -111,6 +125,19 @@ impl Rules {
         actions: Arc<dyn Actions>,
         world: Arc<dyn World>,
         store: Option<Arc<dyn Store>>,
+    ) -> Arc<Rules> {
+        Self::start_owning(dir, config, actions, world, store, None)
+    }
+
+    /// As [`Rules::start`], with `definitions` applying the folder's definitions at the first
+    /// load and at every reload.
+    pub fn start_owning(
+        dir: &Path,
+        config: Config,
+        actions: Arc<dyn Actions>,
+        world: Arc<dyn World>,
+        store: Option<Arc<dyn Store>>,
+        definitions: Option<DefinitionsOwner>,
     ) -> Arc<Rules> {
         let load = LoadConfig {
             account: config.account.clone(),
@@ -157,6 +184,8 @@ impl Rules {
             listener: Mutex::default(),
             interest: 0.into(),
             interest_listener: Mutex::default(),
+            definitions,
+            definition_problems: Mutex::default(),
             watcher: Mutex::default(),
             threads: Mutex::new(threads),
         });
@@ -215,11 +244,11 @@ impl Rules {
     /// Read the folder again and put the result in force (see the module's doc).
     pub fn reload(&self) -> Status {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        let names = match loader::yaml_files(&self.dir) {
-            Ok(names) => names,
+        let (names, readable) = match loader::yaml_files(&self.dir) {
+            Ok(names) => (names, true),
             Err(d) => {
                 tracing::error!("rules: {d}");
-                Vec::new()
+                (Vec::new(), false)
             }
         };
         files.retain(|name, _| names.contains(name));
@@ -238,6 +267,7 @@ impl Rules {
             state.warnings = warnings;
             if let Some(file) = outcome {
                 state.good = Some(file.rules);
+                state.definitions = Some(Arc::new(file.definitions));
             }
             for d in state.errors.iter().chain(&state.warnings) {
                 tracing::warn!("rules: {d}");
@@ -284,6 +314,30 @@ impl Rules {
         });
         self.set_interest(wanted);
         self.loaded_at.store(now_ms(), Ordering::Relaxed);
+        // The definitions in force, after the rules (so that the events of what they change
+        // meet the new rules). A folder that cannot be read changes nothing.
+        if let Some(owner) = &self.definitions
+            && readable
+        {
+            let folder: Vec<FolderFile<'_>> = files
+                .iter()
+                .map(|(name, state)| FolderFile {
+                    file: name.clone(),
+                    definitions: state.definitions.as_deref(),
+                })
+                .collect();
+            let problems: Vec<Diagnostic> = owner(&folder)
+                .into_iter()
+                .map(|d| Diagnostic::warning(&d.file, d.line, d.column, d.message))
+                .collect();
+            for d in &problems {
+                tracing::warn!("definitions: {d}");
+            }
+            *self
+                .definition_problems
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = problems;
+        }
         drop(files);
         let status = self.status();
         if let Some(listener) = &*self.listener.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -333,6 +387,12 @@ impl Rules {
                 .values()
                 .flat_map(|f| f.warnings.clone())
                 .chain(self.loops.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                .chain(
+                    self.definition_problems
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                )
                 .collect(),
             loaded_at: self.loaded_at.load(Ordering::Relaxed),
             events: core.counters.events.load(Ordering::Relaxed),

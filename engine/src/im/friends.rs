@@ -17,7 +17,13 @@ pub enum FriendState {
     Pending,
 }
 
-fn became_friends(a: &str, b: &str, now: u64, restored: bool, effects: &mut Vec<Effect>) {
+pub(super) fn became_friends(
+    a: &str,
+    b: &str,
+    now: u64,
+    restored: bool,
+    effects: &mut Vec<Effect>,
+) {
     effects.push(Effect::Related(RelationChange::FriendAdded {
         a: a.to_owned(),
         b: b.to_owned(),

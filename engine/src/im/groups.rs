@@ -156,7 +156,8 @@ impl Im {
         Ok(effects)
     }
 
-    /// A group from a definitions file: created if missing, members added if missing.
+    /// A group from a definitions file: created if missing, members added if missing; the
+    /// effects (a member joined, told to the members).
     pub fn define_group(
         &self,
         group: &str,
@@ -165,10 +166,11 @@ impl Im {
         name: Option<&str>,
         open: bool,
         now: u64,
-    ) -> ImResult<()> {
+    ) -> ImResult<Vec<Effect>> {
         let _guard = self.relations_lock();
         Self::check_id(group)?;
         self.require_person(owner)?;
+        let mut effects = Vec::new();
         if self.group(group).is_none() {
             let record = GroupRecord {
                 name: name.unwrap_or(group).to_owned(),
@@ -177,10 +179,9 @@ impl Im {
                 created: now,
                 origin: Origin::File,
             };
-            self.create_group(record, group, owner, now)?;
+            effects = self.create_group(record, group, owner, now)?;
         }
         let mut batch = Batch::new();
-        let mut effects = Vec::new();
         for member in members {
             self.require_person(member)?;
             if self.graph().role(member, group).is_none() {
@@ -193,7 +194,7 @@ impl Im {
             }
         }
         self.store.apply(batch)?;
-        Ok(())
+        Ok(effects)
     }
 
     /// `account` asks to join `group` (a SUBSCRIBE by a non-member, or a new SUBSCRIBE after

@@ -345,15 +345,19 @@ impl Im {
         }
     }
 
-    /// Relations that come from a definitions file (kept apart from runtime ones on reload).
-    pub fn define_friends(&self, a: &str, b: &str, now: u64) -> ImResult<()> {
+    /// A friendship from a definitions file (origin `File`, so that withdrawing it from the
+    /// file can tell it from one the persons made); the effects of a new one.
+    pub fn define_friends(&self, a: &str, b: &str, now: u64) -> ImResult<Vec<Effect>> {
         self.require_person(a)?;
         self.require_person(b)?;
         if a == b {
             return Err(ImError::Invalid("a person cannot befriend themself".into()));
         }
+        let _guard = self.relations_lock();
         let mut batch = Batch::new();
+        let mut effects = Vec::new();
         if !self.graph().are_friends(a, b) {
+            friends::became_friends(a, b, now, false, &mut effects);
             self.drop_relation(&mut batch, a, b, "freq");
             self.drop_relation(&mut batch, b, a, "freq");
             self.put_relation(
@@ -367,7 +371,7 @@ impl Im {
             );
         }
         self.store.apply(batch)?;
-        Ok(())
+        Ok(effects)
     }
 
     /// Remember when an account was last seen (at DISCONNECT).

@@ -81,6 +81,26 @@ impl Things {
         self.put_link("definitions", a, b, Origin::File, now)
     }
 
+    /// A link a definitions file declared and no longer does: ended (links have no recycle
+    /// bin), unless the link there now was made at runtime by an owner.
+    pub fn withdraw_link(&self, a: &str, b: &str, now: u64) -> ThingResult<Vec<Effect>> {
+        let _guard = lock(&self.relations);
+        let from_file = self
+            .graph()
+            .get(a, b, "link")
+            .is_some_and(|r| r.origin() == Some(Origin::File));
+        let mut effects = Vec::new();
+        if from_file {
+            let mut batch = Batch::new();
+            self.take_relation(&mut batch, a, b, "link", || {
+                format!("{a} and {b} are not linked")
+            })?;
+            self.store.apply(batch)?;
+            Self::link_effects(a, b, "definitions", false, now, &mut effects);
+        }
+        Ok(effects)
+    }
+
     /// The owner of either thing unlinks them; it takes effect at once, on open subscriptions too.
     pub fn unlink(&self, owner: &str, a: &str, b: &str, now: u64) -> ThingResult<Vec<Effect>> {
         let _guard = lock(&self.relations);
