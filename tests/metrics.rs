@@ -36,7 +36,7 @@ fn get(addr: SocketAddr, path: &str) -> (String, String) {
 }
 
 /// Scrape and parse: every sample by its name with labels, and every metric has a TYPE.
-fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+pub(crate) fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     let (status, body) = get(addr, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
     let mut typed = Vec::new();

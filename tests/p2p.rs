@@ -1,14 +1,25 @@
 //! Direct channels between friends' devices (docs/PROTOCOL.md 6.1, docs/CLIENT.md): the
 //! negotiation through the server (`direct.open`: friends only, a token for both sides, the
 //! offer on the peer's inbox) and the upload of what was said over a channel
-//! (`direct.upload`: stored once, in order, the peer's messages only with the peer's MAC).
+//! (`direct.upload`: stored once, in order, the peer's messages only with the peer's MAC); then
+//! the client library's channels: 100 messages the broker never sees, uploaded once in order
+//! and synced to a third device; wrong and expired tokens refused on both sides; a cut path
+//! falling back to the server without loss or duplicate.
 
-use mqtter_client::{Client, ConvId, Error, Range};
+use mqtter_client::p2p::Offer;
+use mqtter_client::p2p::wire::{self, Frame};
+use mqtter_client::{Client, ConvId, Error, Event, Range, Target};
 use mqtter_engine::im::direct::{hex, message_mac, unhex};
 use serde_json::{Value, json};
 
+use crate::common::WAIT;
 use crate::common::im::{World, friends, persons};
 use crate::common::person::person;
+use crate::common::proxy::Proxy;
+
+fn to(p: &str) -> Target {
+    Target::Person(p.into())
+}
 
 fn refused_code(result: Result<Value, Error>) -> String {
     match result {
@@ -217,4 +228,296 @@ async fn an_upload_is_stored_once_in_order_and_needs_the_peers_mac() {
         "{got:?}"
     );
     assert_eq!(got[1].cid.as_deref(), Some("b-1"));
+}
+
+// ---- the client library's direct channels ----
+
+/// PUBLISH packets the broker has received so far (`/metrics`).
+fn publishes_received(world: &World) -> f64 {
+    let addr = world.daemon.metrics.expect("metrics_listen is set");
+    crate::metrics::scrape(addr)["mqtter_publish_received_total"]
+}
+
+/// Wait (bounded by `WAIT`) until `check` holds.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn opened(events: &mut crate::common::person::Events, peer: &str) {
+    events
+        .next(&format!("a channel to {peer}"), |e| {
+            matches!(e, Event::DirectOpened { peer: p } if p == peer).then_some(())
+        })
+        .await;
+}
+
+async fn closed(events: &mut crate::common::person::Events, peer: &str) -> String {
+    events
+        .next(&format!("the end of the channel to {peer}"), |e| match e {
+            Event::DirectClosed { peer: p, reason } if p == peer => Some(reason.clone()),
+            _ => None,
+        })
+        .await
+}
+
+fn with_metrics() -> World {
+    let yaml = format!(
+        "{}{}",
+        persons(&["alice", "bob"]),
+        friends(&[("alice", "bob")])
+    );
+    World::with(&yaml, "metrics_listen = \"127.0.0.1:0\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_messages_go_direct_then_are_stored_once_in_order() {
+    let world = with_metrics();
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, mut a) = person(world.port(), "alice", "laptop", dir.path()).await;
+    let (bob, mut b) = person(world.port(), "bob", "phone", dir.path()).await;
+    alice.open_direct("bob").await.unwrap();
+    opened(&mut a, "bob").await;
+    opened(&mut b, "alice").await;
+    assert!(alice.direct().is_open("bob") && bob.direct().is_open("alice"));
+
+    // A conversation, each answering the other: 100 messages, none through the broker.
+    let before = publishes_received(&world);
+    let mut said = Vec::new();
+    for i in 0..50 {
+        let text = format!("alice {i}");
+        alice.send_text(&to("bob"), &text).await.unwrap();
+        let m = b.message().await;
+        assert_eq!(
+            (m.from.as_str(), m.text(), m.seq),
+            ("alice", Some(&*text), 0)
+        );
+        said.push(text);
+        let text = format!("bob {i}");
+        bob.send_text(&to("alice"), &text).await.unwrap();
+        let m = a.message().await;
+        assert_eq!((m.from.as_str(), m.text(), m.seq), ("bob", Some(&*text), 0));
+        said.push(text);
+    }
+    assert_eq!(
+        publishes_received(&world),
+        before,
+        "the broker saw no PUBLISH while the channel carried the messages"
+    );
+    let conv = ConvId::direct("alice", "bob");
+    assert_eq!(alice.direct().pending("bob").unwrap().len(), 100);
+    assert_eq!(bob.direct().pending("alice").unwrap().len(), 100);
+    let transcript = mqtter_client::p2p::pending::list(alice.cache(), &conv).unwrap();
+    assert_eq!(transcript.len(), 100);
+
+    // Closing uploads on both sides: the first stores, the second finds everything there.
+    alice.direct().close("bob").await;
+    closed(&mut a, "bob").await;
+    closed(&mut b, "alice").await;
+    until("both sides uploaded", || {
+        alice.direct().pending("bob").unwrap().is_empty()
+            && bob.direct().pending("alice").unwrap().is_empty()
+    })
+    .await;
+    let page = alice.history(&conv, Range::After(0), 100).await.unwrap();
+    assert_eq!(page.last_seq, 100, "stored once each");
+    let texts: Vec<&str> = page.messages.iter().map(|m| m.text().unwrap()).collect();
+    assert_eq!(texts, said, "in the order they were said");
+
+    // Uploading the same again stores nothing.
+    let again: Vec<Value> = transcript
+        .iter()
+        .map(|s| json!({"from": s.from, "cid": s.cid, "body": s.body, "channel": s.channel, "mac": s.mac}))
+        .collect();
+    let answer = upload(&bob, "alice", again).await.unwrap();
+    assert!(seqs(&answer).iter().all(|(_, duplicate)| *duplicate));
+    assert_eq!(
+        seqs(&answer).iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=100).collect::<Vec<_>>()
+    );
+
+    // Each side's cache holds the conversation with its seqs, and neither was told again.
+    until("the caches hold the stamped copies", || {
+        alice.cache().count(&conv).unwrap() == 100 && bob.cache().count(&conv).unwrap() == 100
+    })
+    .await;
+    alice
+        .send_text(&to("bob"), "through the server")
+        .await
+        .unwrap();
+    let m = b.message().await;
+    assert_eq!((m.seq, m.text()), (101, Some("through the server")));
+    assert!(
+        b.all_messages().iter().all(|m| m.seq == 0 || m.seq == 101),
+        "the stamped copies were not yielded again"
+    );
+
+    // A third device of alice gets all of it, in order, as missed messages.
+    let (_tablet, t) = person(world.port(), "alice", "tablet", dir.path()).await;
+    let synced = t.all_messages();
+    let texts: Vec<&str> = synced.iter().map(|m| m.text().unwrap()).collect();
+    assert_eq!(&texts[..100], &said[..]);
+    assert_eq!(
+        synced.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=101).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_expired_token_is_refused_on_both_sides() {
+    let yaml = format!(
+        "{}{}",
+        persons(&["alice", "bob"]),
+        friends(&[("alice", "bob")])
+    );
+    let world = World::with(&yaml, "[im]\ndirect_token_ms = 3000\n");
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, _a) = person(world.port(), "alice", "laptop", dir.path()).await;
+    let mut opts =
+        crate::common::person::options(world.port(), "bob", "phone").cache_dir(dir.path());
+    opts.direct_auto_accept = false;
+    let (bob, mut b) = crate::common::person::connect(opts).await;
+
+    let opener = alice.clone();
+    let opening = tokio::spawn(async move { opener.open_direct("bob").await });
+    let offer = Offer::from_json(&b.notice("direct.offer").await.body).unwrap();
+    assert_eq!(offer.lifetime_ms, 3000);
+    // A dialer without the token: alice's listener refuses it.
+    let mut s = tokio::net::TcpStream::connect(&offer.addr).await.unwrap();
+    let hello = Frame::Hello {
+        channel: offer.channel.clone(),
+        device: offer.device.clone(),
+        nonce: "n1".into(),
+    };
+    wire::write(&mut s, &hello).await.unwrap();
+    let challenge = wire::read(&mut s).await.unwrap();
+    assert!(
+        matches!(challenge, Some(Frame::Challenge { .. })),
+        "{challenge:?}"
+    );
+    wire::write(
+        &mut s,
+        &Frame::Auth {
+            proof: hex(&[0; 32]),
+        },
+    )
+    .await
+    .unwrap();
+    match wire::read(&mut s).await.unwrap() {
+        Some(Frame::Refused { reason }) => assert!(reason.contains("wrong token"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // With a wrong token, bob refuses alice's listener (it proves a token bob does not have).
+    let mut wrong = offer.clone();
+    wrong.token = hex(&[7u8; 32]);
+    let refused = bob.direct().accept(&wrong).await.unwrap_err().to_string();
+    assert!(refused.contains("does not hold the token"), "{refused}");
+    // Neither used the right token up.
+    bob.direct().accept(&offer).await.unwrap();
+    opening.await.unwrap().unwrap();
+    assert!(alice.direct().is_open("bob"));
+    let again = bob.direct().accept(&offer).await.unwrap_err().to_string();
+    assert!(again.contains("used already"), "{again}");
+    alice.direct().close("bob").await;
+
+    // Past its lifetime a token opens nothing.
+    let opener = alice.clone();
+    let opening = tokio::spawn(async move { opener.open_direct("bob").await });
+    let offer = Offer::from_json(&b.notice("direct.offer").await.body).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(offer.lifetime_ms + 500)).await;
+    let expired = bob.direct().accept(&offer).await.unwrap_err().to_string();
+    assert!(expired.contains("expired"), "{expired}");
+    opening.abort();
+
+    // The dialer refuses a listener that cannot prove the token.
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut forged = offer.clone();
+    forged.addr = fake.local_addr().unwrap().to_string();
+    let impostor = tokio::spawn(async move {
+        let (mut s, _) = fake.accept().await.unwrap();
+        let hello = wire::read(&mut s).await.unwrap();
+        assert!(matches!(hello, Some(Frame::Hello { .. })), "{hello:?}");
+        let challenge = Frame::Challenge {
+            proof: hex(&[0; 32]),
+            nonce: "n".into(),
+        };
+        wire::write(&mut s, &challenge).await.unwrap();
+        wire::read(&mut s).await.unwrap()
+    });
+    let refused = bob.direct().accept(&forged).await.unwrap_err().to_string();
+    assert!(refused.contains("does not hold the token"), "{refused}");
+    assert!(
+        matches!(impostor.await.unwrap(), Some(Frame::Refused { .. })),
+        "the impostor was told"
+    );
+    assert!(!bob.direct().is_open("alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_direct_path_falls_back_to_the_server_without_loss_or_duplicate() {
+    let world = with_metrics();
+    let dir = tempfile::tempdir().unwrap();
+    // alice tells bob to dial a proxy in front of her listener, which the test cuts.
+    let proxy = Proxy::start("127.0.0.1:9".parse().unwrap()).await;
+    let mut opts =
+        crate::common::person::options(world.port(), "alice", "laptop").cache_dir(dir.path());
+    opts.direct_advertise = Some(proxy.addr.to_string());
+    let (alice, mut a) = crate::common::person::connect(opts).await;
+    let (bob, mut b) = person(world.port(), "bob", "phone", dir.path()).await;
+    proxy.retarget(alice.direct().listen_addr().await.unwrap());
+    alice.open_direct("bob").await.unwrap();
+    opened(&mut b, "alice").await;
+
+    for i in 0..20 {
+        alice.send_text(&to("bob"), &format!("m{i}")).await.unwrap();
+    }
+    // The rest is sent while the path is cut under it.
+    let sender = alice.clone();
+    let sending = tokio::spawn(async move {
+        for i in 20..60 {
+            sender
+                .send_text(&to("bob"), &format!("m{i}"))
+                .await
+                .unwrap();
+        }
+    });
+    b.next("m25 over the channel", |e| {
+        matches!(e, Event::Message(m) if m.text() == Some("m25")).then_some(())
+    })
+    .await;
+    proxy.cut();
+    sending.await.unwrap();
+    let reason = closed(&mut a, "bob").await;
+    assert_ne!(reason, "closed", "the path failed under the channel");
+    assert!(!alice.direct().is_open("bob"));
+
+    // Everything is stored once, in the order sent; bob saw each once.
+    let conv = ConvId::direct("alice", "bob");
+    until("every message stored", || {
+        alice.direct().pending("bob").unwrap().is_empty()
+    })
+    .await;
+    let page = bob.history(&conv, Range::After(0), 100).await.unwrap();
+    let texts: Vec<String> = page
+        .messages
+        .iter()
+        .map(|m| m.text().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = (0..60).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, want);
+    alice.send_text(&to("bob"), "last").await.unwrap();
+    b.next("the last message", |e| {
+        matches!(e, Event::Message(m) if m.text() == Some("last")).then_some(())
+    })
+    .await;
+    let mut seen: Vec<String> = b
+        .all_messages()
+        .iter()
+        .map(|m| m.text().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen.pop().as_deref(), Some("last"));
+    assert_eq!(seen, want, "each once, none lost");
 }

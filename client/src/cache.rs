@@ -28,7 +28,7 @@ fn err(e: impl std::fmt::Display) -> Error {
 /// A device's cache. Cheap to clone (one shared database).
 #[derive(Clone)]
 pub struct Cache {
-    db: Arc<Database>,
+    pub(crate) db: Arc<Database>,
 }
 
 impl std::fmt::Debug for Cache {

@@ -105,6 +105,7 @@ impl Client {
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (first_tx, first_rx) = oneshot::channel();
+        let (hooks_tx, hooks_rx) = mpsc::unbounded_channel();
         let view = Arc::new(View {
             roster: std::sync::Mutex::new(Roster::default()),
             stats: Stats::default(),
@@ -121,6 +122,7 @@ impl Client {
             first_tx,
             pump,
             next_request,
+            hooks_tx,
         );
         tokio::spawn(core.run());
         match first_rx.await {
@@ -128,7 +130,8 @@ impl Client {
             Ok(Err(err)) => return Err(err),
             Err(_) => return Err(Error::Closed),
         }
-        let direct = crate::p2p::Direct::new(&opts, cache.clone(), input_tx.clone(), events_tx);
+        let direct =
+            crate::p2p::Direct::new(&opts, cache.clone(), input_tx.clone(), events_tx, hooks_rx)?;
         let shared = Arc::new(Shared {
             opts,
             input: input_tx,
@@ -139,7 +142,6 @@ impl Client {
             direct,
         });
         let client = Client { shared };
-        client.shared.direct.attach(&client);
         Ok((client, EventStream { rx: events_rx }))
     }
 
@@ -183,11 +185,12 @@ impl Client {
     /// End the connection (DISCONNECT) and wait until it is done. Calls still waiting fail
     /// with [`Error::Closed`].
     pub async fn close(&self) {
+        // Direct channels first: each uploads what it said while the server is still there.
+        self.shared.direct.close_all().await;
         let (tx, rx) = oneshot::channel();
         if self.shared.input.send(Input::Shutdown(Some(tx))).is_ok() {
             let _ = rx.await;
         }
-        self.shared.direct.close_all();
     }
 
     pub(crate) fn send_cmd(&self, cmd: Cmd) -> Result<()> {
@@ -219,6 +222,11 @@ impl Client {
     /// As [`Client::send`] with a `cid` of the caller's choosing (the same `cid` twice is
     /// stored once).
     pub async fn send_with_cid(&self, to: &Target, body: Value, cid: String) -> Result<Sent> {
+        if let Target::Person(friend) = to {
+            // Over an open direct channel, else the server path in order after what a channel
+            // that just ended uploads (docs/CLIENT.md, "Direct channels").
+            return self.shared.direct.send_with_cid(friend, body, cid).await;
+        }
         if !body.is_object() {
             return Err(Error::Protocol("a message body is a JSON object".into()));
         }
@@ -491,6 +499,12 @@ impl Client {
     /// The direct (peer-to-peer) channels of this device.
     pub fn direct(&self) -> &crate::p2p::Direct {
         &self.shared.direct
+    }
+
+    /// Open a direct channel to `friend` (see [`crate::p2p::Direct::open`]); from then on
+    /// [`Client::send`] to them goes over it until it ends.
+    pub async fn open_direct(&self, friend: &str) -> Result<()> {
+        self.shared.direct.open(friend).await
     }
 }
 

@@ -13,8 +13,8 @@
 //! - `things/`: the things world: [`ThingClient`] (a thing's device) and the person's calls on
 //!   [`Client`] (bind, share, follow, link, command with its outcome, state, the audit).
 //! - `cache.rs`: [`Cache`], the local history cache (redb, one file per device).
-//! - `p2p.rs`: where direct channels between friends' devices will live (not built yet: no
-//!   negotiation, no direct connection; every message goes through the server).
+//! - `p2p.rs` and `p2p/`: [`p2p::Direct`], direct channels between friends' devices
+//!   (negotiated through the server, a TCP connection it never sees, uploaded afterwards).
 //!
 //! The library talks MQTT only: it depends on no daemon code. docs/CLIENT.md has an example per
 //! flow; `tests/client_persons.rs` and

@@ -28,6 +28,12 @@ pub struct Options {
     pub request_timeout: Duration,
     /// The address this device's direct channels listen on (`/p2p`); port 0 picks one.
     pub direct_listen: String,
+    /// The address the peer is told to dial, when it is not the listener's own (a port
+    /// forwarded on a router, a proxy); `None`: the listener's address.
+    pub direct_advertise: Option<String>,
+    /// Dial at once the device that offers a channel (`direct.offer`); off, the offer is only
+    /// an [`crate::Event::Notice`] and [`crate::p2p::Direct::accept`] dials.
+    pub direct_auto_accept: bool,
     /// Whether to take part in the CONNECT sync (roster, missed messages). A script that only
     /// makes requests may turn it off (`im-sync: false`).
     pub sync: bool,
@@ -48,6 +54,8 @@ impl Options {
             backoff: Backoff::default(),
             request_timeout: Duration::from_secs(60),
             direct_listen: "127.0.0.1:0".to_owned(),
+            direct_advertise: None,
+            direct_auto_accept: true,
             sync: true,
         }
     }

@@ -96,6 +96,8 @@ impl Core {
                 })
                 .is_some()
             });
+        // Had over a direct channel already: cached now with its `seq`, not yielded again.
+        let mine = mine || crate::p2p::seen_directly(&self.cache, &m);
         match self.cache.put(std::slice::from_ref(&m)) {
             Ok(fresh) if fresh.is_empty() => {
                 self.view.stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -170,6 +172,7 @@ impl Core {
             self.syncing = false;
             self.sync_cache();
             self.emit(Event::Synced);
+            let _ = self.direct.send(crate::p2p::Hook::Synced);
         }
     }
 }

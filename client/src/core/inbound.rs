@@ -100,6 +100,9 @@ impl Core {
             })),
             "" => {}
             _ => {
+                if kind == "direct.offer" {
+                    let _ = self.direct.send(crate::p2p::Hook::Offer(json.clone()));
+                }
                 self.track_roster(kind, &json);
                 let notice = Notice {
                     kind: kind.to_owned(),

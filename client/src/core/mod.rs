@@ -175,6 +175,8 @@ pub(crate) struct Core {
     next_request: Arc<AtomicU64>,
     /// The things world: outcome waiters, dedup of commands and feed entries.
     things: things::Seen,
+    /// What the direct channels hear of (offers, the end of a sync).
+    direct: mpsc::UnboundedSender<crate::p2p::Hook>,
 }
 
 fn now_ms() -> u64 {
@@ -196,6 +198,7 @@ impl Core {
         first: oneshot::Sender<Result<()>>,
         pump: tokio::task::JoinHandle<()>,
         next_request: Arc<AtomicU64>,
+        direct: mpsc::UnboundedSender<crate::p2p::Hook>,
     ) -> Core {
         Core {
             opts,
@@ -222,6 +225,7 @@ impl Core {
             pump,
             next_request,
             things: things::Seen::default(),
+            direct,
         }
     }
 
