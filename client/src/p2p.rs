@@ -127,6 +127,7 @@ impl Inner {
         let (reply, answer) = oneshot::channel();
         self.input
             .send(Input::Cmd(Cmd::Request {
+                topic: "$im/req",
                 request: args,
                 reply,
             }))
