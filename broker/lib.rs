@@ -2,6 +2,7 @@
 //! follow). This crate is the daemon: everything that knows MQTT and the network.
 //!
 //! # Layout
+//! - [`daemon`]: the daemon as a library call: bind (store, listeners, definitions, rules), run.
 //! - [`server`]: listeners (TCP, WebSocket), background tasks, graceful shutdown.
 //! - [`connection`]: one client connection: CONNECT handshake and the packet loop.
 //! - [`parking`]: the parking lot where idle connections wait without a task.
@@ -38,6 +39,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod counted_store;
+pub mod daemon;
 pub mod disk;
 pub mod identity;
 pub mod im;

@@ -2,14 +2,12 @@
 //! and `bench` a broker.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mqtter::auth::{AccountKind, Accounts};
 use mqtter::config::{Config, DEFAULT_TOML, Durability};
-use mqtter::{Broker, Listeners};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -108,8 +106,10 @@ enum AccountAction {
 }
 
 fn main() {
+    let cli = Cli::parse();
+    let level = "info";
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -117,7 +117,6 @@ fn main() {
         // `eprintln!`, which would panic the thread that logged.
         .log_internal_errors(false)
         .init();
-    let cli = Cli::parse();
     if let Err(err) = dispatch(cli) {
         // Not `eprintln!`, which panics when stderr cannot be written (a full disk): the exit
         // status must say 1 whatever happens to the message.
@@ -211,49 +210,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     let served = runtime.block_on(async move {
         survive_file_size_limit();
-        let store = config
-            .store
-            .open(&config.data)
-            .with_context(|| format!("cannot open the store in {}", config.data.display()))?;
-        let tcp_addr: SocketAddr = config.listen.parse().context("listen address")?;
-        let tcp = tokio::net::TcpListener::bind(tcp_addr)
-            .await
-            .with_context(|| format!("cannot listen on {tcp_addr}"))?;
-        let ws = if config.ws_listen.is_empty() {
-            None
-        } else {
-            let addr: SocketAddr = config.ws_listen.parse().context("ws_listen address")?;
-            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?)
-        };
-        let metrics = if config.metrics_listen.is_empty() {
-            None
-        } else {
-            let addr: SocketAddr = config.metrics_listen.parse().context("metrics_listen address")?;
-            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?)
-        };
-        let tcp_local = tcp.local_addr()?;
-        let ws_local = ws.as_ref().map(|l| l.local_addr()).transpose()?;
-        let metrics_local = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
-        let broker = Broker::open(config.clone(), store).context("cannot restore the store")?;
-        // The rules engine, which applies the folder's definitions (accounts, groups,
-        // relations) as it loads; stopped when the stop begins, so that no action comes after
-        // the last flush.
-        let automation = mqtter::automation::Automation::start(&broker)?;
+        let daemon = mqtter::daemon::Daemon::bind(config).await?;
         let signal = shutdown_signal();
-        let shutdown = async move {
-            signal.await;
-            if let Some(mut automation) = automation {
-                let _ = tokio::task::spawn_blocking(move || automation.stop()).await;
-            }
-        };
         // One line on stdout that scripts and tests read to find the ports.
         // Not `println!`: stdout on a full disk must not stop the daemon.
-        let ws_part = ws_local.map(|ws| format!(" ws={ws}{}", config.ws_path)).unwrap_or_default();
-        let metrics_part = metrics_local.map(|m| format!(" metrics={m}/metrics")).unwrap_or_default();
-        let _ = writeln!(std::io::stdout(), "mqtter listening mqtt={tcp_local}{ws_part}{metrics_part}");
-        tracing::info!(mqtt = %tcp_local, ws = ?ws_local, data = %config.data.display(), durability = ?config.durability, anonymous = config.allow_anonymous, "serving");
-        mqtter::run(broker, Listeners { tcp, ws, metrics }, shutdown).await?;
-        Ok(())
+        let _ = writeln!(std::io::stdout(), "{}", daemon.listening_line());
+        daemon.run(signal).await
     });
     // A store call stuck on the blocking pool (a last flush left behind at the stop) must not
     // keep the process alive: the runtime's threads get a moment, then the process ends.

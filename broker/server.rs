@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mqtter_engine::clock::clock;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -142,46 +144,134 @@ async fn flush_periodically(broker: Arc<Broker>) {
     }
 }
 
+/// A purge every `every_ms` on the clock: when it is due, and when next.
+struct Purge {
+    last: AtomicU64,
+    every_ms: u64,
+}
+
+impl Purge {
+    fn new(broker: &Broker) -> Arc<Purge> {
+        Arc::new(Purge {
+            last: AtomicU64::new(crate::message::now_ms()),
+            every_ms: broker.config.im.purge_interval.max(1).saturating_mul(1000),
+        })
+    }
+
+    /// Whether one is due at `now` (then the next is counted from `now`).
+    fn due(&self, now: u64) -> bool {
+        let due = now.saturating_sub(self.last.load(Ordering::Acquire)) >= self.every_ms;
+        if due {
+            self.last.store(now, Ordering::Release);
+        }
+        due
+    }
+
+    fn next(&self) -> u64 {
+        self.last
+            .load(Ordering::Acquire)
+            .saturating_add(self.every_ms)
+    }
+}
+
 /// Presence (away after pings only) and the recycle bin's purge, on timers.
 async fn im_timers(broker: Arc<Broker>) {
+    let purge = Purge::new(&broker);
+    let work = {
+        let purge = purge.clone();
+        move |broker: &Broker, now: u64| {
+            broker.gate.tick(now);
+            if purge.due(now) {
+                broker.gate.purge(now);
+            }
+        }
+    };
+    if clock().is_virtual() {
+        let next = move |broker: &Broker| {
+            let at = purge.next();
+            broker.gate.next_away_at().map_or(at, |away| away.min(at))
+        };
+        return on_virtual_deadlines(broker, next, work).await;
+    }
+    // Ticks on real time; what is due is measured on the clock.
     let away_after_ms = broker.config.im.away_after.saturating_mul(1000).max(1);
     let tick = Duration::from_millis((away_after_ms / 4).clamp(100, 1000));
-    let purge_every_ms = broker.config.im.purge_interval.max(1).saturating_mul(1000);
-    // Ticks on real time; what is due is measured on the clock (virtual under `mqtter sim`, where
-    // an advance is seen at the next tick).
-    let mut ticker = tokio::time::interval(tick);
-    let mut last_purge = crate::message::now_ms();
-    loop {
-        ticker.tick().await;
-        let now = crate::message::now_ms();
-        broker.gate.tick(now);
-        if now.saturating_sub(last_purge) >= purge_every_ms {
-            last_purge = now;
-            broker.gate.purge(now);
-        }
-    }
+    on_ticks(broker, tick, work).await
 }
 
 /// The things world's timers: commands whose ttl passed are closed (`cmd.timeout`, and the
 /// answer to a v5 Response Topic published here), claim codes and command ids purged.
 async fn things_timers(broker: Arc<Broker>) {
-    let tick = Duration::from_millis(broker.config.things.sweep_interval_ms.max(10));
-    let purge_every_ms = broker.config.im.purge_interval.max(1).saturating_mul(1000);
-    // Ticks on real time; what is due (ttls, purges) is measured on the clock (virtual under
-    // `mqtter sim`, where an advance is seen at the next tick).
-    let mut ticker = tokio::time::interval(tick);
-    let mut last_purge = crate::message::now_ms();
-    loop {
-        ticker.tick().await;
-        let now = crate::message::now_ms();
-        for answer in broker.things.sweep(now) {
-            if let Err(err) = broker.publish(answer) {
-                tracing::error!(cause = %err, "cannot publish a command timeout");
+    let purge = Purge::new(&broker);
+    let work = {
+        let purge = purge.clone();
+        move |broker: &Broker, now: u64| {
+            for answer in broker.things.sweep(now) {
+                if let Err(err) = broker.publish(answer) {
+                    tracing::error!(cause = %err, "cannot publish a command timeout");
+                }
+            }
+            if purge.due(now) {
+                broker.things.purge(now);
             }
         }
-        if now.saturating_sub(last_purge) >= purge_every_ms {
-            last_purge = now;
-            broker.things.purge(now);
+    };
+    if clock().is_virtual() {
+        let next = move |broker: &Broker| {
+            let at = purge.next();
+            let ttl = broker.things.things.next_deadline();
+            ttl.map_or(at, |ttl| ttl.min(at))
+        };
+        return on_virtual_deadlines(broker, next, work).await;
+    }
+    // Ticks on real time; what is due (ttls, purges) is measured on the clock.
+    let tick = Duration::from_millis(broker.config.things.sweep_interval_ms.max(10));
+    on_ticks(broker, tick, work).await
+}
+
+/// A timer on the system clock: `work` every `tick`.
+async fn on_ticks(broker: Arc<Broker>, tick: Duration, work: impl Fn(&Broker, u64)) {
+    let mut ticker = tokio::time::interval(tick);
+    loop {
+        ticker.tick().await;
+        work(&broker, crate::message::now_ms());
+    }
+}
+
+/// How often (real time) a timer on the virtual clock looks for a new next deadline.
+const VIRTUAL_RECHECK: Duration = Duration::from_millis(5);
+
+/// A timer on a virtual clock (`mqtter sim`): sleeps until the next deadline `next` names and
+/// runs `work` when it is reached, so an advance fires each deadline at its exact time rather
+/// than at ticks. A deadline can be added at any moment (a command with a ttl), so the task looks
+/// again every few ms of real time; an idle probe holds an advance back until the task sleeps
+/// until the deadline in force (and while `work` runs).
+async fn on_virtual_deadlines(
+    broker: Arc<Broker>,
+    next: impl Fn(&Broker) -> u64 + Send + Sync + 'static,
+    work: impl Fn(&Broker, u64),
+) {
+    let clock = clock();
+    let next = Arc::new(next);
+    // The deadline the task sleeps until; 0 while it is not sleeping.
+    let armed = Arc::new(AtomicU64::new(0));
+    {
+        let (weak, next, armed) = (Arc::downgrade(&broker), next.clone(), armed.clone());
+        clock.add_idle_probe(move || match weak.upgrade() {
+            Some(broker) => armed.load(Ordering::Acquire) == next(&broker),
+            None => true,
+        });
+    }
+    loop {
+        let at = next(&broker);
+        armed.store(at, Ordering::Release);
+        let reached = tokio::select! {
+            _ = clock.sleep_until_ms(at) => true,
+            _ = tokio::time::sleep(VIRTUAL_RECHECK) => false,
+        };
+        if reached {
+            armed.store(0, Ordering::Release);
+            work(&broker, clock.now_ms());
         }
     }
 }

@@ -494,6 +494,17 @@ impl Gate {
         }
     }
 
+    /// When the next online person becomes away if nothing but pings comes from them (ms since
+    /// the epoch): what the timer sleeps until on a virtual clock.
+    pub fn next_away_at(&self) -> Option<u64> {
+        let away_after = self.settings.away_after.saturating_mul(1000);
+        self.presences()
+            .values()
+            .filter(|p| p.status == Status::Online)
+            .map(|p| p.last_active.saturating_add(away_after))
+            .min()
+    }
+
     /// Purge the recycle bin of what has expired. Called on a timer.
     pub fn purge(&self, now: u64) {
         match self.im.purge(now) {

@@ -324,6 +324,14 @@ impl Things {
         self.answer(batch, cmd, envelope)
     }
 
+    /// When the next open command's ttl passes (ms since the epoch), if any is open: what a
+    /// timer sleeps until on a virtual clock.
+    pub fn next_deadline(&self) -> Option<u64> {
+        lock(&self.deadlines)
+            .first()
+            .map(|(expires, _, _)| *expires)
+    }
+
     /// Close every open command whose ttl has passed at `now`: `cmd.timeout` to its commander.
     /// The broker calls this periodically; a restart loses no deadline (they are stored).
     pub fn sweep(&self, now: u64) -> ThingResult<Vec<Effect>> {
