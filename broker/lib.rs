@@ -30,6 +30,7 @@
 //! - [`things`]: the things world: `thing/`, `$things/`: claims, bindings, commands, state, links.
 //! - [`actions`]: the daemon's `mqtter_engine::events::Actions` (what the rules engine does).
 //! - [`automation`]: the rules engine in the daemon, and its `$SYS/mqtter/rules/...` topics.
+//! - [`sim`]: `mqtter sim`, scenarios run against a rules folder on a virtual clock.
 //! - [`rules_cli`]: `mqtter rules list` and `mqtter rules trace`, read from a running daemon.
 
 pub mod actions;
@@ -54,6 +55,7 @@ pub mod router;
 pub mod rules_cli;
 pub mod server;
 pub mod session;
+pub mod sim;
 pub mod store_bench;
 pub mod sys;
 pub mod things;

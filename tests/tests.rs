@@ -39,6 +39,7 @@ mod rules_status;
 mod rules_things;
 mod rules_triggers;
 mod sessions;
+mod sim;
 mod smoke;
 mod store_engines;
 mod stuck_store;

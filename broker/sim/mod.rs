@@ -1,0 +1,166 @@
+//! `mqtter sim FILE|DIR`: scenarios that prove rule chains before any device exists
+//! (docs/SIMULATOR.md). A scenario names a rules folder, virtual persons and things, and steps
+//! (publish, connect, advance the clock, edit a rule file, expect messages, chains and states);
+//! each step is reported pass or fail, a failure with what was expected, what arrived instead
+//! and the chain traces of what the rules did.
+//!
+//! - [`scenario`]: the file format, parsed with line and column on errors.
+//! - [`run`]: one scenario: the daemon, the actors, the steps.
+//! - [`target`] / [`inprocess`]: what it runs against (the daemon in this process, on the
+//!   virtual clock).
+//! - [`person`], [`thing`], [`mqtt`]: the actors and their connections.
+//! - [`log`]: what the actors received, and how an expectation matches it.
+//! - [`chain`]: chains from the rules engine's traces.
+//! - [`report`]: the output, the closing line, JUnit XML.
+//!
+//! The clock is one per process: each scenario file runs in a process of its own (a folder's
+//! files are run by child processes, one after the other).
+
+pub mod chain;
+pub mod inprocess;
+pub mod log;
+pub mod mqtt;
+pub mod person;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod target;
+pub mod thing;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use report::ScenarioResult;
+
+/// `mqtter sim` arguments.
+#[derive(clap::Args, Debug)]
+pub struct SimArgs {
+    /// Scenario files (`*.sim.yaml`) or folders (every `*.sim.yaml` under them).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Also write the results as JUnit XML (for CI).
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// How long (real time) an expectation waits for what it expects before it fails, once
+    /// its `within` of virtual time has passed.
+    #[arg(long, default_value = "5s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+    /// Run one scenario and write its result as JSON here (how a folder's files are run).
+    #[arg(long, hide = true)]
+    pub result_json: Option<PathBuf>,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    scenario::duration(text).map_err(|err| err.to_string())
+}
+
+/// How scenarios are run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub timeout: Duration,
+}
+
+impl Options {
+    /// The observer of plain topics logs in anonymously in-process.
+    pub fn observer_credentials(&self) -> Option<(String, String)> {
+        None
+    }
+}
+
+/// Run the scenarios; `Ok(true)` when every step passed.
+pub fn run(args: SimArgs) -> anyhow::Result<bool> {
+    let mut files = Vec::new();
+    for path in &args.paths {
+        files.extend(run::scenario_files(path)?);
+    }
+    if files.is_empty() {
+        bail!("no scenario (*.sim.yaml) found");
+    }
+    let options = Options {
+        timeout: args.timeout,
+    };
+    let results = if files.len() == 1 {
+        vec![run_here(&files[0], &options)?]
+    } else {
+        let mut results = Vec::new();
+        for file in &files {
+            results.push(run_child(file, &args)?);
+        }
+        results
+    };
+    if let Some(path) = &args.result_json {
+        let text = serde_json::to_string(&results)?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    } else {
+        report::out(&report::closing_line(&results));
+    }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, report::junit(&results))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(results.iter().all(|r| r.failed() == 0))
+}
+
+/// One scenario in this process, on a virtual clock installed now.
+fn run_here(file: &std::path::Path, options: &Options) -> anyhow::Result<ScenarioResult> {
+    let start = scenario_start(file)?;
+    if mqtter_engine::clock::install(mqtter_engine::clock::Clock::new_virtual(start)).is_err() {
+        bail!("the clock was in use before the simulator could install its virtual one");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("mqtter-sim")
+        .build()
+        .context("cannot start the runtime")?;
+    let result = runtime.block_on(run::run_file(file, options));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(result)
+}
+
+/// The virtual clock's start: the scenario's `start`, else now. A file that does not parse
+/// starts now (its error is reported by the run).
+fn scenario_start(file: &std::path::Path) -> anyhow::Result<u64> {
+    let now = mqtter_engine::clock::system_now_ms();
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Ok(now);
+    };
+    match scenario::Scenario::parse(file, &text) {
+        Ok(parsed) => match parsed.start {
+            Some(start) => scenario::start_ms(&start),
+            None => Ok(now),
+        },
+        Err(_) => Ok(now),
+    }
+}
+
+/// One scenario in a child process (a clock of its own), its output passed through.
+fn run_child(file: &std::path::Path, args: &SimArgs) -> anyhow::Result<ScenarioResult> {
+    let exe = std::env::current_exe().context("cannot find the mqtter binary")?;
+    let result_file = tempfile::NamedTempFile::new().context("cannot make a temporary file")?;
+    let status = std::process::Command::new(exe)
+        .arg("sim")
+        .arg("--timeout")
+        .arg(format!("{}ms", args.timeout.as_millis()))
+        .arg("--result-json")
+        .arg(result_file.path())
+        .arg(file)
+        .status()
+        .context("cannot run the scenario's process")?;
+    let text = std::fs::read_to_string(result_file.path()).unwrap_or_default();
+    match serde_json::from_str::<Vec<ScenarioResult>>(&text) {
+        Ok(mut results) if results.len() == 1 => Ok(results.remove(0)),
+        _ => {
+            let error = format!("the scenario's process ended without a result ({status})");
+            report::print_error(&error);
+            Ok(ScenarioResult {
+                file: file.to_owned(),
+                name: file.display().to_string(),
+                steps: Vec::new(),
+                error: Some(error),
+            })
+        }
+    }
+}

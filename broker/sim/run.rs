@@ -1,0 +1,747 @@
+//! Running one scenario: start the daemon (or reach the external one), connect the actors,
+//! run the steps in order, each reported as it ends, then stop everything.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Value, json};
+
+use super::Options;
+use super::chain;
+use super::log::{self, Log, OBSERVER};
+use super::mqtt::{Conn, Login};
+use super::person::Person;
+use super::report::{self, ScenarioResult, StepResult};
+use super::scenario::{self, Actor, Expect, ExpectChain, ExpectState, Scenario, Step};
+use super::target::Target;
+use super::thing::{Reflex, Thing};
+
+/// Run the scenario in `file`, printing each step as it ends.
+pub async fn run_file(file: &Path, options: &Options) -> ScenarioResult {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".sim.yaml").to_owned())
+        .unwrap_or_default();
+    let mut result = ScenarioResult {
+        file: file.to_owned(),
+        name: name.clone(),
+        steps: Vec::new(),
+        error: None,
+    };
+    let parsed = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {}", file.display()))
+        .and_then(|text| Scenario::parse(file, &text).map_err(anyhow::Error::from));
+    let scenario = match parsed {
+        Ok(scenario) => scenario,
+        Err(err) => {
+            report::print_header(file, &name);
+            result.error = Some(format!("{err:#}"));
+            report::print_error(&format!("{err:#}"));
+            return result;
+        }
+    };
+    if let Some(given) = &scenario.name {
+        result.name = given.clone();
+    }
+    report::print_header(file, &result.name);
+    let base = file.parent().unwrap_or(Path::new(".")).to_owned();
+    let mut runner = match Runner::start(&scenario, &base, options).await {
+        Ok(runner) => runner,
+        Err(err) => {
+            result.error = Some(format!("{err:#}"));
+            report::print_error(&format!("cannot start: {err:#}"));
+            return result;
+        }
+    };
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let started = Instant::now();
+        let (title, outcome) = runner.step(step).await;
+        let step_result = StepResult {
+            title,
+            ok: outcome.is_ok(),
+            detail: outcome.err().unwrap_or_default(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        report::print_step(i + 1, &step_result);
+        result.steps.push(step_result);
+    }
+    if let Err(err) = runner.stop().await {
+        result.error = Some(format!("the daemon did not stop cleanly: {err:#}"));
+        report::print_error(&format!("stop: {err:#}"));
+    }
+    result
+}
+
+/// A step's failure: its lines.
+type Outcome = Result<(), Vec<String>>;
+
+fn fail(line: impl Into<String>) -> Outcome {
+    Err(vec![line.into()])
+}
+
+struct Runner {
+    target: Target,
+    log: Arc<Log>,
+    persons: BTreeMap<String, Person>,
+    things: BTreeMap<String, Thing>,
+    /// Anonymous: plain topics as any subscriber sees them, and publishes without `as`.
+    observer: Conn,
+    /// Chains an `expect_chain` matched already.
+    used_chains: HashSet<String>,
+    options: Options,
+}
+
+impl Runner {
+    async fn start(scenario: &Scenario, base: &Path, options: &Options) -> anyhow::Result<Runner> {
+        let rules = scenario.rules.as_ref().map(|r| base.join(r));
+        if let Some(dir) = &rules
+            && !dir.is_dir()
+        {
+            bail!("rules: {} is not a folder", dir.display());
+        }
+        let target = Target::start(scenario, rules.as_deref(), options).await?;
+        let defined = rules
+            .as_deref()
+            .map(super::inprocess::defined_passwords)
+            .unwrap_or_default();
+        let log = Arc::new(Log::default());
+        let (host, port) = target.address();
+        let observer_log = log.clone();
+        let observer = Conn::connect(
+            &Login {
+                host: host.clone(),
+                port,
+                client_id: format!("sim-observer-{}", std::process::id()),
+                credentials: options.observer_credentials(),
+                no_sync: true,
+            },
+            move |incoming| {
+                let value =
+                    serde_json::from_slice::<Value>(&incoming.payload).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&incoming.payload).into_owned())
+                    });
+                observer_log.push(OBSERVER, &incoming.topic, value);
+            },
+        )
+        .await
+        .context("the simulator's observer of plain topics")?;
+        observer.subscribe("#").await?;
+        let mut runner = Runner {
+            target,
+            log,
+            persons: BTreeMap::new(),
+            things: BTreeMap::new(),
+            observer,
+            used_chains: HashSet::new(),
+            options: options.clone(),
+        };
+        let mut to_connect = Vec::new();
+        for actor in &scenario.actors {
+            match actor {
+                Actor::Person(p) => {
+                    let password = runner.target.login(
+                        &p.person,
+                        crate::auth::AccountKind::Person,
+                        p.password.as_deref(),
+                        defined.get(&p.person).map(String::as_str),
+                    )?;
+                    let replies = p.replies.iter().map(clone_reply).collect();
+                    runner.persons.insert(
+                        p.person.clone(),
+                        Person::new(&p.person, &password, &host, port, replies),
+                    );
+                    if p.connect {
+                        to_connect.push(p.person.clone());
+                    }
+                }
+                Actor::Thing(t) => {
+                    let reflex = Reflex::load(t, base)?;
+                    let password = runner.target.login(
+                        &t.thing,
+                        crate::auth::AccountKind::Thing,
+                        t.password.as_deref(),
+                        defined.get(&t.thing).map(String::as_str),
+                    )?;
+                    runner.things.insert(
+                        t.thing.clone(),
+                        Thing::new(&t.thing, &password, &host, port, reflex),
+                    );
+                    if t.connect {
+                        to_connect.push(t.thing.clone());
+                    }
+                }
+            }
+        }
+        for id in to_connect {
+            runner.connect(&id).await?;
+        }
+        // What connecting set off (initial state reports) has run before the first step.
+        runner.target.settle().await;
+        Ok(runner)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        for person in self.persons.values_mut() {
+            if person.connected() {
+                let _ = person.disconnect().await;
+            }
+        }
+        for thing in self.things.values_mut() {
+            if thing.connected() {
+                let _ = thing.disconnect().await;
+            }
+        }
+        self.observer.close().await;
+        self.target.stop().await
+    }
+
+    async fn connect(&mut self, id: &str) -> anyhow::Result<()> {
+        if let Some(person) = self.persons.get_mut(id) {
+            return person.connect(&self.log).await;
+        }
+        if let Some(thing) = self.things.get_mut(id) {
+            return thing.connect(&self.log).await;
+        }
+        bail!("no actor {id} (declare it under actors:)")
+    }
+
+    async fn disconnect(&mut self, id: &str) -> anyhow::Result<()> {
+        if let Some(person) = self.persons.get_mut(id) {
+            person.disconnect().await?;
+            return self.target.wait_offline(id, false).await;
+        }
+        if let Some(thing) = self.things.get_mut(id) {
+            thing.disconnect().await?;
+            return self.target.wait_offline(id, true).await;
+        }
+        bail!("no actor {id} (declare it under actors:)")
+    }
+
+    /// Run one step: its title and outcome.
+    async fn step(&mut self, step: &Step) -> (String, Outcome) {
+        let kinds = [
+            step.publish.is_some(),
+            step.command.is_some(),
+            step.connect.is_some(),
+            step.disconnect.is_some(),
+            step.advance.is_some(),
+            step.edit.is_some(),
+            step.expect.is_some(),
+            step.expect_none.is_some(),
+            step.expect_chain.is_some(),
+            step.expect_state.is_some(),
+        ];
+        let title = step.name.clone();
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            let title = title.unwrap_or_else(|| "(step)".into());
+            return (
+                title,
+                fail(
+                    "a step has exactly one of publish, command, connect, disconnect, advance, edit, expect, expect_none, expect_chain, expect_state",
+                ),
+            );
+        }
+        let (auto_title, outcome) = if let Some(publish) = &step.publish {
+            let title = describe_publish(publish);
+            (title, self.publish(publish).await.map_err(lines))
+        } else if let Some(command) = &step.command {
+            let title = format!(
+                "command {} as {}: {}",
+                command.thing, command.actor, command.body
+            );
+            (title, self.command(command).await.map_err(lines))
+        } else if let Some(id) = &step.connect {
+            let outcome = self.connect(id).await;
+            self.target.settle().await;
+            (format!("connect {id}"), outcome.map_err(lines))
+        } else if let Some(id) = &step.disconnect {
+            let outcome = self.disconnect(id).await;
+            self.target.settle().await;
+            (format!("disconnect {id}"), outcome.map_err(lines))
+        } else if let Some(by) = &step.advance {
+            let outcome = self.advance(by).await;
+            (format!("advance {by}"), outcome.map_err(lines))
+        } else if let Some(edit) = &step.edit {
+            let title = format!("edit {}", edit.file.display());
+            (title, self.edit(edit).await)
+        } else if let Some(want) = &step.expect {
+            (describe_expect("expect", want), self.expect(want).await)
+        } else if let Some(want) = &step.expect_none {
+            (
+                describe_expect("expect_none", want),
+                self.expect_none(want).await,
+            )
+        } else if let Some(want) = &step.expect_chain {
+            let title = format!("expect_chain {}", chain::describe(&want.links()));
+            (title, self.expect_chain(want).await)
+        } else if let Some(want) = &step.expect_state {
+            let title = format!("expect_state {} {}", want.thing, want.state);
+            (title, self.expect_state(want).await)
+        } else {
+            unreachable!("one kind is set")
+        };
+        (title.unwrap_or(auto_title), outcome)
+    }
+
+    async fn publish(&mut self, p: &scenario::Publish) -> anyhow::Result<()> {
+        let payload = |value: &Value| match value {
+            Value::String(text) => text.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        };
+        if let Some(to) = &p.to {
+            let Some(actor) = &p.actor else {
+                bail!("an IM message (`to`) needs `as: PERSON`");
+            };
+            let body = match (&p.body, &p.text) {
+                (Some(body), _) => body.clone(),
+                (None, Some(text)) => json!({ "text": text }),
+                (None, None) => bail!("an IM message needs `text` or `body`"),
+            };
+            let person = self
+                .persons
+                .get(actor)
+                .ok_or_else(|| anyhow!("no person actor {actor}"))?;
+            person.send(to, body).await?;
+        } else if p.state.is_some() || p.event.is_some() {
+            let Some(actor) = &p.actor else {
+                bail!("a state report or event needs `as: THING`");
+            };
+            let thing = self
+                .things
+                .get(actor)
+                .ok_or_else(|| anyhow!("no thing actor {actor}"))?;
+            if let Some(state) = &p.state {
+                thing.report_state(state.clone(), None).await?;
+            }
+            if let Some(event) = &p.event {
+                thing.report_event(event.clone()).await?;
+            }
+        } else if let Some(topic) = &p.topic {
+            let bytes = p.payload.as_ref().map(payload).unwrap_or_default();
+            self.publish_as(p.actor.as_deref(), topic, bytes, p.retain, Vec::new())
+                .await?;
+        } else {
+            bail!("publish needs `to` (IM), `state`/`event` (a thing) or `topic`");
+        }
+        self.target.settle().await;
+        Ok(())
+    }
+
+    async fn publish_as(
+        &mut self,
+        actor: Option<&str>,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+        props: Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
+        match actor {
+            None => self.observer.publish(topic, payload, retain, props).await,
+            Some(id) => {
+                if let Some(person) = self.persons.get_mut(id) {
+                    person.publish(topic, payload, retain, props).await
+                } else if let Some(thing) = self.things.get(id) {
+                    thing.publish(topic, payload, retain, props).await
+                } else {
+                    bail!("no actor {id}")
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, c: &scenario::Command) -> anyhow::Result<()> {
+        let mut props = Vec::new();
+        if let Some(ttl) = c.ttl {
+            props.push(("ttl".to_owned(), ttl.to_string()));
+        }
+        let topic = format!("thing/{}/cmd", c.thing);
+        self.publish_as(
+            Some(&c.actor),
+            &topic,
+            c.body.to_string().into_bytes(),
+            false,
+            props,
+        )
+        .await?;
+        self.target.settle().await;
+        Ok(())
+    }
+
+    async fn advance(&mut self, by: &str) -> anyhow::Result<()> {
+        let by = scenario::duration(by)?;
+        self.target.advance(by).await?;
+        self.quiet().await;
+        Ok(())
+    }
+
+    async fn edit(&mut self, edit: &scenario::Edit) -> Outcome {
+        let result = self.target.edit(edit).await;
+        match result {
+            Err(err) => Err(lines(err)),
+            Ok(problems) if edit.fails && problems.is_empty() => {
+                fail("the reload was expected to report an error in this file; it loaded")
+            }
+            Ok(problems) if !edit.fails && !problems.is_empty() => {
+                let mut out = vec![
+                    "the file does not load (its last good version stays in force):".to_owned(),
+                ];
+                out.extend(problems);
+                Err(out)
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Wait (real time, bounded) until the log has been still for a moment and the daemon
+    /// settled: what is in flight arrives before the clock moves on.
+    async fn quiet(&self) {
+        self.target.settle().await;
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut seen = self.log.count();
+        loop {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let now = self.log.count();
+            if now == seen || Instant::now() > deadline {
+                break;
+            }
+            seen = now;
+        }
+    }
+
+    /// Advance by `within` in tenths until `done` says yes, then wait real time (bounded).
+    async fn wait_until<T>(
+        &mut self,
+        within: Option<&str>,
+        mut done: impl FnMut(&mut Runner) -> Option<T>,
+    ) -> anyhow::Result<Option<T>> {
+        let within = within
+            .map(scenario::duration)
+            .transpose()?
+            .unwrap_or_default();
+        self.target.settle().await;
+        if let Some(found) = done(self) {
+            return Ok(Some(found));
+        }
+        if !within.is_zero() {
+            self.quiet().await;
+            let chunk = (within / 10).max(Duration::from_millis(1));
+            let mut advanced = Duration::ZERO;
+            while advanced < within {
+                if let Some(found) = done(self) {
+                    return Ok(Some(found));
+                }
+                let by = chunk.min(within - advanced);
+                self.target.advance(by).await?;
+                advanced += by;
+                self.quiet().await;
+            }
+        }
+        let deadline = Instant::now() + self.options.timeout;
+        loop {
+            if let Some(found) = done(self) {
+                return Ok(Some(found));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn expect(&mut self, want: &Expect) -> Outcome {
+        if let Err(err) = self.check_source(want) {
+            return Err(lines(err));
+        }
+        let log = self.log.clone();
+        let found = self
+            .wait_until(want.within.as_deref(), |_| log.take(want))
+            .await
+            .map_err(lines)?;
+        if found.is_some() {
+            return Ok(());
+        }
+        let mut out = vec![format!("expected: {}", describe_want(want))];
+        if let Some(within) = &want.within {
+            out[0].push_str(&format!(" within {within} (virtual)"));
+        }
+        let instead = self.log.unmatched_at(want);
+        if instead.is_empty() {
+            out.push("instead: nothing arrived there".into());
+        } else {
+            out.push("instead, there arrived:".into());
+            for entry in instead.iter().rev().take(8).rev() {
+                out.push(format!("  {}", log::show(entry)));
+            }
+        }
+        out.extend(self.recent_chains());
+        Err(out)
+    }
+
+    async fn expect_none(&mut self, want: &Expect) -> Outcome {
+        if let Err(err) = self.check_source(want) {
+            return Err(lines(err));
+        }
+        let mark = self.log.count();
+        let during = want
+            .during
+            .as_deref()
+            .map(scenario::duration)
+            .transpose()
+            .map_err(lines)?
+            .unwrap_or_default();
+        if !during.is_zero() {
+            self.quiet().await;
+            let chunk = (during / 10).max(Duration::from_millis(1));
+            let mut advanced = Duration::ZERO;
+            while advanced < during {
+                let by = chunk.min(during - advanced);
+                if let Err(err) = self.target.advance(by).await {
+                    return Err(lines(err));
+                }
+                advanced += by;
+            }
+        }
+        self.quiet().await;
+        let arrived = self.log.matching_since(want, mark);
+        if arrived.is_empty() {
+            return Ok(());
+        }
+        let mut out = vec![format!("expected nothing like: {}", describe_want(want))];
+        out.push("but there arrived:".into());
+        for entry in arrived.iter().take(8) {
+            out.push(format!("  {}", log::show(entry)));
+        }
+        out.extend(self.recent_chains());
+        Err(out)
+    }
+
+    async fn expect_chain(&mut self, want: &ExpectChain) -> Outcome {
+        let links = want.links();
+        let known = self.target.rule_ids();
+        let unknown: Vec<&String> = links
+            .iter()
+            .map(|(rule, _)| rule)
+            .filter(|rule| !known.contains(rule))
+            .collect();
+        if !unknown.is_empty() {
+            return fail(format!(
+                "no rule {} is loaded (loaded: {})",
+                unknown
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                known.join(", ")
+            ));
+        }
+        let found = self
+            .wait_until(want.within(), |runner| {
+                let chains = chain::chains(runner.target.traces(), &runner.used_chains);
+                chains
+                    .into_iter()
+                    .find(|c| chain::fits(c, &links))
+                    .map(|c| c.id)
+            })
+            .await
+            .map_err(lines)?;
+        if let Some(id) = found {
+            self.used_chains.insert(id);
+            return Ok(());
+        }
+        let mut out = vec![format!("expected a chain: {}", chain::describe(&links))];
+        let chains = chain::chains(self.target.traces(), &self.used_chains);
+        if chains.is_empty() {
+            out.push("instead: no rule ran in a chain not matched before".into());
+        } else {
+            out.push("instead, these chains ran:".into());
+            for c in chains.iter().rev().take(6).rev() {
+                out.extend(
+                    c.runs
+                        .is_empty()
+                        .then(Vec::new)
+                        .unwrap_or_else(|| chain::show(c)),
+                );
+            }
+        }
+        // Which expected rule never ran: point at it.
+        let traces = self.target.traces();
+        for (rule, _) in &links {
+            let runs: Vec<_> = traces.iter().filter(|(r, _)| r == rule).collect();
+            if runs.is_empty() {
+                out.push(format!(
+                    "rule {rule} did not fire: no event matched its trigger"
+                ));
+            } else if runs.iter().all(|(_, t)| t.condition == Some(false)) {
+                out.push(format!(
+                    "rule {rule} matched {} time(s) but its `if` was false each time",
+                    runs.len()
+                ));
+            }
+        }
+        Err(out)
+    }
+
+    async fn expect_state(&mut self, want: &ExpectState) -> Outcome {
+        let mut last = Value::Null;
+        let found = self
+            .wait_until(want.within.as_deref(), |runner| {
+                match runner.target.state(&want.thing) {
+                    Ok(state) => {
+                        let fits = log::contains(&state, &want.state);
+                        last = state;
+                        fits.then_some(())
+                    }
+                    Err(_) => None,
+                }
+            })
+            .await
+            .map_err(lines)?;
+        if found.is_some() {
+            return Ok(());
+        }
+        if let Err(err) = self.target.state(&want.thing) {
+            return fail(format!("cannot read {}'s state: {err:#}", want.thing));
+        }
+        let mut out = vec![
+            format!("expected {}'s state to contain {}", want.thing, want.state),
+            format!("instead it is {last}"),
+        ];
+        out.extend(self.recent_chains());
+        Err(out)
+    }
+
+    fn check_source(&self, want: &Expect) -> anyhow::Result<()> {
+        match (&want.actor, &want.topic) {
+            (Some(_), Some(_)) => bail!("expect names `actor` or `topic`, not both"),
+            (None, None) => bail!("expect needs `actor` (an inbox) or `topic` (plain topics)"),
+            (Some(actor), None)
+                if !self.persons.contains_key(actor) && !self.things.contains_key(actor) =>
+            {
+                bail!("no actor {actor}")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The last chains not matched by an `expect_chain` (for a failure's output).
+    fn recent_chains(&self) -> Vec<String> {
+        let chains = chain::chains(self.target.traces(), &self.used_chains);
+        let mut out = Vec::new();
+        let recent: Vec<_> = chains.iter().rev().take(4).collect();
+        if recent.is_empty() {
+            out.push("no rule ran (in a chain not matched before)".into());
+            return out;
+        }
+        out.push("what the rules did:".into());
+        for c in recent.into_iter().rev() {
+            out.extend(chain::show(c));
+        }
+        out
+    }
+}
+
+fn clone_reply(r: &scenario::Reply) -> scenario::Reply {
+    scenario::Reply {
+        matches: r.matches.clone(),
+        from: r.from.clone(),
+        to: r.to.clone(),
+        text: r.text.clone(),
+        body: r.body.clone(),
+    }
+}
+
+fn lines(err: anyhow::Error) -> Vec<String> {
+    vec![format!("{err:#}")]
+}
+
+fn describe_publish(p: &scenario::Publish) -> String {
+    let who = p.actor.clone().unwrap_or_else(|| "anonymous".into());
+    if let Some(to) = &p.to {
+        let what = p
+            .text
+            .as_ref()
+            .map(|t| format!("{t:?}"))
+            .or_else(|| p.body.as_ref().map(Value::to_string))
+            .unwrap_or_default();
+        return format!("{who} -> {to}: {what}");
+    }
+    if let Some(state) = &p.state {
+        return format!("{who} state {state}");
+    }
+    if let Some(event) = &p.event {
+        return format!("{who} event {event}");
+    }
+    let payload = p.payload.as_ref().map(Value::to_string).unwrap_or_default();
+    format!(
+        "{who} publish {} {payload}",
+        p.topic.clone().unwrap_or_default()
+    )
+}
+
+fn describe_want(want: &Expect) -> String {
+    let mut parts = Vec::new();
+    match (&want.actor, &want.topic) {
+        (Some(actor), _) => parts.push(format!("at {actor}")),
+        (None, Some(topic)) => parts.push(format!("on {topic}")),
+        _ => {}
+    }
+    if let Some(kind) = &want.kind {
+        parts.push(format!("type {kind}"));
+    }
+    if let Some(from) = &want.from {
+        parts.push(format!("from {from}"));
+    }
+    if let Some(text) = &want.text {
+        parts.push(format!("text {text:?}"));
+    }
+    if let Some(body) = &want.body {
+        parts.push(format!("body {body}"));
+    }
+    if let Some(payload) = &want.payload {
+        parts.push(format!("payload {payload}"));
+    }
+    if let Some(envelope) = &want.envelope {
+        parts.push(format!("envelope {envelope}"));
+    }
+    parts.join(", ")
+}
+
+fn describe_expect(kind: &str, want: &Expect) -> String {
+    let mut text = format!("{kind} {}", describe_want(want));
+    if let Some(within) = &want.within {
+        text.push_str(&format!(" within {within}"));
+    }
+    if let Some(during) = &want.during {
+        text.push_str(&format!(" for {during}"));
+    }
+    text
+}
+
+/// Scenario files of `path`: the file itself, or every `*.sim.yaml` under the folder.
+pub fn scenario_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    if !path.is_dir() {
+        bail!("{}: no such file or folder", path.display());
+    }
+    let mut found = Vec::new();
+    collect(path, &mut found)?;
+    found.sort();
+    Ok(found)
+}
+
+fn collect(dir: &Path, found: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect(&path, found)?;
+        } else if path.to_string_lossy().ends_with(".sim.yaml") {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
