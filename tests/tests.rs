@@ -44,6 +44,7 @@ mod smoke;
 mod store_engines;
 mod stuck_store;
 mod things;
+mod things_bindings;
 mod things_delivery;
 mod topics;
 mod v5_features;
