@@ -115,6 +115,9 @@ fn level_at(buf: &[u8]) -> Option<usize> {
 pub struct Will {
     pub msg: Message,
     pub delay_secs: u32,
+    /// The account whose client set it (its CONNECT's username), for the event seam; not
+    /// stored (after a restart, the client id's namespace says, see `Broker::will_actor`).
+    pub account: Option<std::sync::Arc<str>>,
 }
 
 /// A CONNECT, version-neutral.
@@ -868,6 +871,7 @@ fn will_v3(will: v3::codec::LastWill) -> Will {
             receipt: None,
         },
         delay_secs: 0,
+        account: None,
     }
 }
 
@@ -897,6 +901,7 @@ fn will_v5(will: v5::codec::LastWill) -> Will {
             receipt: None,
         },
         delay_secs: will.will_delay_interval_sec.unwrap_or(0),
+        account: None,
     }
 }
 

@@ -38,6 +38,7 @@ mod rules_reload;
 mod rules_status;
 mod rules_things;
 mod rules_triggers;
+mod rules_wills;
 mod sessions;
 mod sim;
 mod smoke;

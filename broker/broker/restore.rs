@@ -129,6 +129,7 @@ impl Broker {
             let will = Will {
                 msg: Message::from(record.msg),
                 delay_secs: record.delay_secs,
+                account: None,
             };
             if tokio::runtime::Handle::try_current().is_ok() {
                 self.schedule_will(&client_id, record.owner, will, expiry);

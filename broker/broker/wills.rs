@@ -49,9 +49,25 @@ impl Broker {
         let mut msg = will.msg;
         // The will's expiry interval counts from when it is published.
         msg.expires_at_ms = msg.expires_at_ms.map(|secs| now_ms() + secs * 1000);
-        if let Err(err) = self.publish(Arc::new(msg)) {
-            tracing::error!(cause = %err, "cannot publish a will");
+        let msg = Arc::new(msg);
+        match self.publish(msg.clone()) {
+            // Out through the event seam as its client's PUBLISH would be.
+            Ok(_) => self.emit_publish(&msg, || self.will_actor(will.account.as_deref(), &msg)),
+            Err(err) => tracing::error!(cause = %err, "cannot publish a will"),
         }
+    }
+
+    /// Who caused a will, for the event seam: the account its client logged in as; for a will
+    /// kept across a restart (the account is not stored), the account whose namespace its
+    /// client id is in (`ACCOUNT` or `ACCOUNT:*`, which only that account may use), else
+    /// anonymous.
+    fn will_actor(&self, account: Option<&str>, msg: &Message) -> Actor {
+        if account.is_some() {
+            return self.actor(account);
+        }
+        let client_id = msg.publisher.as_deref().unwrap_or_default();
+        let namespace = client_id.split(':').next().unwrap_or_default();
+        self.actor(Some(namespace))
     }
 
     /// Keep a new connection's will in the store (or drop an older connection's) so that a crash

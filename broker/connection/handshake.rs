@@ -232,6 +232,7 @@ impl Conn {
         let mut will = connect.will;
         if let Some(will) = will.as_mut() {
             will.msg.publisher = Some(client_id.clone());
+            will.account = username.as_deref().map(std::sync::Arc::from);
         }
         broker.remember_will(&client_id, owner, will.as_ref());
         tracing::debug!(%peer, %client_id, ?proto, present, expiry, keep_alive, "client connected");
