@@ -366,25 +366,33 @@ async fn a_hundred_messages_go_direct_then_are_stored_once_in_order() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_or_expired_token_is_refused_on_both_sides() {
+/// alice and bob, friends, on a daemon with `extra` configuration; bob dials only when told.
+async fn manual_bob(
+    extra: &str,
+    dir: &std::path::Path,
+) -> (World, Client, Client, crate::common::person::Events) {
     let yaml = format!(
         "{}{}",
         persons(&["alice", "bob"]),
         friends(&[("alice", "bob")])
     );
-    let world = World::with(&yaml, "[im]\ndirect_token_ms = 3000\n");
-    let dir = tempfile::tempdir().unwrap();
-    let (alice, _a) = person(world.port(), "alice", "laptop", dir.path()).await;
-    let mut opts =
-        crate::common::person::options(world.port(), "bob", "phone").cache_dir(dir.path());
+    let world = World::with(&yaml, extra);
+    let (alice, _a) = person(world.port(), "alice", "laptop", dir).await;
+    let mut opts = crate::common::person::options(world.port(), "bob", "phone").cache_dir(dir);
     opts.direct_auto_accept = false;
-    let (bob, mut b) = crate::common::person::connect(opts).await;
+    let (bob, b) = crate::common::person::connect(opts).await;
+    (world, alice, bob, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_expired_token_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_world, alice, bob, mut b) = manual_bob("", dir.path()).await;
 
     let opener = alice.clone();
     let opening = tokio::spawn(async move { opener.open_direct("bob").await });
     let offer = Offer::from_json(&b.notice("direct.offer").await.body).unwrap();
-    assert_eq!(offer.lifetime_ms, 3000);
+    assert_eq!(offer.lifetime_ms, 30_000);
     // A dialer without the token: alice's listener refuses it.
     let mut s = tokio::net::TcpStream::connect(&offer.addr).await.unwrap();
     let hello = Frame::Hello {
@@ -423,15 +431,17 @@ async fn a_wrong_or_expired_token_is_refused_on_both_sides() {
     assert!(again.contains("used already"), "{again}");
     alice.direct().close("bob").await;
 
-    // Past its lifetime a token opens nothing.
+    // Past its lifetime a token opens nothing (a daemon with a short one).
+    let dir = tempfile::tempdir().unwrap();
+    let (_short, alice, bob, mut b) = manual_bob("[im]\ndirect_token_ms = 300\n", dir.path()).await;
     let opener = alice.clone();
     let opening = tokio::spawn(async move { opener.open_direct("bob").await });
     let offer = Offer::from_json(&b.notice("direct.offer").await.body).unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(offer.lifetime_ms + 500)).await;
+    assert_eq!(offer.lifetime_ms, 300);
+    tokio::time::sleep(std::time::Duration::from_millis(offer.lifetime_ms + 200)).await;
     let expired = bob.direct().accept(&offer).await.unwrap_err().to_string();
     assert!(expired.contains("expired"), "{expired}");
     opening.abort();
-
     // The dialer refuses a listener that cannot prove the token.
     let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut forged = offer.clone();
@@ -520,4 +530,68 @@ async fn a_cut_direct_path_falls_back_to_the_server_without_loss_or_duplicate() 
         .collect();
     assert_eq!(seen.pop().as_deref(), Some("last"));
     assert_eq!(seen, want, "each once, none lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_said_while_the_server_was_unreachable_is_uploaded_when_back() {
+    let yaml = format!(
+        "{}{}",
+        persons(&["alice", "bob"]),
+        friends(&[("alice", "bob")])
+    );
+    let world = World::with(&yaml, "");
+    let dir = tempfile::tempdir().unwrap();
+    // Both reach the server through a proxy the test can point at nothing.
+    let server = Proxy::start(format!("127.0.0.1:{}", world.port()).parse().unwrap()).await;
+    let options = |account: &str, device: &str| {
+        let mut opts =
+            crate::common::person::options(server.port(), account, device).cache_dir(dir.path());
+        opts.request_timeout = std::time::Duration::from_secs(2);
+        opts
+    };
+    let (alice, mut a) = crate::common::person::connect(options("alice", "laptop")).await;
+    let (bob, mut b) = crate::common::person::connect(options("bob", "phone")).await;
+    alice.open_direct("bob").await.unwrap();
+    opened(&mut b, "alice").await;
+
+    server.retarget("127.0.0.1:9".parse().unwrap());
+    server.cut();
+    for e in [&mut a, &mut b] {
+        e.next("the server gone", |e| {
+            matches!(e, Event::Disconnected { .. }).then_some(())
+        })
+        .await;
+    }
+    // The channel does not need the server.
+    let mut said = Vec::new();
+    for i in 0..5 {
+        for (from, client, events) in [("alice", &alice, &mut b), ("bob", &bob, &mut a)] {
+            let text = format!("{from} {i}");
+            let peer = if from == "alice" { "bob" } else { "alice" };
+            client.send_text(&to(peer), &text).await.unwrap();
+            let m = events.message().await;
+            assert_eq!(m.text(), Some(&*text));
+            said.push(text);
+        }
+    }
+    // Closed while neither can reach the server: kept on both sides.
+    alice.direct().close("bob").await;
+    closed(&mut b, "alice").await;
+    assert_eq!(alice.direct().pending("bob").unwrap().len(), 10);
+    assert_eq!(bob.direct().pending("alice").unwrap().len(), 10);
+
+    // Back online: each uploads after its sync; stored once, in the order said.
+    server.retarget(format!("127.0.0.1:{}", world.port()).parse().unwrap());
+    a.synced().await;
+    b.synced().await;
+    until("both uploaded", || {
+        alice.direct().pending("bob").unwrap().is_empty()
+            && bob.direct().pending("alice").unwrap().is_empty()
+    })
+    .await;
+    let conv = ConvId::direct("alice", "bob");
+    let page = alice.history(&conv, Range::After(0), 100).await.unwrap();
+    let texts: Vec<&str> = page.messages.iter().map(|m| m.text().unwrap()).collect();
+    assert_eq!(texts, said);
+    assert_eq!(page.last_seq, 10);
 }

@@ -367,7 +367,7 @@ impl Direct {
     /// Open a direct channel to `friend` (their most recently connected device): ask the
     /// server, listen, and wait until the friend's device has dialled and both tokens checked
     /// (at most the token's lifetime). Refused by the server when not friends, blocked or
-    /// offline ([`Error::Refused`]).
+    /// offline ([`Error::Refused`]). A channel already open to them is kept.
     pub async fn open(&self, friend: &str) -> Result<()> {
         self.open_to(friend, None).await
     }
@@ -375,6 +375,9 @@ impl Direct {
     /// As [`Direct::open`], to one device of the friend (its name or client id).
     pub async fn open_to(&self, friend: &str, device: Option<&str>) -> Result<()> {
         let inner = &self.inner;
+        if device.is_none() && self.is_open(friend) {
+            return Ok(());
+        }
         let bound = inner.listen().await?;
         let addr = inner.advertise.clone().unwrap_or_else(|| bound.to_string());
         let mut args = json!({ "peer": friend, "addr": addr });
