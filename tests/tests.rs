@@ -10,6 +10,7 @@ mod backpressure;
 mod bench;
 mod check;
 mod client_persons;
+mod client_reflex;
 mod client_resume;
 mod client_things;
 mod crash;

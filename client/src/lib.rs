@@ -12,6 +12,7 @@
 //!   arrives, dedup and gap filling, the roster snapshot.
 //! - `things/`: the things world: [`ThingClient`] (a thing's device) and the person's calls on
 //!   [`Client`] (bind, share, follow, link, command with its outcome, state, the audit).
+//! - `reflex/`: [`Reflex`], a virtual thing from a YAML/Rhai file, run on a caller's timer.
 //! - `cache.rs`: [`Cache`], the local history cache (redb, one file per device).
 //! - `p2p.rs` and `p2p/`: [`p2p::Direct`], direct channels between friends' devices
 //!   (negotiated through the server, a TCP connection it never sees, uploaded afterwards).
@@ -41,6 +42,7 @@ mod core;
 mod error;
 mod options;
 pub mod p2p;
+pub mod reflex;
 pub mod things;
 mod types;
 
@@ -49,6 +51,7 @@ pub use client::{Client, EventStream, Sent};
 pub use core::Stats;
 pub use error::{Error, Result};
 pub use options::{Backoff, Options};
+pub use reflex::{RealTime, Reflex, ReflexAction, ReflexError, ReflexTimer};
 pub use things::{
     Access, Ack, AuditEntry, AuditPage, ClaimCode, Command, CommandAck, CommandOptions,
     CommandTimeout, Commanded, FollowState, Outcome, Rights, ThingClient, ThingEntry, ThingEvent,
