@@ -59,16 +59,42 @@ impl Log {
             .len()
     }
 
-    /// The first entry not matched before that `want` matches; marked as matched.
-    pub fn take(&self, want: &Expect) -> Option<Entry> {
+    /// The first `n` entries not matched before that `want` matches, marked as matched; none
+    /// until there are `n`.
+    pub fn take(&self, want: &Expect, n: usize) -> Option<Vec<Entry>> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let found = inner
+        let found: Vec<Entry> = inner
             .entries
             .iter()
-            .find(|e| !inner.used.contains(&e.index) && matches(want, e))
-            .cloned()?;
-        inner.used.insert(found.index);
+            .filter(|e| !inner.used.contains(&e.index) && matches(want, e))
+            .take(n)
+            .cloned()
+            .collect();
+        if found.len() < n {
+            return None;
+        }
+        for entry in &found {
+            inner.used.insert(entry.index);
+        }
         Some(found)
+    }
+
+    /// How many entries not matched before `want` matches.
+    pub fn available(&self, want: &Expect) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .entries
+            .iter()
+            .filter(|e| !inner.used.contains(&e.index) && matches(want, e))
+            .count()
+    }
+
+    /// Mark everything received so far as matched (what a daemon that runs on had queued for
+    /// the actors is not this run's).
+    pub fn consume_all(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let all: Vec<usize> = inner.entries.iter().map(|e| e.index).collect();
+        inner.used.extend(all);
     }
 
     /// Entries from `from` on that `want` matches.

@@ -6,8 +6,8 @@
 //!
 //! - [`scenario`]: the file format, parsed with line and column on errors.
 //! - [`run`]: one scenario: the daemon, the actors, the steps.
-//! - [`target`] / [`inprocess`]: what it runs against (the daemon in this process, on the
-//!   virtual clock).
+//! - [`target`], [`inprocess`], [`external`]: what it runs against (the daemon in this
+//!   process on the virtual clock, or a running one over the network in real time).
 //! - [`person`], [`thing`], [`mqtt`]: the actors and their connections.
 //! - [`log`]: what the actors received, and how an expectation matches it.
 //! - [`chain`]: chains from the rules engine's traces.
@@ -17,6 +17,7 @@
 //! files are run by child processes, one after the other).
 
 pub mod chain;
+pub mod external;
 pub mod inprocess;
 pub mod log;
 pub mod mqtt;
@@ -47,6 +48,19 @@ pub struct SimArgs {
     /// its `within` of virtual time has passed.
     #[arg(long, default_value = "5s", value_parser = parse_timeout)]
     pub timeout: Duration,
+    /// Run against a running daemon (mqtt://host:port) in real time instead of in-process.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// External mode: the account of the simulator's own connections (the observer of plain
+    /// topics and of `$SYS/mqtter/rules/...`); default anonymous.
+    #[arg(long)]
+    pub username: Option<String>,
+    #[arg(long, env = "MQTTER_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// External mode: the longest `advance` (or `within`, `for`) waited out in real time;
+    /// a longer one fails its step.
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+    pub max_advance: Duration,
     /// Run one scenario and write its result as JSON here (how a folder's files are run).
     #[arg(long, hide = true)]
     pub result_json: Option<PathBuf>,
@@ -60,12 +74,19 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub timeout: Duration,
+    /// External mode: the daemon's `mqtt://host:port`.
+    pub broker: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub max_advance: Duration,
 }
 
 impl Options {
-    /// The observer of plain topics logs in anonymously in-process.
-    pub fn observer_credentials(&self) -> Option<(String, String)> {
-        None
+    /// The login of the simulator's own connections: anonymous unless given.
+    pub fn credentials(&self) -> Option<(String, String)> {
+        self.username
+            .clone()
+            .map(|user| (user, self.password.clone().unwrap_or_default()))
     }
 }
 
@@ -80,6 +101,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
     }
     let options = Options {
         timeout: args.timeout,
+        broker: args.broker.clone(),
+        username: args.username.clone(),
+        password: args.password.clone(),
+        max_advance: args.max_advance,
     };
     let results = if files.len() == 1 {
         vec![run_here(&files[0], &options)?]
@@ -105,9 +130,13 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
 
 /// One scenario in this process, on a virtual clock installed now.
 fn run_here(file: &std::path::Path, options: &Options) -> anyhow::Result<ScenarioResult> {
-    let start = scenario_start(file)?;
-    if mqtter_engine::clock::install(mqtter_engine::clock::Clock::new_virtual(start)).is_err() {
-        bail!("the clock was in use before the simulator could install its virtual one");
+    // External mode runs on the system clock: the daemon's time is real.
+    if options.broker.is_none() {
+        let start = scenario_start(file)?;
+        let virtual_clock = mqtter_engine::clock::Clock::new_virtual(start);
+        if mqtter_engine::clock::install(virtual_clock).is_err() {
+            bail!("the clock was in use before the simulator could install its virtual one");
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -140,12 +169,26 @@ fn scenario_start(file: &std::path::Path) -> anyhow::Result<u64> {
 fn run_child(file: &std::path::Path, args: &SimArgs) -> anyhow::Result<ScenarioResult> {
     let exe = std::env::current_exe().context("cannot find the mqtter binary")?;
     let result_file = tempfile::NamedTempFile::new().context("cannot make a temporary file")?;
-    let status = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    command
         .arg("sim")
         .arg("--timeout")
         .arg(format!("{}ms", args.timeout.as_millis()))
+        .arg("--max-advance")
+        .arg(format!("{}ms", args.max_advance.as_millis()))
         .arg("--result-json")
-        .arg(result_file.path())
+        .arg(result_file.path());
+    if let Some(broker) = &args.broker {
+        command.arg("--broker").arg(broker);
+    }
+    if let Some(username) = &args.username {
+        command.arg("--username").arg(username);
+    }
+    if let Some(password) = &args.password {
+        // Through the environment, not the command line others can read.
+        command.env("MQTTER_PASSWORD", password);
+    }
+    let status = command
         .arg(file)
         .status()
         .context("cannot run the scenario's process")?;

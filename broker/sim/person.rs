@@ -160,23 +160,25 @@ fn target(to: &str) -> anyhow::Result<Target> {
 
 /// What an event of the person's stream looks like as an envelope (`type` first).
 fn envelope(event: &Event) -> Option<Value> {
+    fn typed(kind: &str, value: &impl serde::Serialize) -> Option<Value> {
+        let mut value = serde_json::to_value(value).ok()?;
+        if let Value::Object(map) = &mut value {
+            map.insert("type".into(), json!(kind));
+        }
+        Some(value)
+    }
     match event {
-        Event::Message(m) => {
-            let mut value = serde_json::to_value(m).ok()?;
-            value["type"] = json!("msg");
-            Some(value)
-        }
+        Event::Message(m) => typed("msg", m),
         Event::Notice(n) | Event::Refused(n) => Some(n.body.clone()),
-        Event::Presence(p) => {
-            let mut value = serde_json::to_value(p).ok()?;
-            value["type"] = json!("presence");
-            Some(value)
-        }
-        Event::Receipt(r) => {
-            let mut value = serde_json::to_value(r).ok()?;
-            value["type"] = json!("receipt");
-            Some(value)
-        }
+        Event::Presence(p) => typed("presence", p),
+        Event::Receipt(r) => typed("receipt", r),
+        Event::CommandAck(a) => typed("cmd.ack", a),
+        Event::CommandTimeout(t) => typed("cmd.timeout", t),
+        Event::ThingState(s) => typed("state", s),
+        Event::ThingEvent(e) => typed("event", e),
+        Event::ThingPresence(p) => typed("presence", p),
+        Event::Things(list) => Some(json!({ "type": "things", "things": list })),
+        Event::FeedDone { last } => Some(json!({ "type": "feed.done", "last": last })),
         _ => None,
     }
 }

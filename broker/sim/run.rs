@@ -17,7 +17,7 @@ use super::person::Person;
 use super::report::{self, ScenarioResult, StepResult};
 use super::scenario::{self, Actor, Expect, ExpectChain, ExpectState, Scenario, Step};
 use super::target::Target;
-use super::thing::{Reflex, Thing};
+use super::thing::{Reflex, States, Thing};
 
 /// Run the scenario in `file`, printing each step as it ends.
 pub async fn run_file(file: &Path, options: &Options) -> ScenarioResult {
@@ -87,6 +87,8 @@ struct Runner {
     log: Arc<Log>,
     persons: BTreeMap<String, Person>,
     things: BTreeMap<String, Thing>,
+    /// The things' state documents as they received them (external mode's `expect_state`).
+    states: States,
     /// Anonymous: plain topics as any subscriber sees them, and publishes without `as`.
     observer: Conn,
     /// Chains an `expect_chain` matched already.
@@ -115,7 +117,7 @@ impl Runner {
                 host: host.clone(),
                 port,
                 client_id: format!("sim-observer-{}", std::process::id()),
-                credentials: options.observer_credentials(),
+                credentials: options.credentials(),
                 no_sync: true,
             },
             move |incoming| {
@@ -134,6 +136,7 @@ impl Runner {
             log,
             persons: BTreeMap::new(),
             things: BTreeMap::new(),
+            states: States::default(),
             observer,
             used_chains: HashSet::new(),
             options: options.clone(),
@@ -165,10 +168,14 @@ impl Runner {
                         t.password.as_deref(),
                         defined.get(&t.thing).map(String::as_str),
                     )?;
-                    runner.things.insert(
-                        t.thing.clone(),
-                        Thing::new(&t.thing, &password, &host, port, reflex),
+                    let thing = Thing::new(
+                        &t.thing,
+                        &password,
+                        (&host, port),
+                        reflex,
+                        runner.states.clone(),
                     );
+                    runner.things.insert(t.thing.clone(), thing);
                     if t.connect {
                         to_connect.push(t.thing.clone());
                     }
@@ -180,6 +187,14 @@ impl Runner {
         }
         // What connecting set off (initial state reports) has run before the first step.
         runner.target.settle().await;
+        if runner.target.is_external() {
+            // A daemon that runs on kept what earlier runs left for these devices, and the
+            // traces of earlier chains: none of it is this run's.
+            runner.log.consume_all();
+            for (_, trace) in runner.target.traces() {
+                runner.used_chains.insert(trace.chain);
+            }
+        }
         Ok(runner)
     }
 
@@ -456,14 +471,22 @@ impl Runner {
             return Err(lines(err));
         }
         let log = self.log.clone();
+        let count = want.count.unwrap_or(1).max(1);
         let found = self
-            .wait_until(want.within.as_deref(), |_| log.take(want))
+            .wait_until(want.within.as_deref(), |_| log.take(want, count))
             .await
             .map_err(lines)?;
         if found.is_some() {
             return Ok(());
         }
         let mut out = vec![format!("expected: {}", describe_want(want))];
+        if count > 1 {
+            out[0] = format!(
+                "expected {count} messages: {} (only {} arrived)",
+                describe_want(want),
+                self.log.available(want)
+            );
+        }
         if let Some(within) = &want.within {
             out[0].push_str(&format!(" within {within} (virtual)"));
         }
@@ -588,7 +611,7 @@ impl Runner {
         let mut last = Value::Null;
         let found = self
             .wait_until(want.within.as_deref(), |runner| {
-                match runner.target.state(&want.thing) {
+                match runner.target.state(&want.thing, &runner.states) {
                     Ok(state) => {
                         let fits = log::contains(&state, &want.state);
                         last = state;
@@ -602,7 +625,7 @@ impl Runner {
         if found.is_some() {
             return Ok(());
         }
-        if let Err(err) = self.target.state(&want.thing) {
+        if let Err(err) = self.target.state(&want.thing, &self.states) {
             return fail(format!("cannot read {}'s state: {err:#}", want.thing));
         }
         let mut out = vec![
@@ -711,6 +734,9 @@ fn describe_want(want: &Expect) -> String {
 
 fn describe_expect(kind: &str, want: &Expect) -> String {
     let mut text = format!("{kind} {}", describe_want(want));
+    if let Some(count) = want.count {
+        text.push_str(&format!(" x{count}"));
+    }
     if let Some(within) = &want.within {
         text.push_str(&format!(" within {within}"));
     }

@@ -250,6 +250,9 @@ pub struct Expect {
     /// A subset of a plain message's payload (JSON), or the payload's text.
     #[serde(default)]
     pub payload: Option<Value>,
+    /// How many such messages (default 1): `expect` takes that many.
+    #[serde(default)]
+    pub count: Option<usize>,
     /// Virtual time the message may take (the clock is advanced as far as needed).
     #[serde(default)]
     pub within: Option<String>,

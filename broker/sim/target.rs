@@ -1,39 +1,55 @@
 //! What a scenario runs against: the daemon in this process on the virtual clock (the
-//! default), or a running daemon over the network in real time (`--broker`).
+//! default), or a running daemon over the network in real time (`--broker`, [`External`]).
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use mqtter_rules::stats::Trace;
 use serde_json::Value;
 
 use crate::auth::AccountKind;
 
 use super::Options;
+use super::external::{self, External};
 use super::inprocess::InProcess;
 use super::scenario::{Edit, Scenario};
+use super::thing::States;
 
 pub enum Target {
     InProcess(Box<InProcess>),
+    External(Box<External>),
 }
 
 impl Target {
     pub async fn start(
         scenario: &Scenario,
         rules: Option<&Path>,
-        _options: &Options,
+        options: &Options,
     ) -> anyhow::Result<Target> {
+        if let Some(url) = &options.broker {
+            let (host, port) = external::parse_url(url)?;
+            let daemon =
+                External::connect(&host, port, options.credentials(), options.max_advance).await?;
+            return Ok(Target::External(Box::new(daemon)));
+        }
         let daemon = InProcess::start(rules, scenario.config.as_deref()).await?;
         Ok(Target::InProcess(Box::new(daemon)))
+    }
+
+    pub fn is_external(&self) -> bool {
+        matches!(self, Target::External(_))
     }
 
     pub fn address(&self) -> (String, u16) {
         match self {
             Target::InProcess(d) => (d.host.clone(), d.port),
+            Target::External(d) => (d.host.clone(), d.port),
         }
     }
 
+    /// The password `id` logs in with. In-process the account is made or set; a daemon that
+    /// runs elsewhere must know it already.
     pub fn login(
         &self,
         id: &str,
@@ -43,13 +59,21 @@ impl Target {
     ) -> anyhow::Result<String> {
         match self {
             Target::InProcess(d) => d.login(id, kind, given, defined),
+            Target::External(_) => given.or(defined).map(str::to_owned).ok_or_else(|| {
+                anyhow!(
+                    "{id}: no password (in external mode the simulator makes no accounts: give \
+                     `password:` in the scenario, or a plain one in the rules folder)"
+                )
+            }),
         }
     }
 
-    /// Let what is under way finish: fire what is due and wait until the daemon is idle.
+    /// Let what is under way finish: in-process, fire what is due and wait until the daemon
+    /// is idle; external, a short pause.
     pub async fn settle(&self) {
         match self {
             Target::InProcess(d) => d.advance(Duration::ZERO).await,
+            Target::External(d) => d.settle().await,
         }
     }
 
@@ -59,24 +83,40 @@ impl Target {
                 d.advance(by).await;
                 Ok(())
             }
+            Target::External(d) => d.advance(by).await,
         }
     }
 
     pub fn traces(&self) -> Vec<(String, Trace)> {
         match self {
             Target::InProcess(d) => d.traces(),
+            Target::External(d) => d.traces(),
         }
     }
 
     pub fn rule_ids(&self) -> Vec<String> {
         match self {
             Target::InProcess(d) => d.rule_ids(),
+            Target::External(d) => d.rule_ids(),
         }
     }
 
-    pub fn state(&self, thing: &str) -> anyhow::Result<Value> {
+    /// A thing's state document: in-process from the daemon, external as the thing actor
+    /// last received it on `thing/T/state`.
+    pub fn state(&self, thing: &str, seen: &States) -> anyhow::Result<Value> {
         match self {
             Target::InProcess(d) => d.state(thing),
+            Target::External(_) => seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(thing)
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow!(
+                        "no state of {thing} seen (in external mode expect_state reads the \
+                         state a thing actor receives)"
+                    )
+                }),
         }
     }
 
@@ -91,18 +131,27 @@ impl Target {
                 write_edit(&path, edit)?;
                 d.reload(&path).await
             }
+            Target::External(_) => bail!(
+                "edit: in external mode the simulator does not change the daemon's files \
+                 (run the scenario in-process)"
+            ),
         }
     }
 
     pub async fn wait_offline(&self, account: &str, thing: bool) -> anyhow::Result<()> {
         match self {
             Target::InProcess(d) => d.wait_offline(account, thing).await,
+            Target::External(d) => {
+                d.settle().await;
+                Ok(())
+            }
         }
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
         match self {
             Target::InProcess(d) => d.stop().await,
+            Target::External(d) => d.stop().await,
         }
     }
 }

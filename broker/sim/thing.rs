@@ -7,7 +7,8 @@
 //! The simulator's own runner covers the declarative keys; `script:` / `do:` (Rhai) are
 //! refused when the scenario is loaded.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -100,6 +101,9 @@ fn parse_ack(text: &str) -> anyhow::Result<Ack> {
     }
 }
 
+/// Each thing's state document as the thing actor last received it (`thing/T/state`).
+pub type States = Arc<Mutex<HashMap<String, Value>>>;
+
 /// A connected thing and its reflex's tasks.
 pub struct Thing {
     pub id: String,
@@ -107,18 +111,26 @@ pub struct Thing {
     host: String,
     port: u16,
     reflex: Reflex,
+    states: States,
     conn: Option<Arc<Conn>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Thing {
-    pub fn new(id: &str, password: &str, host: &str, port: u16, reflex: Reflex) -> Thing {
+    pub fn new(
+        id: &str,
+        password: &str,
+        (host, port): (&str, u16),
+        reflex: Reflex,
+        states: States,
+    ) -> Thing {
         Thing {
             id: id.to_owned(),
             password: password.to_owned(),
             host: host.to_owned(),
             port,
             reflex,
+            states,
             conn: None,
             tasks: Vec::new(),
         }
@@ -143,16 +155,26 @@ impl Thing {
         let (commands_tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<Value>();
         let (log2, me) = (log.clone(), self.id.clone());
         let cmd_topic = format!("thing/{}/cmd", self.id);
+        let state_topic = format!("thing/{}/state", self.id);
+        let (states, own_state) = (self.states.clone(), state_topic.clone());
         let conn = Conn::connect(&login, move |incoming| {
             let value = serde_json::from_slice::<Value>(&incoming.payload).unwrap_or_else(|_| {
                 Value::String(String::from_utf8_lossy(&incoming.payload).into_owned())
             });
+            if incoming.topic == own_state
+                && let Some(state) = value.get("state")
+            {
+                let mut states = states.lock().unwrap_or_else(|p| p.into_inner());
+                states.insert(me.clone(), state.clone());
+            }
             log2.push(&me, &incoming.topic, value.clone());
             if incoming.topic == cmd_topic {
                 let _ = commands_tx.send(value);
             }
         })
         .await?;
+        // Its own state, as anyone who may see it gets it (how external mode reads states).
+        conn.subscribe(&state_topic).await?;
         let conn = Arc::new(conn);
         self.conn = Some(conn.clone());
         if let Some(state) = &self.reflex.state {
