@@ -7,10 +7,8 @@
 //! in the parking lot as a small record until input, a wake-up of its session or its keepalive
 //! deadline gives it a task again (`park.rs`).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::pin::pin;
@@ -22,10 +20,12 @@ use std::time::Duration;
 use mqtter_engine::{Batch, Space, StoreError};
 use ntex_bytes::{ByteString, BytesMut};
 use ntex_mqtt::error::{DecodeError, EncodeError};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 mod handshake;
 mod inbound;
+mod io;
+mod outbound;
 mod park;
 mod pause;
 
@@ -42,14 +42,8 @@ use crate::wire::{
     self, ConnackProps, ConnectIn, Detected, Inbound, Proto, PublishIn, Will, reason,
 };
 use crate::worlds::{Joining, Members, Publish, Route};
+use io::{Io, LINGER};
 use park::{Clock, PARK_AFTER_MS};
-
-/// Bytes one read takes at most, into the worker thread's scratch buffer (see `Io::fill`).
-const READ_CHUNK: usize = 64 * 1024;
-/// Pages of pending output handed to one vectored write.
-const WRITE_SLICES: usize = 64;
-/// How long a closed connection keeps reading (and discarding) what its client still sends.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// Why a connection ended; decides the will and the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,125 +197,6 @@ async fn drive<S: Transport>(mut live: Live<S>, mut first: Option<Event>) {
                 return;
             }
         }
-    }
-}
-
-thread_local! {
-    /// Each worker thread reads into this and copies out what arrived, so that a connection
-    /// waiting for input holds no buffer: an idle connection costs its state, not 64 KiB.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
-}
-
-/// One read from `stream` through the thread's scratch buffer, appended to `buf`. Reading and
-/// writing never overlap on a connection, so the stream is not split.
-fn poll_read_into<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    cx: &mut std::task::Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        let mut rb = ReadBuf::new(&mut scratch[..]);
-        match Pin::new(stream).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => {
-                let filled = rb.filled();
-                buf.extend_from_slice(filled);
-                Poll::Ready(Ok(filled.len()))
-            }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-}
-
-/// The first pages of `pages` as slices for one vectored write; how many.
-fn io_slices<'a>(pages: &'a ntex_bytes::BytePages, slices: &mut [IoSlice<'a>]) -> usize {
-    let mut count = 0;
-    for (slot, page) in slices.iter_mut().zip(pages.iter()) {
-        *slot = IoSlice::new(page);
-        count += 1;
-    }
-    count
-}
-
-struct Io<S> {
-    stream: S,
-    buf: BytesMut,
-    broker: Arc<Broker>,
-}
-
-impl<S> Io<S> {
-    /// Every whole packet has been decoded: let go of a large read buffer, so that a connection
-    /// that goes idle after a burst keeps only a small one.
-    fn release_buf(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 1024 {
-            self.buf = BytesMut::new();
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
-    /// Read more bytes; `false` when the peer closed the stream.
-    async fn fill(&mut self) -> std::io::Result<bool> {
-        let Io { stream, buf, .. } = self;
-        let n = poll_fn(|cx| poll_read_into(stream, buf, cx)).await?;
-        if n == 0 {
-            return Ok(false);
-        }
-        self.broker
-            .metrics
-            .bytes_received
-            .fetch_add(n as u64, Ordering::Relaxed);
-        Ok(true)
-    }
-
-    /// Lingering close, after the write side is shut: read and discard what the client still
-    /// sends, until it closes or `LINGER` passes. Closing a socket with unread input resets the
-    /// connection, and a reset can destroy the DISCONNECT just written before the client reads
-    /// it (a client exceeding Receive Maximum is still sending when it is told 0x93); the
-    /// sender of a DISCONNECT closes the connection [MQTT-3.14.4-2], this only lets it arrive.
-    async fn linger(&mut self) {
-        let Io { stream, buf, .. } = self;
-        let _ = tokio::time::timeout(LINGER, async {
-            while let Ok(n) = poll_fn(|cx| poll_read_into(stream, buf, cx)).await {
-                buf.clear();
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-
-    /// Write everything pending, up to `WRITE_SLICES` pages per (vectored) write call.
-    async fn flush(&mut self, wire: &mut wire::Wire) -> std::io::Result<()> {
-        let Some(pages) = wire.pending() else {
-            return Ok(());
-        };
-        let mut written = 0;
-        while !pages.is_empty() {
-            let stream = &mut self.stream;
-            let n = poll_fn(|cx| {
-                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
-                let count = io_slices(pages, &mut slices);
-                Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count])
-            })
-            .await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            pages.advance_to(n);
-            written += n;
-        }
-        // The page list goes back to the thread's cache: kept, it would hold its last page,
-        // 4 KiB, and its ring of pages, about 300 bytes, per idle connection.
-        wire.written();
-        self.stream.flush().await?;
-        self.broker
-            .metrics
-            .bytes_sent
-            .fetch_add(written as u64, Ordering::Relaxed);
-        Ok(())
     }
 }
 
@@ -674,197 +549,6 @@ impl Conn {
             biased;
             flushed = io.flush(wire) => flushed.map(|()| true),
             () = evicted => Ok(false),
-        }
-    }
-
-    /// Move what the session owes the client into the wire. `Err` when the session was taken.
-    fn drain(&mut self, wire: &mut wire::Wire) -> Result<(), End> {
-        let mut out = Vec::new();
-        let expired;
-        let waiters;
-        {
-            let mut state = self.session.lock();
-            if state.owner != self.owner || state.eviction.is_some() {
-                let eviction = state.eviction.unwrap_or(Eviction::TakenOver);
-                drop(state);
-                return Err(match eviction {
-                    Eviction::TakenOver => {
-                        wire.disconnect(reason::SESSION_TAKEN_OVER, None);
-                        End::Abnormal
-                    }
-                    Eviction::Overflow => {
-                        // It stays until the session is detached (`attach` clears it): until
-                        // then the session holds no publisher back (`Session::offer_or_hold`).
-                        wire.disconnect(
-                            reason::QUOTA_EXCEEDED,
-                            Some("client too slow: queue full"),
-                        );
-                        End::Abnormal
-                    }
-                    Eviction::Shutdown => {
-                        wire.disconnect(reason::SERVER_SHUTTING_DOWN, None);
-                        End::Shutdown
-                    }
-                });
-            }
-            state.take_sendable(self.window(), now_ms(), &mut out);
-            expired = state.take_expired();
-            waiters = state.take_waiters(&self.broker.limits);
-        }
-        // Publishers held back by this queue go on (`pause.rs`).
-        waiters.into_iter().for_each(std::task::Waker::wake);
-        if !expired.is_empty() {
-            let mut batch = Batch::new();
-            for seq in expired {
-                batch.remove(Space::Queue, persist::queue_key(self.client_id(), seq));
-            }
-            if let Err(err) = self.broker.store.apply(batch) {
-                tracing::error!(cause = %err, "cannot remove expired messages");
-            }
-        }
-        self.send(wire, out);
-        Ok(())
-    }
-
-    fn send(&mut self, wire: &mut wire::Wire, out: Vec<Outgoing>) {
-        let now = now_ms();
-        // Counted here and added once: the shared counters are contended by every connection.
-        let mut sent = 0u64;
-        for item in out {
-            match item {
-                Outgoing::Release { packet_id } => wire.pubrel(packet_id),
-                Outgoing::Publish {
-                    packet_id,
-                    delivery,
-                    dup,
-                } => {
-                    if let Some(stamp) = &delivery.msg.stamp {
-                        let already_sent = self
-                            .members()
-                            .is_some_and(|m| m.each().any(|m| m.already_sent(stamp)));
-                        if already_sent {
-                            // Already sent (it was both in the sync and live).
-                            if let Some(id) = packet_id {
-                                self.finish(id);
-                                // Its place in the window is free: drain again, or what is
-                                // queued behind it waits for the next unrelated wake-up.
-                                self.redrain = true;
-                            }
-                            continue;
-                        }
-                    }
-                    match wire.publish(packet_id, &delivery, dup, now) {
-                        Ok(()) => {
-                            sent += 1;
-                            if let (Some(id), Some(seq), QoS::ExactlyOnce, false) =
-                                (packet_id, delivery.store_seq, delivery.qos, dup)
-                            {
-                                self.save_flight(seq, id, &delivery, false);
-                            }
-                        }
-                        Err(err) => {
-                            // Too big for the client's Maximum Packet Size: dropped for this
-                            // client as if delivered [MQTT-3.1.2-25] (the wire logs the first
-                            // of a connection).
-                            if err != EncodeError::OverMaxPacketSize {
-                                tracing::warn!(?err, client_id = %self.client_id(), "cannot encode a PUBLISH");
-                            }
-                            self.broker.metrics.dropped.fetch_add(1, Ordering::Relaxed);
-                            if let Some(id) = packet_id {
-                                self.finish(id);
-                                self.redrain = true;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if sent > 0 {
-            let metrics = &self.broker.metrics;
-            metrics.publish_sent.fetch_add(sent, Ordering::Relaxed);
-            metrics.messages_sent.fetch_add(sent, Ordering::Relaxed);
-        }
-    }
-
-    /// A delivery is complete: out of flight, out of the store.
-    fn finish(&mut self, packet_id: u16) -> bool {
-        let done = self.session.lock().inflight.remove(&packet_id);
-        match done {
-            Some(flight) => {
-                if let Some(seq) = flight.delivery.store_seq {
-                    let mut batch = Batch::new();
-                    batch.remove(Space::Queue, persist::queue_key(self.client_id(), seq));
-                    if let Err(err) = self.broker.store.apply(batch) {
-                        tracing::error!(cause = %err, "cannot remove an acknowledged message");
-                    }
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Complete the deliveries acknowledged by the PUBACKs of one read: one session lock and one
-    /// store batch for all of them, instead of one each.
-    fn finish_acked(&mut self) {
-        let Some(flow) = self.flow.as_mut().filter(|f| !f.acked.is_empty()) else {
-            return;
-        };
-        let mut done = Vec::with_capacity(flow.acked.len());
-        {
-            let mut state = self.session.lock();
-            for id in flow.acked.drain(..) {
-                if let Some(flight) = state.inflight.remove(&id) {
-                    done.push(flight);
-                }
-            }
-        }
-        let mut batch = Batch::new();
-        let mut receipts = Vec::new();
-        for flight in &done {
-            if let Some(seq) = flight.delivery.store_seq {
-                batch.remove(Space::Queue, persist::queue_key(self.client_id(), seq));
-            }
-            receipts.extend(flight.delivery.msg.receipt);
-        }
-        if !receipts.is_empty()
-            && let Some(members) = self.members()
-        {
-            let now = now_ms();
-            for receipt in receipts {
-                members.each().for_each(|m| m.acknowledged(receipt, now));
-            }
-        }
-        if !batch.is_empty()
-            && let Err(err) = self.broker.store.apply(batch)
-        {
-            tracing::error!(cause = %err, "cannot remove acknowledged messages");
-        }
-    }
-
-    fn hold_or_write(&mut self, wire: &mut wire::Wire, ack: HeldAck, needs_flush: bool) {
-        let busy = self
-            .flow
-            .as_ref()
-            .is_some_and(|f| !f.held.is_empty() || f.waiting.is_some());
-        if needs_flush || busy {
-            let flow = self.flow_mut();
-            flow.unanswered_publishes += usize::from(ack.answers_a_publish());
-            flow.held.push(ack);
-        } else {
-            self.write_acks(wire, vec![ack]);
-        }
-    }
-
-    fn write_acks(&mut self, wire: &mut wire::Wire, acks: Vec<HeldAck>) {
-        for ack in acks {
-            match ack {
-                HeldAck::PubAck(id, code) => wire.puback(id, code),
-                HeldAck::PubRec(id, code) => wire.pubrec(id, code),
-                HeldAck::SubAck(id, codes) => wire.suback(id, &codes),
-                HeldAck::UnsubAck(id, codes) => wire.unsuback(id, &codes),
-                HeldAck::PubRel(id) => wire.pubrel(id),
-            }
         }
     }
 

@@ -31,7 +31,8 @@ use ntex_bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::TcpStream;
 
-use super::{Conn, End, Event, Io, Live, SCRATCH, WRITE_SLICES, drive, io_slices, poll_read_into};
+use super::io::{Io, SCRATCH, WRITE_SLICES, io_slices, poll_read_into};
+use super::{Conn, End, Event, Live, drive};
 use crate::parking::{Lot, lock, mono_ms};
 use crate::wire::{ParkedWire, Wire};
 
