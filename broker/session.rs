@@ -699,40 +699,30 @@ impl Session {
         &self,
         mut which: impl FnMut(&crate::message::Receipt) -> bool,
     ) -> Vec<crate::message::Receipt> {
-        let mut state = self.lock();
-        let mut receipts = Vec::new();
-        let mut take = |msg: &Message| match msg.receipt {
-            Some(receipt) if which(&receipt) => {
-                receipts.push(receipt);
-                false
-            }
-            _ => true,
-        };
-        state.queue.retain(|d| take(&d.msg));
-        state.inflight.retain(|_, f| take(&f.delivery.msg));
-        receipts
+        self.take_deliveries(|msg| msg.receipt.filter(|r| which(r)))
     }
 
     /// Take every IM delivery (stamped) still queued or unacknowledged out of the session, and
     /// return their stamps: the IM log, not the MQTT session, redelivers them at the next CONNECT.
     pub fn take_im_unacked(&self) -> Vec<crate::message::Stamp> {
+        self.take_deliveries(|msg| msg.stamp.clone())
+    }
+
+    /// Take every delivery, queued or in flight, that `pick` says something of out of the
+    /// session, and return what it said: how a world takes back what it owns.
+    fn take_deliveries<T>(&self, mut pick: impl FnMut(&Message) -> Option<T>) -> Vec<T> {
         let mut state = self.lock();
-        let mut stamps: Vec<crate::message::Stamp> = Vec::new();
-        state.queue.retain(|d| match &d.msg.stamp {
-            Some(stamp) => {
-                stamps.push(stamp.clone());
+        let mut taken = Vec::new();
+        let mut keep = |msg: &Message| match pick(msg) {
+            Some(t) => {
+                taken.push(t);
                 false
             }
             None => true,
-        });
-        state.inflight.retain(|_, f| match &f.delivery.msg.stamp {
-            Some(stamp) => {
-                stamps.push(stamp.clone());
-                false
-            }
-            None => true,
-        });
-        stamps
+        };
+        state.queue.retain(|d| keep(&d.msg));
+        state.inflight.retain(|_, f| keep(&f.delivery.msg));
+        taken
     }
 }
 
