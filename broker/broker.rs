@@ -115,8 +115,6 @@ pub struct Broker {
     pub worlds: Vec<Arc<dyn World>>,
     /// The things world: `thing/`, `$things/` (see `crate::things`).
     pub things: Arc<ThingsWorld>,
-    /// Where idle connections wait without a task (see `crate::connection`).
-    pub parking: crate::parking::Parking,
     /// Password checks, bounded (see `crate::logins`).
     pub logins: crate::logins::Logins,
     /// The free space of the data folder's filesystem against `disk_free_limit`.
@@ -221,7 +219,6 @@ impl Broker {
             next_token: AtomicU64::new(1),
             limits,
             events,
-            parking: Default::default(),
             logins: crate::logins::Logins::new(
                 config.limits.password_checks,
                 config.limits.password_queue,

@@ -33,10 +33,12 @@ pub fn instant_at(ms: u64) -> tokio::time::Instant {
     tokio::time::Instant::from_std(base() + Duration::from_millis(ms.min(cap)))
 }
 
-/// The broker's parking lot; off until `start_parking` (then idle connections park).
-#[derive(Default)]
+/// The server's parking lot, as its connections and readers see it: off (`Parking::default()`,
+/// connections keep their tasks) or the lot `start_parking` opened. Owned by `server::run`, which
+/// hands a clone to every connection and to the counters' readers (`sys`, `prometheus`).
+#[derive(Default, Clone)]
 pub struct Parking {
-    lot: OnceLock<Arc<Lot>>,
+    lot: Option<Arc<Lot>>,
 }
 
 impl std::fmt::Debug for Parking {
@@ -48,8 +50,13 @@ impl std::fmt::Debug for Parking {
 }
 
 impl Parking {
+    /// The lot itself, as a resumed connection takes it back from its cell.
+    pub(crate) fn of(lot: Arc<Lot>) -> Parking {
+        Parking { lot: Some(lot) }
+    }
+
     pub fn is_on(&self) -> bool {
-        self.lot.get().is_some()
+        self.lot.is_some()
     }
 
     /// Whether the lot holds a clone of the open connections' guard (it does once started).
@@ -60,12 +67,12 @@ impl Parking {
     /// How many connections are parked now (they hold no guard meanwhile).
     pub fn parked(&self) -> u64 {
         self.lot
-            .get()
+            .as_ref()
             .map_or(0, |lot| lot.parked.load(Ordering::Relaxed))
     }
 
     pub(crate) fn lot(&self) -> Option<&Arc<Lot>> {
-        self.lot.get()
+        self.lot.as_ref()
     }
 }
 
@@ -96,14 +103,16 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Open the parking lot on the current runtime and return the task that serves it (wakes
-/// parked connections on input and at their keepalive deadlines). Until it is called,
-/// connections keep their tasks. `alive` is the guard every open connection holds; the lot keeps
+/// Open the parking lot on the current runtime: the `Parking` to hand to connections, and the
+/// task that serves it (wakes parked connections on input and at their keepalive deadlines).
+/// Connections served without it keep their tasks. `alive` is the guard every open connection holds; the lot keeps
 /// one clone for its parked connections (see `Parking::parked`).
 pub fn start_parking(
-    parking: &Parking,
     alive: Arc<()>,
-) -> io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+) -> io::Result<(
+    Parking,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)> {
     let poll = mio::Poll::new()?;
     let registry = poll.registry().try_clone()?;
     // SAFETY: `mio::Poll` owns its epoll descriptor and keeps it open, unchanged, until it is
@@ -118,10 +127,10 @@ pub fn start_parking(
         parked: AtomicU64::new(0),
         alive,
     });
-    if parking.lot.set(lot.clone()).is_err() {
-        return Err(io::Error::other("the parking lot is already open"));
-    }
-    Ok(serve_lot(lot, events))
+    let parking = Parking {
+        lot: Some(lot.clone()),
+    };
+    Ok((parking, serve_lot(lot, events)))
 }
 
 async fn serve_lot(lot: Arc<Lot>, mut poll: AsyncFd<mio::Poll>) {

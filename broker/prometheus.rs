@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::broker::Broker;
 use crate::metrics::Histogram;
+use crate::parking::Parking;
 
 /// `histogram` in the text format: its buckets cumulated, with `+Inf`, the sum and the count.
 fn render_histogram(histogram: &Histogram, name: &str, help: &str, out: &mut String) {
@@ -38,7 +39,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
 }
 
 /// The whole exposition.
-pub fn render(broker: &Broker) -> String {
+pub fn render(broker: &Broker, parking: &Parking) -> String {
     let m = &broker.metrics;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mut out = String::with_capacity(4096);
@@ -59,7 +60,7 @@ pub fn render(broker: &Broker) -> String {
         (
             "mqtter_clients_parked",
             "Connected clients that are idle, waiting without a task.",
-            broker.parking.parked(),
+            parking.parked(),
         ),
         (
             "mqtter_sessions",
@@ -197,11 +198,11 @@ pub fn render(broker: &Broker) -> String {
 }
 
 /// Answer scrapes on `listener` until the broker stops.
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
+pub async fn serve(broker: Arc<Broker>, parking: Parking, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(answer(broker.clone(), stream));
+                tokio::spawn(answer(broker.clone(), parking.clone(), stream));
             }
             Err(err) => {
                 tracing::warn!(cause = %err, "metrics listener: cannot accept");
@@ -212,7 +213,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
 }
 
 /// Read one request head (at most 8 KiB, within 10 s) and answer it.
-async fn answer(broker: Arc<Broker>, mut stream: TcpStream) {
+async fn answer(broker: Arc<Broker>, parking: Parking, mut stream: TcpStream) {
     let mut head = Vec::with_capacity(512);
     let read = tokio::time::timeout(Duration::from_secs(10), async {
         let mut chunk = [0u8; 1024];
@@ -234,7 +235,7 @@ async fn answer(broker: Arc<Broker>, mut stream: TcpStream) {
     let path = words.next().unwrap_or_default();
     let path = path.split(|b| *b == b'?').next().unwrap_or_default();
     let (status, body) = match (method, path) {
-        (b"GET" | b"HEAD", b"/metrics") => ("200 OK", render(&broker)),
+        (b"GET" | b"HEAD", b"/metrics") => ("200 OK", render(&broker, &parking)),
         (b"GET" | b"HEAD", _) => ("404 Not Found", "not found: try /metrics\n".to_owned()),
         _ => ("405 Method Not Allowed", "GET /metrics\n".to_owned()),
     };

@@ -19,7 +19,9 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::broker::Broker;
 use crate::config::StoreFailure;
-use crate::{connection, sys};
+use crate::connection::{self, Served};
+use crate::parking::Parking;
+use crate::sys;
 
 /// The bound listeners the broker serves.
 pub struct Listeners {
@@ -38,24 +40,40 @@ pub async fn run(
     let alive = Arc::new(());
     let mut tasks = tokio::task::JoinSet::new();
     // Before the first connection: one served without the lot would never park.
-    match crate::parking::start_parking(&broker.parking, alive.clone()) {
-        Ok(lot) => {
+    let parking = match crate::parking::start_parking(alive.clone()) {
+        Ok((parking, lot)) => {
             tasks.spawn(lot);
+            parking
         }
         Err(err) => {
             tracing::warn!(cause = %err, "no parking lot: idle connections keep their tasks");
+            Parking::default()
         }
-    }
-    tasks.spawn(accept_tcp(broker.clone(), listeners.tcp, alive.clone()));
+    };
+    let served = Served {
+        broker: broker.clone(),
+        parking: parking.clone(),
+        alive: alive.clone(),
+    };
+    tasks.spawn(accept_loop(
+        served.clone(),
+        listeners.tcp,
+        connection::serve,
+    ));
     if let Some(ws) = listeners.ws {
-        tasks.spawn(accept_ws(broker.clone(), ws, alive.clone()));
+        tasks.spawn(accept_loop(served, ws, serve_ws));
     }
     if let Some(metrics) = listeners.metrics {
-        tasks.spawn(crate::prometheus::serve(broker.clone(), metrics));
+        tasks.spawn(crate::prometheus::serve(
+            broker.clone(),
+            parking.clone(),
+            metrics,
+        ));
     }
     if broker.config.sys_interval > 0 {
         tasks.spawn(sys::run(
             broker.clone(),
+            parking.clone(),
             Duration::from_secs(broker.config.sys_interval),
         ));
     }
@@ -79,9 +97,9 @@ pub async fn run(
     broker.evict_all();
     // Connections finish their writes and end; give them a bounded time. Each holds a clone of
     // `alive`, except while parked (then the lot holds one clone for all and counts them).
-    let idle = 1 + usize::from(broker.parking.holds_guard());
+    let idle = 1 + usize::from(parking.holds_guard());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while (Arc::strong_count(&alive) > idle || broker.parking.parked() > 0)
+    while (Arc::strong_count(&alive) > idle || parking.parked() > 0)
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -276,19 +294,10 @@ async fn on_virtual_deadlines(
     }
 }
 
-async fn accept_tcp(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>) {
-    accept_loop(broker, listener, alive, connection::serve).await
-}
-
-async fn accept_ws(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>) {
-    accept_loop(broker, listener, alive, serve_ws).await
-}
-
-/// Accept connections for ever, each served by its own task, and holding an `alive` guard as
-/// long as it is open (so the shutdown can wait for them; a parked connection has no task).
-async fn accept_loop<F, Fut>(broker: Arc<Broker>, listener: TcpListener, alive: Arc<()>, serve: F)
+/// Accept connections for ever, each served by its own task.
+async fn accept_loop<F, Fut>(served: Served, listener: TcpListener, serve: F)
 where
-    F: Fn(Arc<Broker>, TcpStream, SocketAddr, Arc<()>) -> Fut,
+    F: Fn(Served, TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -298,7 +307,7 @@ where
                 // Spawned as it is, not in an `async move { served.await }` block: an async
                 // block holds the future it awaits twice (as captured and as awaited), which
                 // doubled every connection's task.
-                tokio::spawn(serve(broker.clone(), stream, peer, alive.clone()));
+                tokio::spawn(serve(served.clone(), stream, peer));
             }
             Err(err) => {
                 // Out of file descriptors and the like: wait a moment rather than spin.
@@ -312,8 +321,8 @@ where
 /// MQTT over WebSocket: binary frames carry the MQTT byte stream ([MQTT-6.0.0-1]), bridged to
 /// the same connection code through an in-memory pipe.
 #[allow(clippy::result_large_err)] // the handshake callback's type is tungstenite's
-async fn serve_ws(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, alive: Arc<()>) {
-    let path = broker.config.ws_path.clone();
+async fn serve_ws(served: Served, stream: TcpStream, peer: SocketAddr) {
+    let path = served.broker.config.ws_path.clone();
     let check =
         move |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
             if request.uri().path() != path {
@@ -376,11 +385,11 @@ async fn serve_ws(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, aliv
     };
     // The bridge holds a guard of its own: at the shutdown, the DISCONNECT the connection writes
     // into the pipe still has to reach the client.
-    let bridge_alive = alive.clone();
+    let bridge_alive = served.alive.clone();
     tokio::spawn(async move {
         tokio::join!(inbound, outbound);
         drop(bridge_alive);
     });
     // This task ends when the connection ends or parks; the bridge lives on its own task.
-    connection::serve(broker, mqtt_side, peer, alive).await;
+    connection::serve(served, mqtt_side, peer).await;
 }

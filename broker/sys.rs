@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use crate::broker::Broker;
 use crate::message::Message;
+use crate::parking::Parking;
 
 /// The `$SYS` topics and their current values.
-pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
+pub fn snapshot(broker: &Broker, parking: &Parking) -> Vec<(&'static str, String)> {
     let m = &broker.metrics;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
     let connected = m.clients_connected.load(Ordering::Relaxed);
@@ -36,10 +37,7 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
         ),
         ("$SYS/broker/clients/maximum", get(&m.clients_maximum)),
         // Connected and idle: waiting in the parking lot, without a task.
-        (
-            "$SYS/broker/clients/parked",
-            broker.parking.parked().to_string(),
-        ),
+        ("$SYS/broker/clients/parked", parking.parked().to_string()),
         ("$SYS/broker/messages/received", get(&m.messages_received)),
         ("$SYS/broker/messages/sent", get(&m.messages_sent)),
         (
@@ -89,16 +87,16 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
 }
 
 /// Publish the `$SYS` topics (retained) every `interval` until the broker stops.
-pub async fn run(broker: Arc<Broker>, interval: Duration) {
+pub async fn run(broker: Arc<Broker>, parking: Parking, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
-        publish_once(&broker);
+        publish_once(&broker, &parking);
     }
 }
 
-pub fn publish_once(broker: &Broker) {
-    for (topic, value) in snapshot(broker) {
+pub fn publish_once(broker: &Broker, parking: &Parking) {
+    for (topic, value) in snapshot(broker, parking) {
         let msg = Message::system(topic, value.into_bytes(), true);
         if let Err(err) = broker.publish(Arc::new(msg)) {
             tracing::warn!(cause = %err, "cannot publish $SYS");

@@ -34,7 +34,7 @@ pub use park::{Parked, Transport};
 use crate::auth::Action;
 use crate::broker::{Broker, Departure};
 use crate::message::{Message, QoS, now_ms};
-use crate::parking::mono_ms;
+use crate::parking::{Parking, mono_ms};
 use crate::persist::{self, QueuedHeader};
 use crate::session::{Delivery, Eviction, Outgoing, Session, SubOpts};
 use crate::topic;
@@ -104,9 +104,25 @@ impl HeldAck {
 
 type Durable = Pin<Box<dyn Future<Output = Result<(), Arc<StoreError>>> + Send>>;
 
+/// What the server hands each connection it accepts.
+#[derive(Clone)]
+pub(crate) struct Served {
+    pub broker: Arc<Broker>,
+    /// The server's parking lot (off: connections keep their tasks).
+    pub parking: Parking,
+    /// The guard of open connections: held as long as a connection is open (so the shutdown can
+    /// wait for them), except while it is parked (the lot counts those).
+    pub alive: Arc<()>,
+}
+
 /// Serve one connection to its end (or until it parks: it then gets a new task whenever it has
-/// something to do). `alive` is held as long as the connection is open.
-pub async fn serve<S: Transport>(broker: Arc<Broker>, stream: S, peer: SocketAddr, alive: Arc<()>) {
+/// something to do). `served.alive` is held as long as the connection is open.
+pub(crate) async fn serve<S: Transport>(served: Served, stream: S, peer: SocketAddr) {
+    let Served {
+        broker,
+        parking,
+        alive,
+    } = served;
     let mut io = Io {
         stream,
         buf: BytesMut::new(),
@@ -144,6 +160,7 @@ pub async fn serve<S: Transport>(broker: Arc<Broker>, stream: S, peer: SocketAdd
         wire,
         clock,
         cell: None,
+        parking,
         alive,
     };
     drive(live, None).await;
@@ -157,6 +174,8 @@ struct Live<S: Transport> {
     clock: Clock,
     /// Its place in the parking lot, from its first park on (see `park::Cell`).
     cell: Option<Arc<park::Cell<S>>>,
+    /// The server's parking lot (`server::Served`).
+    parking: Parking,
     alive: Arc<()>,
 }
 
@@ -166,7 +185,13 @@ async fn drive<S: Transport>(mut live: Live<S>, mut first: Option<Event>) {
     loop {
         let stop = live
             .conn
-            .run(&mut live.io, &mut live.wire, &mut live.clock, first.take())
+            .run(
+                &mut live.io,
+                &mut live.wire,
+                &mut live.clock,
+                live.parking.is_on(),
+                first.take(),
+            )
             .await;
         match stop {
             Stop::Park => match park::park(live) {
@@ -309,9 +334,9 @@ impl Conn {
         io: &mut Io<S>,
         wire: &mut wire::Wire,
         clock: &mut Clock,
+        parking: bool,
         first: Option<Event>,
     ) -> Stop {
-        let parking = self.broker.parking.is_on();
         let mut timer = pin!(tokio::time::sleep_until(crate::parking::instant_at(
             clock.next_check(parking, true, mono_ms())
         )));

@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 
 use super::io::{Io, SCRATCH, WRITE_SLICES, io_slices, poll_read_into};
 use super::{Conn, End, Event, Live, drive};
-use crate::parking::{Lot, lock, mono_ms};
+use crate::parking::{Lot, Parking, lock, mono_ms};
 use crate::wire::{ParkedWire, Wire};
 
 /// How long a connection stays idle before it parks. Short next to the time a person or a device
@@ -214,6 +214,8 @@ enum Slot<S: Transport> {
 /// A connection's place in the parking lot, from its first park to its end: the wakers of its
 /// parks are this cell's, so a stale one (from an earlier park) finds it running and does nothing.
 pub(super) struct Cell<S: Transport> {
+    /// The lot it parks in.
+    lot: Arc<Lot>,
     slot: Mutex<Slot<S>>,
     /// The tick of this connection's pending keepalive wake-up, 0 for none (see `Lot::schedule`).
     wheel_at: AtomicU64,
@@ -231,12 +233,11 @@ impl<S: Transport> Wake for Cell<S> {
             Slot::Parked(_) => {
                 if let Slot::Parked(record) = std::mem::replace(&mut *slot, Slot::Running) {
                     drop(slot);
-                    if let Some(lot) = record.conn.broker.parking.lot().cloned() {
-                        // The guard first: the shutdown waits while either is held.
-                        let alive = lot.alive.clone();
-                        lot.parked.fetch_sub(1, Ordering::Relaxed);
-                        lot.handle.spawn(resume(self.clone(), record, alive));
-                    }
+                    let lot = &self.lot;
+                    // The guard first: the shutdown waits while either is held.
+                    let alive = lot.alive.clone();
+                    lot.parked.fetch_sub(1, Ordering::Relaxed);
+                    lot.handle.spawn(resume(self.clone(), record, alive));
                 }
             }
             Slot::Running | Slot::Woken => {}
@@ -247,12 +248,13 @@ impl<S: Transport> Wake for Cell<S> {
 /// Park an idle connection (its task then ends). `Some` when it must keep running instead, with
 /// an event to handle first.
 pub(super) fn park<S: Transport>(live: Live<S>) -> Option<(Live<S>, Option<Event>)> {
-    let Some(lot) = live.conn.broker.parking.lot().cloned() else {
+    let Some(lot) = live.parking.lot().cloned() else {
         return Some((live, None));
     };
     let cell = match &live.cell {
         Some(cell) => cell.clone(),
         None => Arc::new(Cell {
+            lot: lot.clone(),
             slot: Mutex::new(Slot::Running),
             wheel_at: AtomicU64::new(0),
         }),
@@ -265,6 +267,7 @@ pub(super) fn park<S: Transport>(live: Live<S>) -> Option<(Live<S>, Option<Event
         wire,
         mut clock,
         cell: _,
+        parking,
         alive,
     } = live;
     // Should it keep running, this counts as activity: it tries again `PARK_AFTER_MS` later.
@@ -336,6 +339,7 @@ pub(super) fn park<S: Transport>(live: Live<S>) -> Option<(Live<S>, Option<Event
         wire,
         clock,
         cell: Some(cell),
+        parking,
         alive,
     };
     Some((live, event))
@@ -355,9 +359,7 @@ async fn resume<S: Transport>(cell: Arc<Cell<S>>, record: Record<S>, alive: Arc<
         wire,
         deadline,
     } = record;
-    let Some(lot) = conn.broker.parking.lot().cloned() else {
-        return lost(conn, &io::Error::other("no parking lot"));
-    };
+    let lot = cell.lot.clone();
     // What can be done at once is done on the stream as the lot hands it back: a socket new to
     // the runtime is reported ready only at the reactor's next turn, which can be long in coming
     // when every worker is busy.
@@ -410,6 +412,7 @@ async fn resume<S: Transport>(cell: Arc<Cell<S>>, record: Record<S>, alive: Arc<
         wire,
         clock,
         cell: Some(cell),
+        parking: Parking::of(lot),
         alive,
     };
     drive(live, first).await;
