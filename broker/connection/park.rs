@@ -197,8 +197,30 @@ pub(super) struct Record<S: Transport> {
     conn: Conn,
     stream: S::Parked,
     wire: ParkedWire,
-    /// The keepalive deadline (`Clock::deadline`).
-    deadline: u64,
+    /// The keepalive deadline (`Clock::deadline`), in whole seconds rounded up: the lot's
+    /// wheel wakes it at the second anyway, and 4 bytes keep the record in its size class.
+    deadline: ParkedDeadline,
+}
+
+/// A keepalive deadline in `mono_ms`, kept as whole seconds rounded up (`u32::MAX`: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ParkedDeadline(u32);
+
+impl ParkedDeadline {
+    fn of(ms: u64) -> ParkedDeadline {
+        if ms == u64::MAX {
+            return ParkedDeadline(u32::MAX);
+        }
+        ParkedDeadline(u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX - 1))
+    }
+
+    /// Back in `mono_ms`: never earlier than the deadline it was made of.
+    fn ms(self) -> u64 {
+        match self.0 {
+            u32::MAX => u64::MAX,
+            s => u64::from(s) * 1000,
+        }
+    }
 }
 
 enum Slot<S: Transport> {
@@ -293,7 +315,7 @@ pub(super) fn park<S: Transport>(live: Live<S>) -> Option<(Live<S>, Option<Event
                     conn,
                     stream,
                     wire: wire.park(),
-                    deadline: clock.deadline,
+                    deadline: ParkedDeadline::of(clock.deadline),
                 });
                 drop(slot);
                 // Counted as parked (above) before the guard goes.
@@ -397,7 +419,7 @@ async fn resume<S: Transport>(cell: Arc<Cell<S>>, record: Record<S>, alive: Arc<
         Err(err) => return lost(conn, &err),
     };
     let clock = Clock {
-        deadline,
+        deadline: deadline.ms(),
         // Counted as activity: parking again before the first read of a socket back in the
         // runtime would only bring it back.
         idle_since: mono_ms(),
@@ -429,6 +451,15 @@ mod tests {
     fn a_parked_connection_stays_small() {
         assert!(std::mem::size_of::<Cell<TcpStream>>() <= 112);
         assert!(std::mem::size_of::<crate::session::Session>() <= 144);
+    }
+
+    #[test]
+    fn a_parked_deadline_is_never_earlier_and_never_stays_never() {
+        for ms in [0, 1, 999, 1_000, 1_001, 86_400_123] {
+            let back = ParkedDeadline::of(ms).ms();
+            assert!(back >= ms && back < ms + 1_000, "{ms} -> {back}");
+        }
+        assert_eq!(ParkedDeadline::of(u64::MAX).ms(), u64::MAX);
     }
 
     #[test]
