@@ -68,3 +68,124 @@ fn a_scenario_that_does_not_parse_says_where() {
     assert!(text.contains("bad.sim.yaml:4:"), "{text}");
     assert!(text.contains("bogus"), "{text}");
 }
+
+/// A copy of an example's rules folder (without its scenarios) in `into`, so that a daemon
+/// started on it never writes into `examples/`.
+fn copy_rules(example: &str, into: &Path) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if path.is_dir() {
+                if entry.file_name() != "scenarios" {
+                    copy(&path, &to.join(entry.file_name()));
+                }
+            } else {
+                std::fs::copy(&path, to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let to = into.join("rules");
+    copy(&root().join("examples").join(example), &to);
+    to
+}
+
+/// A daemon of its own, anonymous clients refused, running the smart home's rules.
+fn smart_home_daemon(dir: &Path) -> Daemon {
+    let rules = copy_rules("smart-home", dir);
+    Daemon::start_with(&[], Some(&format!("rules_dir = {:?}\n", rules)))
+}
+
+#[test]
+fn external_mode_passes_the_smart_home_scenarios_against_a_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = smart_home_daemon(dir.path());
+    let broker = format!("mqtt://127.0.0.1:{}", daemon.port());
+    let scenarios = root().join("examples/smart-home/scenarios");
+    let (ok, text) = sim(&[
+        "--broker",
+        &broker,
+        "-u",
+        "home",
+        "-P",
+        "home-pw",
+        path(&scenarios),
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains(" passed, 0 failed"), "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+    // What runs in real time ran: a person -> person -> thing chain and the family's one.
+    assert!(
+        text.contains("ok     5. expect_chain bob-is-cold@0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok     7. expect_chain leaving-home@0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok     6. expect_state heater {\"mode\":\"eco\"}"),
+        "{text}"
+    );
+    // What needs the virtual clock is skipped, saying why.
+    assert!(
+        text.contains("skip      in external mode: `start` sets the virtual clock"),
+        "{text}"
+    );
+    assert!(text.contains("3 skipped)"), "{text}");
+}
+
+#[test]
+fn external_mode_refuses_what_real_time_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = smart_home_daemon(dir.path());
+    let broker = format!("mqtt://127.0.0.1:{}", daemon.port());
+    let scenarios = dir.path().join("scenarios");
+    std::fs::create_dir_all(&scenarios).unwrap();
+    let rules = path(&dir.path().join("rules")).to_owned();
+    std::fs::write(
+        scenarios.join("hour.sim.yaml"),
+        format!(
+            "rules: {rules:?}\nactors:\n  - thing: heater\nsteps:\n  - advance: 1h\n  \
+             - expect_none: {{ actor: heater, type: cmd, for: 2m }}\n  \
+             - expect: {{ actor: heater, type: cmd, within: 1d }}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        scenarios.join("edit.sim.yaml"),
+        format!(
+            "rules: {rules:?}\nsteps:\n  - edit: {{ file: home.yaml, replace: \"18\", with: \"20\" }}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, text) = sim(&[
+        "--broker",
+        &broker,
+        "-u",
+        "home",
+        "-P",
+        "home-pw",
+        path(&scenarios),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAIL   1. advance 1h\n          1h: in external mode time is real"),
+        "{text}"
+    );
+    assert!(text.contains("2m: in external mode"), "{text}");
+    assert!(text.contains("24h: in external mode"), "{text}");
+    assert!(text.contains("at most --max-advance 30s"), "{text}");
+    assert!(
+        text.contains("skip      in external mode: an `edit` step changes rule files"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0 passed, 3 failed (2 scenarios, 1 failing, 1 skipped)"),
+        "{text}"
+    );
+    // The daemon's rules folder was not touched.
+    let home = std::fs::read_to_string(dir.path().join("rules/home.yaml")).unwrap();
+    assert!(home.contains("hour() >= 18"), "{home}");
+}

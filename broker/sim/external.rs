@@ -1,9 +1,12 @@
 //! External mode (`mqtter sim --broker mqtt://host:port`): the same scenarios against a daemon
 //! that runs elsewhere, over the network, in real time. The rules' traces come from its
-//! retained `$SYS/mqtter/rules/RULE/traces`, a thing's state from the thing actor's own
-//! subscription to `thing/T/state`; accounts are not made (an actor's password comes from the
-//! scenario or the rules folder's definitions), files are not edited, and the clock is the
-//! daemon's: an `advance` waits that long in real time, up to `--max-advance`.
+//! retained `$SYS/mqtter/rules/RULE/traces`, a thing's state from the daemon as the thing
+//! actor asks for it (`thing.state`); accounts are not made (an actor's password comes from
+//! the scenario or the rules folder's definitions), files are not edited, and the clock is the
+//! daemon's: an `advance` (a `within`, a `for`) waits that long in real time, up to
+//! `--max-advance`, and a longer one fails its step at once. A scenario that needs what only
+//! the simulator's own daemon gives (`start`, `config`, `edit`) is skipped
+//! ([`super::run::in_process_only`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -52,6 +55,10 @@ impl External {
         credentials: Option<(String, String)>,
         max_advance: Duration,
     ) -> anyhow::Result<External> {
+        let whom = match &credentials {
+            Some((user, _)) => format!("as {user}"),
+            None => "anonymously (to log in: -u USER -P PASSWORD)".to_owned(),
+        };
         let traces: Arc<Mutex<BTreeMap<String, Vec<Trace>>>> = Arc::default();
         let seen = traces.clone();
         let login = Login {
@@ -79,7 +86,7 @@ impl External {
             }
         })
         .await
-        .with_context(|| format!("cannot reach the daemon at {host}:{port}"))?;
+        .with_context(|| format!("cannot reach the daemon at {host}:{port} {whom}"))?;
         conn.subscribe("$SYS/mqtter/rules/+/traces").await?;
         conn.subscribe("$SYS/mqtter/rules/+/counters").await?;
         Ok(External {
@@ -104,16 +111,22 @@ impl External {
         store.keys().cloned().collect()
     }
 
-    /// Real time: wait `by` if it is within `--max-advance`, else refuse.
-    pub async fn advance(&self, by: Duration) -> anyhow::Result<()> {
+    /// Whether moving the clock by `by` may be waited out: at most `--max-advance`.
+    pub fn check_advance(&self, by: Duration) -> anyhow::Result<()> {
         if by > self.max_advance {
             bail!(
-                "advance {}: in external mode time is real and an advance waits; at most \
-                 --max-advance {} (run the scenario in-process for virtual time)",
+                "{}: in external mode time is real and moving the clock means waiting; at \
+                 most --max-advance {} (run the scenario in-process for virtual time)",
                 show(by),
                 show(self.max_advance)
             );
         }
+        Ok(())
+    }
+
+    /// Real time: wait `by` if it is within `--max-advance`, else refuse.
+    pub async fn advance(&self, by: Duration) -> anyhow::Result<()> {
+        self.check_advance(by)?;
         tokio::time::sleep(by).await;
         Ok(())
     }
@@ -131,10 +144,11 @@ impl External {
 
 fn show(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
+    match ms {
+        _ if ms >= 3_600_000 && ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms >= 60_000 && ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
     }
 }
 

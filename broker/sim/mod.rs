@@ -53,12 +53,13 @@ pub struct SimArgs {
     pub broker: Option<String>,
     /// External mode: the account of the simulator's own connections (the observer of plain
     /// topics and of `$SYS/mqtter/rules/...`); default anonymous.
-    #[arg(long)]
+    #[arg(long, short = 'u')]
     pub username: Option<String>,
-    #[arg(long, env = "MQTTER_PASSWORD", hide_env_values = true)]
+    /// External mode: that account's password (or the environment's `MQTTER_PASSWORD`).
+    #[arg(long, short = 'P', env = "MQTTER_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// External mode: the longest `advance` (or `within`, `for`) waited out in real time;
-    /// a longer one fails its step.
+    /// a longer one fails its step at once, without waiting.
     #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     pub max_advance: Duration,
     /// Run one scenario and write its result as JSON here (how a folder's files are run).
@@ -125,7 +126,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
         std::fs::write(path, report::junit(&results))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(results.iter().all(|r| r.failed() == 0))
+    let ran = results.iter().any(|r| r.skipped.is_none());
+    if !ran && args.result_json.is_none() {
+        report::out("no scenario ran: every one was skipped");
+    }
+    Ok(ran && results.iter().all(|r| r.failed() == 0))
 }
 
 /// One scenario in this process, on a virtual clock installed now.
@@ -203,6 +208,7 @@ fn run_child(file: &std::path::Path, args: &SimArgs) -> anyhow::Result<ScenarioR
                 name: file.display().to_string(),
                 steps: Vec::new(),
                 error: Some(error),
+                skipped: None,
             })
         }
     }

@@ -25,6 +25,9 @@ pub struct ScenarioResult {
     pub steps: Vec<StepResult>,
     /// A scenario that could not run (a parse error, the daemon did not start).
     pub error: Option<String>,
+    /// A scenario not run, and why (external mode cannot give what it needs).
+    #[serde(default)]
+    pub skipped: Option<String>,
 }
 
 impl ScenarioResult {
@@ -60,16 +63,26 @@ pub fn print_error(error: &str) {
     out(&format!("  FAIL      {error}"));
 }
 
+pub fn print_skip(reason: &str) {
+    out(&format!("  skip      {reason}"));
+}
+
 /// `N passed, M failed` over every step of every scenario.
 pub fn closing_line(results: &[ScenarioResult]) -> String {
     let passed: usize = results.iter().map(ScenarioResult::passed).sum();
     let failed: usize = results.iter().map(ScenarioResult::failed).sum();
     let scenarios = results.len();
     let bad = results.iter().filter(|r| r.failed() > 0).count();
-    format!(
-        "{passed} passed, {failed} failed ({scenarios} scenario{}, {bad} failing)",
+    let skipped = results.iter().filter(|r| r.skipped.is_some()).count();
+    let mut line = format!(
+        "{passed} passed, {failed} failed ({scenarios} scenario{}, {bad} failing",
         if scenarios == 1 { "" } else { "s" }
-    )
+    );
+    if skipped > 0 {
+        line.push_str(&format!(", {skipped} skipped"));
+    }
+    line.push(')');
+    line
 }
 
 fn xml(text: &str) -> String {
@@ -91,7 +104,7 @@ pub fn junit(results: &[ScenarioResult]) -> String {
     let mut text = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let tests: usize = results
         .iter()
-        .map(|r| r.steps.len() + usize::from(r.error.is_some()))
+        .map(|r| r.steps.len() + usize::from(r.error.is_some()) + usize::from(r.skipped.is_some()))
         .sum();
     let failures: usize = results.iter().map(ScenarioResult::failed).sum();
     text.push_str(&format!(
@@ -102,7 +115,9 @@ pub fn junit(results: &[ScenarioResult]) -> String {
         text.push_str(&format!(
             "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" time=\"{seconds:.3}\" file=\"{}\">\n",
             xml(&result.name),
-            result.steps.len() + usize::from(result.error.is_some()),
+            result.steps.len()
+                + usize::from(result.error.is_some())
+                + usize::from(result.skipped.is_some()),
             result.failed(),
             xml(&result.file.display().to_string()),
         ));
@@ -111,6 +126,13 @@ pub fn junit(results: &[ScenarioResult]) -> String {
                 "    <testcase name=\"setup\" classname=\"{}\"><failure message=\"{}\"/></testcase>\n",
                 xml(&result.name),
                 xml(error)
+            ));
+        }
+        if let Some(reason) = &result.skipped {
+            text.push_str(&format!(
+                "    <testcase name=\"(not run)\" classname=\"{}\"><skipped message=\"{}\"/></testcase>\n",
+                xml(&result.name),
+                xml(reason)
             ));
         }
         for (i, step) in result.steps.iter().enumerate() {
@@ -162,6 +184,7 @@ mod tests {
                 },
             ],
             error: None,
+            skipped: None,
         }];
         let text = junit(&results);
         assert!(text.contains("tests=\"2\" failures=\"1\""));

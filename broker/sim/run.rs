@@ -17,7 +17,7 @@ use super::person::Person;
 use super::report::{self, ScenarioResult, StepResult};
 use super::scenario::{self, Actor, Expect, ExpectChain, ExpectState, Scenario, Step};
 use super::target::Target;
-use super::thing::{Reflex, States, Thing};
+use super::thing::{Reflex, Thing};
 
 /// Run the scenario in `file`, printing each step as it ends.
 pub async fn run_file(file: &Path, options: &Options) -> ScenarioResult {
@@ -30,6 +30,7 @@ pub async fn run_file(file: &Path, options: &Options) -> ScenarioResult {
         name: name.clone(),
         steps: Vec::new(),
         error: None,
+        skipped: None,
     };
     let parsed = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read {}", file.display()))
@@ -47,6 +48,14 @@ pub async fn run_file(file: &Path, options: &Options) -> ScenarioResult {
         result.name = given.clone();
     }
     report::print_header(file, &result.name);
+    if options.broker.is_some()
+        && let Some(reason) = in_process_only(&scenario)
+    {
+        let reason = format!("in external mode: {reason} (run it in-process)");
+        report::print_skip(&reason);
+        result.skipped = Some(reason);
+        return result;
+    }
     let base = file.parent().unwrap_or(Path::new(".")).to_owned();
     let mut runner = match Runner::start(&scenario, &base, options).await {
         Ok(runner) => runner,
@@ -75,6 +84,22 @@ pub async fn run_file(file: &Path, options: &Options) -> ScenarioResult {
     result
 }
 
+/// Why a scenario needs in-process mode, if it does: what it asks for that a daemon running
+/// elsewhere cannot give (its clock set, its configuration, its files changed).
+pub fn in_process_only(scenario: &Scenario) -> Option<String> {
+    let mut needs = Vec::new();
+    if scenario.start.is_some() {
+        needs.push("`start` sets the virtual clock, and the daemon's clock is real");
+    }
+    if scenario.config.is_some() {
+        needs.push("`config` configures the simulator's own daemon");
+    }
+    if scenario.steps.iter().any(|s| s.edit.is_some()) {
+        needs.push("an `edit` step changes rule files, and the daemon's are not the simulator's");
+    }
+    (!needs.is_empty()).then(|| needs.join("; "))
+}
+
 /// A step's failure: its lines.
 type Outcome = Result<(), Vec<String>>;
 
@@ -87,8 +112,6 @@ struct Runner {
     log: Arc<Log>,
     persons: BTreeMap<String, Person>,
     things: BTreeMap<String, Thing>,
-    /// The things' state documents as they received them (external mode's `expect_state`).
-    states: States,
     /// Anonymous: plain topics as any subscriber sees them, and publishes without `as`.
     observer: Conn,
     /// Chains an `expect_chain` matched already.
@@ -136,7 +159,6 @@ impl Runner {
             log,
             persons: BTreeMap::new(),
             things: BTreeMap::new(),
-            states: States::default(),
             observer,
             used_chains: HashSet::new(),
             options: options.clone(),
@@ -168,13 +190,7 @@ impl Runner {
                         t.password.as_deref(),
                         defined.get(&t.thing).map(String::as_str),
                     )?;
-                    let thing = Thing::new(
-                        &t.thing,
-                        &password,
-                        (&host, port),
-                        reflex,
-                        runner.states.clone(),
-                    );
+                    let thing = Thing::new(&t.thing, &password, (&host, port), reflex);
                     runner.things.insert(t.thing.clone(), thing);
                     if t.connect {
                         to_connect.push(t.thing.clone());
@@ -430,22 +446,23 @@ impl Runner {
     async fn wait_until<T>(
         &mut self,
         within: Option<&str>,
-        mut done: impl FnMut(&mut Runner) -> Option<T>,
+        mut done: impl AsyncFnMut(&mut Runner) -> Option<T>,
     ) -> anyhow::Result<Option<T>> {
         let within = within
             .map(scenario::duration)
             .transpose()?
             .unwrap_or_default();
         self.target.settle().await;
-        if let Some(found) = done(self) {
+        if let Some(found) = done(self).await {
             return Ok(Some(found));
         }
         if !within.is_zero() {
+            self.target.check_advance(within)?;
             self.quiet().await;
             let chunk = (within / 10).max(Duration::from_millis(1));
             let mut advanced = Duration::ZERO;
             while advanced < within {
-                if let Some(found) = done(self) {
+                if let Some(found) = done(self).await {
                     return Ok(Some(found));
                 }
                 let by = chunk.min(within - advanced);
@@ -456,7 +473,7 @@ impl Runner {
         }
         let deadline = Instant::now() + self.options.timeout;
         loop {
-            if let Some(found) = done(self) {
+            if let Some(found) = done(self).await {
                 return Ok(Some(found));
             }
             if Instant::now() > deadline {
@@ -473,7 +490,7 @@ impl Runner {
         let log = self.log.clone();
         let count = want.count.unwrap_or(1).max(1);
         let found = self
-            .wait_until(want.within.as_deref(), |_| log.take(want, count))
+            .wait_until(want.within.as_deref(), async |_| log.take(want, count))
             .await
             .map_err(lines)?;
         if found.is_some() {
@@ -516,6 +533,9 @@ impl Runner {
             .map_err(lines)?
             .unwrap_or_default();
         if !during.is_zero() {
+            if let Err(err) = self.target.check_advance(during) {
+                return Err(lines(err));
+            }
             self.quiet().await;
             let chunk = (during / 10).max(Duration::from_millis(1));
             let mut advanced = Duration::ZERO;
@@ -561,7 +581,7 @@ impl Runner {
             ));
         }
         let found = self
-            .wait_until(want.within(), |runner| {
+            .wait_until(want.within(), async |runner| {
                 let chains = chain::chains(runner.target.traces(), &runner.used_chains);
                 chains
                     .into_iter()
@@ -610,8 +630,8 @@ impl Runner {
     async fn expect_state(&mut self, want: &ExpectState) -> Outcome {
         let mut last = Value::Null;
         let found = self
-            .wait_until(want.within.as_deref(), |runner| {
-                match runner.target.state(&want.thing, &runner.states) {
+            .wait_until(want.within.as_deref(), async |runner| {
+                match runner.target.state(&want.thing, &runner.things).await {
                     Ok(state) => {
                         let fits = log::contains(&state, &want.state);
                         last = state;
@@ -625,7 +645,7 @@ impl Runner {
         if found.is_some() {
             return Ok(());
         }
-        if let Err(err) = self.target.state(&want.thing, &self.states) {
+        if let Err(err) = self.target.state(&want.thing, &self.things).await {
             return fail(format!("cannot read {}'s state: {err:#}", want.thing));
         }
         let mut out = vec![

@@ -14,7 +14,7 @@ use super::Options;
 use super::external::{self, External};
 use super::inprocess::InProcess;
 use super::scenario::{Edit, Scenario};
-use super::thing::States;
+use super::thing::Thing;
 
 pub enum Target {
     InProcess(Box<InProcess>),
@@ -77,6 +77,15 @@ impl Target {
         }
     }
 
+    /// Whether the clock may move by `by`: in-process always; externally, where time is
+    /// real and moving it means waiting, up to `--max-advance`.
+    pub fn check_advance(&self, by: Duration) -> anyhow::Result<()> {
+        match self {
+            Target::InProcess(_) => Ok(()),
+            Target::External(d) => d.check_advance(by),
+        }
+    }
+
     pub async fn advance(&self, by: Duration) -> anyhow::Result<()> {
         match self {
             Target::InProcess(d) => {
@@ -101,22 +110,22 @@ impl Target {
         }
     }
 
-    /// A thing's state document: in-process from the daemon, external as the thing actor
-    /// last received it on `thing/T/state`.
-    pub fn state(&self, thing: &str, seen: &States) -> anyhow::Result<Value> {
+    /// A thing's state document: in-process from the daemon, external by asking the daemon
+    /// as the thing actor (`thing.state` on `$things/req`).
+    pub async fn state(
+        &self,
+        thing: &str,
+        actors: &std::collections::BTreeMap<String, Thing>,
+    ) -> anyhow::Result<Value> {
         match self {
             Target::InProcess(d) => d.state(thing),
-            Target::External(_) => seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(thing)
-                .cloned()
-                .ok_or_else(|| {
-                    anyhow!(
-                        "no state of {thing} seen (in external mode expect_state reads the \
-                         state a thing actor receives)"
-                    )
-                }),
+            Target::External(_) => match actors.get(thing) {
+                Some(actor) => actor.read_state().await,
+                None => bail!(
+                    "in external mode expect_state asks the daemon as the thing: declare {thing} \
+                     under actors:"
+                ),
+            },
         }
     }
 

@@ -101,8 +101,8 @@ fn parse_ack(text: &str) -> anyhow::Result<Ack> {
     }
 }
 
-/// Each thing's state document as the thing actor last received it (`thing/T/state`).
-pub type States = Arc<Mutex<HashMap<String, Value>>>;
+/// Answers to the thing's own requests (`$things/req`), by request id, while awaited.
+type Awaited = Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<Value>>>>;
 
 /// A connected thing and its reflex's tasks.
 pub struct Thing {
@@ -111,26 +111,22 @@ pub struct Thing {
     host: String,
     port: u16,
     reflex: Reflex,
-    states: States,
+    awaited: Awaited,
+    requests: std::sync::atomic::AtomicU64,
     conn: Option<Arc<Conn>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Thing {
-    pub fn new(
-        id: &str,
-        password: &str,
-        (host, port): (&str, u16),
-        reflex: Reflex,
-        states: States,
-    ) -> Thing {
+    pub fn new(id: &str, password: &str, (host, port): (&str, u16), reflex: Reflex) -> Thing {
         Thing {
             id: id.to_owned(),
             password: password.to_owned(),
             host: host.to_owned(),
             port,
             reflex,
-            states,
+            awaited: Awaited::default(),
+            requests: std::sync::atomic::AtomicU64::new(0),
             conn: None,
             tasks: Vec::new(),
         }
@@ -155,17 +151,18 @@ impl Thing {
         let (commands_tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<Value>();
         let (log2, me) = (log.clone(), self.id.clone());
         let cmd_topic = format!("thing/{}/cmd", self.id);
-        let state_topic = format!("thing/{}/state", self.id);
-        let (states, own_state) = (self.states.clone(), state_topic.clone());
+        let awaited = self.awaited.clone();
         let conn = Conn::connect(&login, move |incoming| {
             let value = serde_json::from_slice::<Value>(&incoming.payload).unwrap_or_else(|_| {
                 Value::String(String::from_utf8_lossy(&incoming.payload).into_owned())
             });
-            if incoming.topic == own_state
-                && let Some(state) = value.get("state")
+            // The answer to a request of the simulator's own is not something the thing got.
+            if value.get("type").and_then(Value::as_str) == Some("res")
+                && let Some(id) = value.get("id").and_then(Value::as_str)
+                && let Some(waiter) = awaited.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
             {
-                let mut states = states.lock().unwrap_or_else(|p| p.into_inner());
-                states.insert(me.clone(), state.clone());
+                let _ = waiter.send(value);
+                return;
             }
             log2.push(&me, &incoming.topic, value.clone());
             if incoming.topic == cmd_topic {
@@ -173,8 +170,6 @@ impl Thing {
             }
         })
         .await?;
-        // Its own state, as anyone who may see it gets it (how external mode reads states).
-        conn.subscribe(&state_topic).await?;
         let conn = Arc::new(conn);
         self.conn = Some(conn.clone());
         if let Some(state) = &self.reflex.state {
@@ -223,6 +218,37 @@ impl Thing {
         }
         conn.close().await;
         Ok(())
+    }
+
+    /// The thing's state document as the daemon has it (`thing.state`, answered on the
+    /// thing's inbox).
+    pub async fn read_state(&self) -> anyhow::Result<Value> {
+        let conn = self.conn()?;
+        let n = self
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("sim-state-{n}");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.awaited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), tx);
+        let request = json!({"id": id, "op": "thing.state", "thing": self.id});
+        conn.publish(
+            "$things/req",
+            request.to_string().into_bytes(),
+            false,
+            Vec::new(),
+        )
+        .await?;
+        let answer = tokio::time::timeout(super::mqtt::PATIENCE, rx)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer to thing.state for {}", self.id))?
+            .map_err(|_| anyhow::anyhow!("no answer to thing.state for {}", self.id))?;
+        if answer.get("ok").and_then(Value::as_bool) != Some(true) {
+            bail!("thing.state for {} refused: {answer}", self.id);
+        }
+        Ok(answer.get("state").cloned().unwrap_or(Value::Null))
     }
 
     /// A state report (a merge patch) as the thing; `cmd` names the command it follows from.
