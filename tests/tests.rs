@@ -35,6 +35,7 @@ mod p2p;
 mod pipelining;
 mod qos;
 mod retained;
+mod rules_more_triggers;
 mod rules_reload;
 mod rules_status;
 mod rules_things;
