@@ -32,11 +32,15 @@
 //! - [`automation`]: the rules engine in the daemon, and its `$SYS/mqtter/rules/...` topics.
 //! - [`sim`]: `mqtter sim`, scenarios run against a rules folder on a virtual clock.
 //! - [`rules_cli`]: `mqtter rules list` and `mqtter rules trace`, read from a running daemon.
+//! - [`chat`]: `mqtter chat`, the terminal client for a person (on `mqtter-client`).
+//! - [`thing_cli`]: `mqtter thing`, a virtual thing from a reflex file.
+//! - [`login_args`]: how those two log in; [`signals`]: SIGINT and SIGTERM.
 
 pub mod actions;
 pub mod auth;
 pub mod automation;
 pub mod broker;
+pub mod chat;
 pub mod config;
 pub mod connection;
 pub mod counted_store;
@@ -44,6 +48,7 @@ pub mod daemon;
 pub mod disk;
 pub mod identity;
 pub mod im;
+pub mod login_args;
 pub mod logins;
 pub mod message;
 pub mod metrics;
@@ -55,9 +60,11 @@ pub mod router;
 pub mod rules_cli;
 pub mod server;
 pub mod session;
+pub mod signals;
 pub mod sim;
 pub mod store_bench;
 pub mod sys;
+pub mod thing_cli;
 pub mod things;
 pub mod topic;
 pub mod wire;

@@ -1,5 +1,5 @@
 //! The `mqtter` command: `serve` the daemon, manage `account`s, print the default `config`,
-//! and `bench` a broker.
+//! `bench` a broker, `check`/`rules`/`sim` rules, and the terminal clients `chat` and `thing`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -52,6 +52,12 @@ enum Command {
     /// Run scenarios (`*.sim.yaml`) against the rules of a folder, on a virtual clock
     /// (docs/SIMULATOR.md); exit status 1 if a step fails.
     Sim(mqtter::sim::SimArgs),
+    /// A terminal client for a person: friends, messages, groups, things (docs/CLIENT.md,
+    /// "Terminal client"); commands on stdin, one a line (/help lists them).
+    Chat(mqtter::chat::ChatArgs),
+    /// Run a virtual thing from a reflex file (YAML/Rhai, docs/CLIENT.md "Reflexes"), printing
+    /// each command and what it did, until SIGINT or SIGTERM.
+    Thing(mqtter::thing_cli::ThingArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -110,9 +116,13 @@ enum AccountAction {
 
 fn main() {
     let cli = Cli::parse();
-    // The simulator's output is its report: the daemon inside it logs only warnings and errors
-    // unless RUST_LOG says otherwise.
-    let level = if matches!(cli.command, Command::Sim(_)) {
+    // The simulator's output is its report, the terminal clients' their transcript: the daemon
+    // or the client library inside them logs only warnings and errors unless RUST_LOG says
+    // otherwise.
+    let level = if matches!(
+        cli.command,
+        Command::Sim(_) | Command::Chat(_) | Command::Thing(_)
+    ) {
         "warn"
     } else {
         "info"
@@ -168,6 +178,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::BenchStore(args) => mqtter::store_bench::run(args),
         Command::Rules(args) => mqtter::rules_cli::run(args),
+        Command::Chat(args) => mqtter::chat::run(args),
+        Command::Thing(args) => mqtter::thing_cli::run(args),
         Command::Sim(args) => {
             if !mqtter::sim::run(args)? {
                 // The report said what failed; the status says that something did.
@@ -227,7 +239,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let served = runtime.block_on(async move {
         survive_file_size_limit();
         let daemon = mqtter::daemon::Daemon::bind(config).await?;
-        let signal = shutdown_signal();
+        let signal = mqtter::signals::stop_signal();
         // One line on stdout that scripts and tests read to find the ports.
         // Not `println!`: stdout on a full disk must not stop the daemon.
         let _ = writeln!(std::io::stdout(), "{}", daemon.listening_line());
@@ -261,39 +273,6 @@ fn survive_file_size_limit() {
             }
             Err(err) => tracing::warn!(cause = %err, "cannot handle SIGXFSZ"),
         }
-    }
-}
-
-/// Resolves at SIGTERM or SIGINT (Ctrl-C). The handlers are installed by this call, not when
-/// the future is first polled: the daemon must not die of a SIGTERM that arrives once it has
-/// said it is listening but before its serving loop started.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let interrupt = signal(SignalKind::interrupt());
-        if let Err(err) = &term {
-            tracing::warn!(cause = %err, "cannot handle SIGTERM");
-        }
-        async move {
-            let wait = |found: std::io::Result<tokio::signal::unix::Signal>| async move {
-                match found {
-                    Ok(mut signal) => {
-                        signal.recv().await;
-                    }
-                    Err(_) => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = wait(term) => {}
-                _ = wait(interrupt) => {}
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -8,6 +8,7 @@ mod common;
 mod access;
 mod backpressure;
 mod bench;
+mod chat;
 mod check;
 mod client_persons;
 mod client_reflex;

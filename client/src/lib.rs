@@ -51,7 +51,7 @@ pub use client::{Client, EventStream, Sent};
 pub use core::Stats;
 pub use error::{Error, Result};
 pub use options::{Backoff, Options};
-pub use reflex::{RealTime, Reflex, ReflexAction, ReflexError, ReflexTimer};
+pub use reflex::{RealTime, Reflex, ReflexAction, ReflexError, ReflexReport, ReflexTimer};
 pub use things::{
     Access, Ack, AuditEntry, AuditPage, ClaimCode, Command, CommandAck, CommandOptions,
     CommandTimeout, Commanded, FollowState, Outcome, Rights, ThingClient, ThingEntry, ThingEvent,

@@ -42,7 +42,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::client::EventStream;
-use crate::things::{Ack, ThingClient};
+use crate::things::{Ack, Command, ThingClient};
 
 /// The timer a reflex waits on for `delay` and `interval`.
 pub trait ReflexTimer: Send + Sync + 'static {
@@ -82,6 +82,40 @@ pub struct ReflexAction {
     /// The event emitted.
     pub event: Option<Value>,
     pub error: Option<String>,
+}
+
+/// What a reflex run reports with [`Reflex::run_reported`], in the order it happened: each
+/// command as it arrives (before its `delay`), and each [`ReflexAction`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReflexReport {
+    Received(Command),
+    Did(ReflexAction),
+}
+
+/// Where a run tells what it does.
+#[derive(Clone)]
+pub(super) enum Observer {
+    Actions(mpsc::UnboundedSender<ReflexAction>),
+    Reports(mpsc::UnboundedSender<ReflexReport>),
+}
+
+impl Observer {
+    pub(super) fn received(&self, cmd: &Command) {
+        if let Observer::Reports(tx) = self {
+            let _ = tx.send(ReflexReport::Received(cmd.clone()));
+        }
+    }
+
+    pub(super) fn did(&self, action: ReflexAction) {
+        match self {
+            Observer::Actions(tx) => {
+                let _ = tx.send(action);
+            }
+            Observer::Reports(tx) => {
+                let _ = tx.send(ReflexReport::Did(action));
+            }
+        }
+    }
 }
 
 /// A loaded reflex file: cheap to clone, one per file for any number of things.
@@ -145,6 +179,30 @@ impl Reflex {
         events: EventStream,
         timer: Arc<dyn ReflexTimer>,
         observer: Option<mpsc::UnboundedSender<ReflexAction>>,
+    ) {
+        self.run_with(thing, events, timer, observer.map(Observer::Actions))
+            .await
+    }
+
+    /// As [`Reflex::run`], telling `reports` each command as it arrives and each
+    /// [`ReflexAction`] (what `mqtter thing` prints).
+    pub async fn run_reported(
+        &self,
+        thing: ThingClient,
+        events: EventStream,
+        timer: Arc<dyn ReflexTimer>,
+        reports: mpsc::UnboundedSender<ReflexReport>,
+    ) {
+        self.run_with(thing, events, timer, Some(Observer::Reports(reports)))
+            .await
+    }
+
+    async fn run_with(
+        &self,
+        thing: ThingClient,
+        events: EventStream,
+        timer: Arc<dyn ReflexTimer>,
+        observer: Option<Observer>,
     ) {
         let runner = run::Runner {
             spec: self.spec.clone(),

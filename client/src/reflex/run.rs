@@ -5,11 +5,10 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::load::{AckSpec, Behaviour, Every, OnCommand, Spec};
-use super::{ReflexAction, ReflexTimer};
+use super::{Observer, ReflexAction, ReflexTimer};
 use crate::client::EventStream;
 use crate::things::{Ack, Command, ThingClient};
 use crate::types::Event;
@@ -20,7 +19,7 @@ pub(super) struct Runner {
     pub spec: Arc<Spec>,
     pub thing: ThingClient,
     pub timer: Arc<dyn ReflexTimer>,
-    pub observer: Option<mpsc::UnboundedSender<ReflexAction>>,
+    pub observer: Option<Observer>,
     /// The state document as this thing reported it (merge patches applied).
     pub state: Arc<Mutex<Value>>,
 }
@@ -123,7 +122,7 @@ impl Runner {
             warn!(thing = self.thing.id(), command = ?action.command_id, %error, "reflex");
         }
         if let Some(observer) = &self.observer {
-            let _ = observer.send(action);
+            observer.did(action);
         }
     }
 
@@ -139,6 +138,9 @@ impl Runner {
     }
 
     async fn on_command(&self, cmd: Command) {
+        if let Some(observer) = &self.observer {
+            observer.received(&cmd);
+        }
         let entry = self
             .spec
             .on_command
