@@ -50,6 +50,7 @@ mod stuck_store;
 mod things;
 mod things_bindings;
 mod things_delivery;
+mod things_mosquitto;
 mod topics;
 mod v5_features;
 mod websocket;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod im;
+pub mod mosquitto;
 pub mod person;
 pub mod proxy;
 pub mod raw;
