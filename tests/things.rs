@@ -1,6 +1,7 @@
 //! The things world on the real daemon (docs/PROTOCOL.md section 8): claim codes and binding,
 //! commands with acknowledgement, queueing and timeout, refusals, shares, state documents,
-//! follow requests, links, unbind and restore, chains, the audit, a crash.
+//! follow requests, links, unbind and restore, chains, the audit, a crash. (The same with
+//! Mosquitto's command-line clients only: `things_mosquitto.rs`.)
 
 use serde_json::{Value, json};
 
@@ -258,6 +259,55 @@ async fn partial_states_make_one_document_a_view_share_sees_it_and_cannot_comman
     assert_eq!(state.json["state"], json!({"open": true, "battery": 90}));
 }
 
+/// A SUBSCRIBE gets the current value of its own topic, once, on the device that made it: not
+/// the state document again on another topic's SUBSCRIBE, nor on another device's.
+#[tokio::test]
+async fn each_subscribe_sends_its_own_topic_once_to_its_own_device() {
+    let world = World::with(
+        &yaml(&["alice"], &["door"], &["{ bind: door, to: alice }"]),
+        "",
+    );
+    let mut door = thing(&world, "door", true).await;
+    assert_eq!(
+        door.publish("thing/door/state", r#"{"open":true}"#).await,
+        0
+    );
+    let mut phone = person(&world, "alice", true).await;
+    assert!(phone.subscribe("thing/door/state").await <= 1);
+    phone
+        .wait_msg("the document", |m| m.topic == "thing/door/state")
+        .await;
+    assert!(phone.subscribe("thing/door/status").await <= 1);
+    let status = phone
+        .wait_msg("the presence", |m| m.topic == "thing/door/status")
+        .await;
+    assert_eq!(status.json["presence"], "online");
+    // A second device of alice subscribes to the state: it gets the document, the first
+    // device nothing more.
+    let mut laptop = person(&world, "alice:laptop", true).await;
+    assert!(laptop.subscribe("thing/door/state").await <= 1);
+    laptop
+        .wait_msg("the document", |m| m.topic == "thing/door/state")
+        .await;
+    // A later state change reaches both: the phone's messages before it are what counts.
+    assert_eq!(
+        door.publish("thing/door/state", r#"{"open":false}"#).await,
+        0
+    );
+    phone
+        .wait_msg("state v2", |m| {
+            m.topic == "thing/door/state" && m.json["version"] == 2
+        })
+        .await;
+    let states = phone.received_on("thing/door/state");
+    assert_eq!(
+        states.len(),
+        2,
+        "one document at SUBSCRIBE, one change: {states:?}"
+    );
+    assert_eq!(phone.received_on("thing/door/status").len(), 1);
+}
+
 #[tokio::test]
 async fn unbind_goes_to_the_recycle_bin_and_restore_brings_it_back() {
     let world = World::with(
@@ -505,92 +555,6 @@ async fn after_a_crash_queued_commands_and_the_acknowledged_state_are_there_once
     );
     let next = next_cmd(&mut door).await;
     assert_eq!(next["cid"], "k-4");
-}
-
-/// A device written from docs/PROTOCOL.md alone, with the Mosquitto command-line clients: the
-/// thing asks for a claim code, the person binds with it and commands, the thing answers.
-#[test]
-fn mosquitto_clients_claim_and_command_a_thing() {
-    let world = World::with(&yaml(&["alice"], &["door"], &[]), "");
-    let port = world.port().to_string();
-    let rr = |who: &str, request: &str| -> Value {
-        let output = std::process::Command::new("timeout")
-            .args(["20", "mosquitto_rr", "-h", "127.0.0.1", "-p", &port])
-            .args([
-                "-u",
-                who,
-                "-P",
-                &format!("{who}-pw"),
-                "-i",
-                &format!("{who}:cli"),
-            ])
-            .args(["-D", "connect", "user-property", "im-sync", "false"])
-            .args(["-t", REQ, "-e", &format!("replies/{who}"), "-m", request])
-            .output()
-            .expect("run mosquitto_rr (apt-get install mosquitto-clients)");
-        assert!(output.status.success(), "mosquitto_rr: {output:?}");
-        serde_json::from_slice(&output.stdout).expect("one JSON answer")
-    };
-    let claim = rr("door", r#"{"id":"1","op":"thing.claim_code"}"#);
-    assert_eq!(claim["ok"], true, "{claim}");
-    let code = claim["code"].as_str().unwrap();
-    let bound = rr(
-        "alice",
-        &json!({"id": "2", "op": "thing.bind", "code": code}).to_string(),
-    );
-    assert_eq!(bound["thing"], "door", "{bound}");
-
-    // alice commands the offline door; the door's first message after CONNECT is the command.
-    let publish = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "alice",
-            "-P",
-            "alice-pw",
-        ])
-        .args(["-i", "alice:cli", "-q", "1", "-t", "thing/door/cmd"])
-        .args(["-m", r#"{"open":true}"#])
-        .status()
-        .expect("run mosquitto_pub");
-    assert!(publish.success());
-    let sub = std::process::Command::new("timeout")
-        .args(["20", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port])
-        .args(["-u", "door", "-P", "door-pw", "-i", "door", "-q", "1"])
-        .args(["-t", "thing/door/cmd", "-C", "1"])
-        .output()
-        .expect("run mosquitto_sub");
-    assert!(sub.status.success(), "mosquitto_sub: {sub:?}");
-    let cmd: Value = serde_json::from_slice(&sub.stdout).expect("the command as JSON");
-    assert_eq!(cmd["type"], "cmd");
-    assert_eq!(cmd["body"], json!({"open": true}));
-    let ack = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "door",
-            "-P",
-            "door-pw",
-        ])
-        .args(["-i", "door", "-q", "1", "-t", "thing/door/ack"])
-        .args([
-            "-m",
-            &json!({"id": cmd["id"], "result": "opened"}).to_string(),
-        ])
-        .status()
-        .expect("run mosquitto_pub");
-    assert!(ack.success());
-    let feed = rr("alice", r#"{"id":"3","op":"thing.feed"}"#);
-    let entries = feed["entries"].as_array().expect("feed entries");
-    assert_eq!(entries.len(), 1, "{feed}");
-    assert_eq!(entries[0]["type"], "cmd.ack");
-    assert_eq!(entries[0]["result"], "opened");
 }
 
 /// The README's things example, as it is written: `examples/things/home.yaml`.

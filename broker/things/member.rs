@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use mqtter_engine::events::Actor;
-use mqtter_engine::things::{AckRequest, Chain, CommandRequest, Reply, Sent, ThingError};
+use mqtter_engine::things::{AckRequest, Chain, CommandRequest, Effect, Reply, Sent, ThingError};
 use ntex_bytes::ByteString;
 use serde_json::{Value, json};
 
@@ -379,8 +379,17 @@ impl Member for ThingMember {
                 // In force before the effects: a granted follower gets the document at once,
                 // a pending one when the owner accepts.
                 self.device.subs_mut().insert(filter.to_owned());
+                // One who may see the thing already: this SUBSCRIBE's own topic, to this
+                // device (a grant would send every subscribed topic of the thing again, to
+                // every device of the account).
+                let (already, effects): (Vec<_>, Vec<_>) = effects.into_iter().partition(|e| {
+                    matches!(e, Effect::Grant { account, thing: t } if account == self.me() && t == thing)
+                });
                 let plain = self.world.carry(effects, &self.actor());
                 debug_assert!(plain.is_empty());
+                if !already.is_empty() {
+                    self.world.send_current(&self.device, thing, filter);
+                }
                 granted
             }
             Err(err) => {

@@ -294,6 +294,19 @@ impl ThingsWorld {
         }
     }
 
+    /// The current value of one of `thing`'s topics (`topic`: its state or its presence; its
+    /// events have none) to one device that has just subscribed to it.
+    fn send_current(&self, device: &Device, thing: &str, topic: &str) {
+        let current = match topic.rsplit('/').next() {
+            Some("state") => self.state_message(thing),
+            Some("status") => Some(self.status_message(thing)),
+            _ => None,
+        };
+        if let Some(msg) = current {
+            device.session.force(delivery(&msg));
+        }
+    }
+
     /// `account` may no longer see `thing`: its subscriptions there end at once.
     fn revoke(&self, account: &str, thing: &str) {
         let prefix = format!("thing/{thing}/");
