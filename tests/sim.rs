@@ -189,3 +189,17 @@ fn external_mode_refuses_what_real_time_cannot_do() {
     let home = std::fs::read_to_string(dir.path().join("rules/home.yaml")).unwrap();
     assert!(home.contains("hour() >= 18"), "{home}");
 }
+
+#[test]
+fn a_thing_script_that_does_not_compile_names_the_thing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad-script.sim.yaml");
+    std::fs::write(
+        &file,
+        "actors:\n  - thing: lamp\n    on_command:\n      - do: '#{ ack: \"ok\" '\nsteps:\n  - advance: 1s\n",
+    )
+    .unwrap();
+    let (ok, text) = sim(&[path(&file)]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("cannot start: thing lamp: "), "{text}");
+}

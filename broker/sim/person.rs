@@ -159,7 +159,7 @@ fn target(to: &str) -> anyhow::Result<Target> {
 }
 
 /// What an event of the person's stream looks like as an envelope (`type` first).
-fn envelope(event: &Event) -> Option<Value> {
+pub(super) fn envelope(event: &Event) -> Option<Value> {
     fn typed(kind: &str, value: &impl serde::Serialize) -> Option<Value> {
         let mut value = serde_json::to_value(value).ok()?;
         if let Value::Object(map) = &mut value {

@@ -17,7 +17,7 @@ use super::person::Person;
 use super::report::{self, ScenarioResult, StepResult};
 use super::scenario::{self, Actor, Expect, ExpectChain, ExpectState, Scenario, Step};
 use super::target::Target;
-use super::thing::{Reflex, Thing};
+use super::thing::{self, Thing};
 
 /// Run the scenario in `file`, printing each step as it ends.
 pub async fn run_file(file: &Path, options: &Options) -> ScenarioResult {
@@ -183,7 +183,7 @@ impl Runner {
                     }
                 }
                 Actor::Thing(t) => {
-                    let reflex = Reflex::load(t, base)?;
+                    let reflex = thing::load_reflex(t, base)?;
                     let password = runner.target.login(
                         &t.thing,
                         crate::auth::AccountKind::Thing,
@@ -345,7 +345,7 @@ impl Runner {
                 .get(actor)
                 .ok_or_else(|| anyhow!("no thing actor {actor}"))?;
             if let Some(state) = &p.state {
-                thing.report_state(state.clone(), None).await?;
+                thing.report_state(state.clone()).await?;
             }
             if let Some(event) = &p.event {
                 thing.report_event(event.clone()).await?;
@@ -374,7 +374,7 @@ impl Runner {
             Some(id) => {
                 if let Some(person) = self.persons.get_mut(id) {
                     person.publish(topic, payload, retain, props).await
-                } else if let Some(thing) = self.things.get(id) {
+                } else if let Some(thing) = self.things.get_mut(id) {
                     thing.publish(topic, payload, retain, props).await
                 } else {
                     bail!("no actor {id}")

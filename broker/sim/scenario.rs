@@ -369,21 +369,3 @@ pub fn start_ms(start: &str) -> anyhow::Result<u64> {
     u64::try_from(at.timestamp_millis())
         .map_err(|_| anyhow::anyhow!("start {start:?} is before 1970"))
 }
-
-/// A reflex file (the shared format of docs/CLIENT.md; the keys the simulator runs).
-#[derive(Debug, Deserialize)]
-pub struct ReflexFile {
-    pub thing: String,
-    #[serde(default)]
-    pub state: Option<Value>,
-    #[serde(default)]
-    pub on_command: Vec<OnCommand>,
-    #[serde(default)]
-    pub every: Vec<Every>,
-}
-
-impl Scenario {
-    pub fn parse_reflex(file: &Path, text: &str) -> Result<ReflexFile, ParseError> {
-        parse_yaml(file, text)
-    }
-}

@@ -1,120 +1,114 @@
-//! A virtual thing: a device of the thing's account (plain MQTT 5) that runs its reflex, the
-//! shared reflex format (docs/CLIENT.md): the `state` it reports after connecting, the first
-//! `on_command` entry whose `match` the command's body contains (after its `delay`, on the
-//! virtual clock: the ack, then the state report and the event, which continue the command's
-//! chain), and the periodic reports of `every`. Everything it receives is in the log.
-//!
-//! The simulator's own runner covers the declarative keys; `script:` / `do:` (Rhai) are
-//! refused when the scenario is loaded.
+//! A virtual thing: a device of the thing's account (`THING:sim`, a `mqtter-client`
+//! [`ThingClient`]) running its reflex with the client library's runner
+//! ([`mqtter_client::Reflex`], the format of docs/CLIENT.md, Rhai included) on the virtual
+//! clock ([`VirtualTimer`]). Everything the thing receives is in the log (a tee of its event
+//! stream); for plain topics and commands to linked things it has a second connection without
+//! sync, opened on first use.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use anyhow::{Context, anyhow, bail};
+use mqtter_client::{Event, Options, Reflex, ReflexTimer, ThingClient};
+use serde_json::{Map, Value, json};
 
-use super::log::{Log, contains};
-use super::mqtt::{Conn, Login};
-use super::scenario::{Every, OnCommand, ThingActor, duration};
+use super::log::Log;
+use super::mqtt::{Conn, Login, PATIENCE};
+use super::person::envelope;
+use super::scenario::{Every, OnCommand, ThingActor};
 
-/// A thing's behaviour, checked at load.
-#[derive(Clone)]
-pub struct Reflex {
-    pub state: Option<Value>,
-    pub on_command: Vec<OnCommand>,
-    pub every: Vec<(std::time::Duration, Every)>,
-}
+/// The device name of the simulator's thing connections.
+const DEVICE: &str = "sim";
 
-impl Reflex {
-    /// From a thing actor's inline keys, or its reflex file (relative to `base`).
-    pub fn load(actor: &ThingActor, base: &std::path::Path) -> anyhow::Result<Reflex> {
-        let (state, on_command, every) = match &actor.reflex {
-            Some(file) => {
-                let path = base.join(file);
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read the reflex {}", path.display()))?;
-                let parsed = super::scenario::Scenario::parse_reflex(&path, &text)?;
-                if parsed.thing != actor.thing {
-                    bail!(
-                        "{}: the reflex is for thing {}, the actor is {}",
-                        path.display(),
-                        parsed.thing,
-                        actor.thing
-                    );
-                }
-                (parsed.state, parsed.on_command, parsed.every)
-            }
-            None => (
-                actor.state.clone(),
-                actor.on_command.clone(),
-                actor.every.clone(),
-            ),
-        };
-        for entry in &on_command {
-            if entry.script.is_some() || entry.code.is_some() {
-                bail!(
-                    "thing {}: `script`/`do` in on_command is not supported by the simulator \
-                     (use match/delay/ack/state/event)",
-                    actor.thing
-                );
-            }
-            if let Some(delay) = &entry.delay {
-                duration(delay)?;
-            }
-            if let Some(ack) = &entry.ack {
-                parse_ack(ack)?;
-            }
-        }
-        let mut periodic = Vec::new();
-        for entry in every {
-            if entry.script.is_some() || entry.code.is_some() {
-                bail!(
-                    "thing {}: `script`/`do` in every is not supported by the simulator",
-                    actor.thing
-                );
-            }
-            periodic.push((duration(&entry.interval)?, entry));
-        }
-        Ok(Reflex {
-            state,
-            on_command,
-            every: periodic,
-        })
+/// A reflex's delays and intervals on the process's clock: virtual in-process (a scenario's
+/// `advance` fires them), real in external mode.
+pub struct VirtualTimer;
+
+impl ReflexTimer for VirtualTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(mqtter_engine::clock::clock().sleep(duration))
     }
 }
 
-/// What an `ack:` says.
-enum Ack {
-    Ok,
-    Error(String),
-    None,
-}
-
-fn parse_ack(text: &str) -> anyhow::Result<Ack> {
-    match text.trim() {
-        "ok" => Ok(Ack::Ok),
-        "none" => Ok(Ack::None),
-        other => match other.strip_prefix("error:") {
-            Some(message) => Ok(Ack::Error(message.trim().to_owned())),
-            None => bail!("ack {other:?}: ok, none or \"error: <message>\""),
-        },
+/// A thing actor's reflex: its reflex file (relative to `base`), or its inline keys (their
+/// `script:` files relative to `base`).
+pub fn load_reflex(actor: &ThingActor, base: &Path) -> anyhow::Result<Reflex> {
+    let Some(file) = &actor.reflex else {
+        let text = inline_reflex(actor).to_string();
+        return Reflex::from_yaml(&text, base)
+            .map_err(|err| anyhow!("thing {}: {}", actor.thing, err.message));
+    };
+    if actor.state.is_some() || !actor.on_command.is_empty() || !actor.every.is_empty() {
+        bail!(
+            "thing {}: `reflex:` names a file; give `state`, `on_command` and `every` there, \
+             not beside it",
+            actor.thing
+        );
     }
+    let reflex = Reflex::from_file(base.join(file)).map_err(|err| anyhow!("{err}"))?;
+    if reflex.thing() != actor.thing {
+        bail!(
+            "{}: the reflex is for thing {}, the actor is {}",
+            base.join(file).display(),
+            reflex.thing(),
+            actor.thing
+        );
+    }
+    Ok(reflex)
 }
 
-/// Answers to the thing's own requests (`$things/req`), by request id, while awaited.
-type Awaited = Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<Value>>>>;
+/// The actor's inline keys as a reflex file's (JSON is YAML).
+fn inline_reflex(actor: &ThingActor) -> Value {
+    fn put(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+        if let Some(value) = value {
+            map.insert(key.to_owned(), value);
+        }
+    }
+    let text = |s: &Option<String>| s.clone().map(Value::String);
+    let on_command = |e: &OnCommand| {
+        let mut map = Map::new();
+        put(&mut map, "match", e.matches.clone());
+        put(&mut map, "delay", text(&e.delay));
+        put(&mut map, "ack", text(&e.ack));
+        put(&mut map, "state", e.state.clone());
+        put(&mut map, "event", e.event.clone());
+        put(&mut map, "script", text(&e.script));
+        put(&mut map, "do", text(&e.code));
+        Value::Object(map)
+    };
+    let every = |e: &Every| {
+        let mut map = Map::new();
+        map.insert("interval".into(), Value::String(e.interval.clone()));
+        put(&mut map, "state", e.state.clone());
+        put(&mut map, "event", e.event.clone());
+        put(&mut map, "script", text(&e.script));
+        put(&mut map, "do", text(&e.code));
+        Value::Object(map)
+    };
+    let mut map = Map::new();
+    map.insert("thing".into(), json!(actor.thing));
+    put(&mut map, "state", actor.state.clone());
+    map.insert(
+        "on_command".into(),
+        actor.on_command.iter().map(on_command).collect(),
+    );
+    map.insert("every".into(), actor.every.iter().map(every).collect());
+    Value::Object(map)
+}
 
-/// A connected thing and its reflex's tasks.
+/// A thing actor: its device while connected, and its reflex's run.
 pub struct Thing {
     pub id: String,
     password: String,
     host: String,
     port: u16,
     reflex: Reflex,
-    awaited: Awaited,
-    requests: std::sync::atomic::AtomicU64,
-    conn: Option<Arc<Conn>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    client: Option<ThingClient>,
+    run: Option<tokio::task::JoinHandle<()>>,
+    /// Plain topics and commands (`THING:sim-mqtt`, no sync), opened on first use.
+    raw: Option<Conn>,
 }
 
 impl Thing {
@@ -125,269 +119,156 @@ impl Thing {
             host: host.to_owned(),
             port,
             reflex,
-            awaited: Awaited::default(),
-            requests: std::sync::atomic::AtomicU64::new(0),
-            conn: None,
-            tasks: Vec::new(),
+            client: None,
+            run: None,
+            raw: None,
         }
     }
 
     pub fn connected(&self) -> bool {
-        self.conn.is_some()
+        self.client.is_some()
     }
 
-    /// Connect, report the reflex's `state`, start its `every` reports.
+    /// Connect, and start the reflex: it reports its `state` (done before this returns, so a
+    /// step after it sees it), then answers commands and runs its `every` entries.
     pub async fn connect(&mut self, log: &Arc<Log>) -> anyhow::Result<()> {
-        if self.conn.is_some() {
+        if self.client.is_some() {
             bail!("{} is connected already", self.id);
         }
-        let login = Login {
-            host: self.host.clone(),
-            port: self.port,
-            client_id: self.id.clone(),
-            credentials: Some((self.id.clone(), self.password.clone())),
-            no_sync: false,
-        };
-        let (commands_tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<Value>();
-        let (log2, me) = (log.clone(), self.id.clone());
-        let cmd_topic = format!("thing/{}/cmd", self.id);
-        let awaited = self.awaited.clone();
-        let conn = Conn::connect(&login, move |incoming| {
-            let value = serde_json::from_slice::<Value>(&incoming.payload).unwrap_or_else(|_| {
-                Value::String(String::from_utf8_lossy(&incoming.payload).into_owned())
-            });
-            // The answer to a request of the simulator's own is not something the thing got.
-            if value.get("type").and_then(Value::as_str) == Some("res")
-                && let Some(id) = value.get("id").and_then(Value::as_str)
-                && let Some(waiter) = awaited.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
-            {
-                let _ = waiter.send(value);
-                return;
+        let opts = Options::new(&self.host, self.port, &self.id, &self.password, DEVICE);
+        let (client, events) = tokio::time::timeout(PATIENCE, ThingClient::connect(opts))
+            .await
+            .map_err(|_| anyhow!("{} got no CONNACK in {PATIENCE:?}", self.id))?
+            .map_err(|err| anyhow!("{} cannot connect: {err}", self.id))?;
+        let (log, me) = (log.clone(), self.id.clone());
+        let (cmd_topic, inbox) = (format!("thing/{me}/cmd"), format!("thing/{me}/inbox"));
+        let events = events.tee(move |event| {
+            let value = match event {
+                Event::Command(cmd) => serde_json::to_value(cmd).ok().map(|mut v| {
+                    v["type"] = json!("cmd");
+                    v
+                }),
+                other => envelope(other),
+            };
+            if let Some(value) = value {
+                let topic = if matches!(event, Event::Command(_)) {
+                    &cmd_topic
+                } else {
+                    &inbox
+                };
+                log.push(&me, topic, value);
             }
-            log2.push(&me, &incoming.topic, value.clone());
-            if incoming.topic == cmd_topic {
-                let _ = commands_tx.send(value);
-            }
-        })
-        .await?;
-        let conn = Arc::new(conn);
-        self.conn = Some(conn.clone());
-        if let Some(state) = &self.reflex.state {
-            self.report_state(state.clone(), None).await?;
-        }
-        let (id, on_command) = (self.id.clone(), Arc::new(self.reflex.on_command.clone()));
-        let answering = conn.clone();
-        self.tasks.push(tokio::spawn(async move {
-            while let Some(cmd) = commands.recv().await {
-                let (conn, id, on_command) = (answering.clone(), id.clone(), on_command.clone());
-                tokio::spawn(async move {
-                    if let Err(err) = answer(&conn, &id, &on_command, &cmd).await {
-                        tracing::warn!(thing = %id, cause = %err, "the thing could not answer");
+        });
+        let (reported_tx, reported) = tokio::sync::oneshot::channel();
+        let (observed_tx, mut observed) = tokio::sync::mpsc::unbounded_channel();
+        let (reflex, runner, me) = (self.reflex.clone(), client.clone(), self.id.clone());
+        let has_state = self.reflex_reports_state();
+        self.run = Some(tokio::spawn(async move {
+            let watch = tokio::spawn(async move {
+                let mut reported_tx = Some(reported_tx);
+                while let Some(action) = observed.recv().await {
+                    let action: mqtter_client::ReflexAction = action;
+                    if let Some(error) = &action.error {
+                        tracing::warn!(thing = %me, %error, "the thing's reflex");
                     }
-                });
-            }
-        }));
-        for (interval, every) in self.reflex.every.clone() {
-            let (conn, id) = (conn.clone(), self.id.clone());
-            self.tasks.push(tokio::spawn(async move {
-                let clock = mqtter_engine::clock::clock();
-                let step = u64::try_from(interval.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                let mut at = clock.now_ms();
-                loop {
-                    at = at.saturating_add(step);
-                    clock.sleep_until_ms(at).await;
-                    if let Err(err) =
-                        report(&conn, &id, every.state.clone(), every.event.clone(), None).await
+                    if action.command_id.is_none()
+                        && let Some(tx) = reported_tx.take()
                     {
-                        tracing::warn!(thing = %id, cause = %err, "a periodic report failed");
+                        let _ = tx.send(());
                     }
                 }
-            }));
+            });
+            let timer: Arc<dyn ReflexTimer> = Arc::new(VirtualTimer);
+            reflex
+                .run_observed(runner, events, timer, Some(observed_tx))
+                .await;
+            watch.abort();
+        }));
+        self.client = Some(client);
+        if has_state && tokio::time::timeout(PATIENCE, reported).await.is_err() {
+            bail!(
+                "{}: its initial state was not reported in {PATIENCE:?}",
+                self.id
+            );
         }
         Ok(())
+    }
+
+    /// Whether the reflex reports a state once connected (its first action).
+    fn reflex_reports_state(&self) -> bool {
+        self.reflex.reports_state()
     }
 
     pub async fn disconnect(&mut self) -> anyhow::Result<()> {
-        let Some(conn) = self.conn.take() else {
+        let Some(client) = self.client.take() else {
             bail!("{} is not connected", self.id);
         };
-        for task in self.tasks.drain(..) {
-            task.abort();
+        client.close().await;
+        if let Some(run) = self.run.take() {
+            run.abort();
         }
-        conn.close().await;
+        if let Some(raw) = self.raw.take() {
+            raw.close().await;
+        }
         Ok(())
     }
 
-    /// The thing's state document as the daemon has it (`thing.state`, answered on the
-    /// thing's inbox).
+    /// The thing's state document as the daemon has it (`thing.state`).
     pub async fn read_state(&self) -> anyhow::Result<Value> {
-        let conn = self.conn()?;
-        let n = self
-            .requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("sim-state-{n}");
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.awaited
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), tx);
-        let request = json!({"id": id, "op": "thing.state", "thing": self.id});
-        conn.publish(
-            "$things/req",
-            request.to_string().into_bytes(),
-            false,
-            Vec::new(),
-        )
-        .await?;
-        let answer = tokio::time::timeout(super::mqtt::PATIENCE, rx)
+        let state = self
+            .client()?
+            .thing_state(&self.id)
             .await
-            .map_err(|_| anyhow::anyhow!("no answer to thing.state for {}", self.id))?
-            .map_err(|_| anyhow::anyhow!("no answer to thing.state for {}", self.id))?;
-        if answer.get("ok").and_then(Value::as_bool) != Some(true) {
-            bail!("thing.state for {} refused: {answer}", self.id);
-        }
-        Ok(answer.get("state").cloned().unwrap_or(Value::Null))
+            .map_err(|err| anyhow!("thing.state for {}: {err}", self.id))?;
+        Ok(state.state)
     }
 
-    /// A state report (a merge patch) as the thing; `cmd` names the command it follows from.
-    pub async fn report_state(&self, state: Value, cmd: Option<&str>) -> anyhow::Result<()> {
-        let conn = self.conn()?;
-        report(conn, &self.id, Some(state), None, cmd).await
+    /// A state report (a merge patch) as the thing.
+    pub async fn report_state(&self, state: Value) -> anyhow::Result<()> {
+        self.client()?
+            .report_state(state)
+            .await
+            .map_err(|err| anyhow!("{}'s state report: {err}", self.id))
     }
 
     pub async fn report_event(&self, event: Value) -> anyhow::Result<()> {
-        let conn = self.conn()?;
-        report(conn, &self.id, None, Some(event), None).await
+        self.client()?
+            .event(event)
+            .await
+            .map_err(|err| anyhow!("{}'s event: {err}", self.id))
     }
 
-    /// Any PUBLISH as the thing (a command to a linked thing, a plain topic).
+    /// Any PUBLISH as the thing (a command to a linked thing, a plain topic), from its second
+    /// device.
     pub async fn publish(
-        &self,
+        &mut self,
         topic: &str,
         payload: Vec<u8>,
         retain: bool,
         user_properties: Vec<(String, String)>,
     ) -> anyhow::Result<()> {
-        self.conn()?
-            .publish(topic, payload, retain, user_properties)
-            .await
+        self.client()?;
+        if self.raw.is_none() {
+            let login = Login {
+                host: self.host.clone(),
+                port: self.port,
+                client_id: format!("{}:{DEVICE}-mqtt", self.id),
+                credentials: Some((self.id.clone(), self.password.clone())),
+                no_sync: true,
+            };
+            let conn = Conn::connect(&login, |_| {})
+                .await
+                .with_context(|| format!("{}'s plain MQTT connection", self.id))?;
+            self.raw = Some(conn);
+        }
+        let raw = self.raw.as_ref().expect("just connected");
+        raw.publish(topic, payload, retain, user_properties).await
     }
 
-    fn conn(&self) -> anyhow::Result<&Arc<Conn>> {
-        match &self.conn {
-            Some(conn) => Ok(conn),
+    fn client(&self) -> anyhow::Result<&ThingClient> {
+        match &self.client {
+            Some(client) => Ok(client),
             None => bail!("{} is not connected", self.id),
         }
-    }
-}
-
-/// The state report and the event of a reflex entry, continuing the command `cmd`'s chain.
-async fn report(
-    conn: &Conn,
-    thing: &str,
-    state: Option<Value>,
-    event: Option<Value>,
-    cmd: Option<&str>,
-) -> anyhow::Result<()> {
-    let follows = cmd
-        .map(|id| vec![("cmd-id".to_owned(), id.to_owned())])
-        .unwrap_or_default();
-    if let Some(state) = state {
-        let topic = format!("thing/{thing}/state");
-        conn.publish(&topic, state.to_string().into_bytes(), false, follows)
-            .await?;
-    }
-    if let Some(mut event) = event {
-        if let (Some(id), Value::Object(map)) = (cmd, &mut event) {
-            map.insert("cmd".into(), json!(id));
-        }
-        let topic = format!("thing/{thing}/event");
-        conn.publish(&topic, event.to_string().into_bytes(), false, Vec::new())
-            .await?;
-    }
-    Ok(())
-}
-
-/// A command arrived: the first matching entry's delay, ack, state and event.
-async fn answer(
-    conn: &Conn,
-    thing: &str,
-    on_command: &[OnCommand],
-    cmd: &Value,
-) -> anyhow::Result<()> {
-    let id = cmd.get("id").and_then(Value::as_str).unwrap_or_default();
-    let body = cmd.get("body").cloned().unwrap_or(Value::Null);
-    let found = on_command
-        .iter()
-        .find(|entry| entry.matches.as_ref().is_none_or(|m| contains(&body, m)));
-    let ack_topic = format!("thing/{thing}/ack");
-    let Some(entry) = found else {
-        let answer = json!({"id": id, "ok": false, "result": {"error": "unsupported"}});
-        return conn
-            .publish(
-                &ack_topic,
-                answer.to_string().into_bytes(),
-                false,
-                Vec::new(),
-            )
-            .await;
-    };
-    if let Some(delay) = &entry.delay {
-        mqtter_engine::clock::clock().sleep(duration(delay)?).await;
-    }
-    let ack = match &entry.ack {
-        Some(text) => parse_ack(text)?,
-        None => Ack::Ok,
-    };
-    let answer = match ack {
-        Ack::Ok => Some(json!({"id": id, "ok": true, "result": body})),
-        Ack::Error(message) => Some(json!({"id": id, "ok": false, "result": {"error": message}})),
-        Ack::None => None,
-    };
-    if let Some(answer) = answer {
-        conn.publish(
-            &ack_topic,
-            answer.to_string().into_bytes(),
-            false,
-            Vec::new(),
-        )
-        .await?;
-    }
-    let state = entry.state.as_ref().map(|s| substitute(s, &body));
-    let event = entry.event.as_ref().map(|e| substitute(e, &body));
-    report(conn, thing, state, event, Some(id)).await
-}
-
-/// `"$command.<field>"` values replaced by the command body's field.
-fn substitute(template: &Value, body: &Value) -> Value {
-    match template {
-        Value::String(text) => match text.strip_prefix("$command.") {
-            Some(field) => body.get(field).cloned().unwrap_or(Value::Null),
-            None => template.clone(),
-        },
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), substitute(v, body)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, body)).collect()),
-        other => other.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn command_fields_are_substituted() {
-        let body = json!({"mode": "eco", "level": 2});
-        let got = substitute(
-            &json!({"mode": "$command.mode", "n": ["$command.level"], "x": 1}),
-            &body,
-        );
-        assert_eq!(got, json!({"mode": "eco", "n": [2], "x": 1}));
     }
 }

@@ -66,6 +66,22 @@ impl EventStream {
     pub fn try_next(&mut self) -> Option<Event> {
         self.rx.try_recv().ok()
     }
+
+    /// The same events, each shown to `look` first (to log what arrived while something else,
+    /// a [`crate::Reflex`] say, consumes them). Forwarded by a task on the current tokio
+    /// runtime; the new stream ends when this one does.
+    pub fn tee(mut self, look: impl Fn(&Event) + Send + 'static) -> EventStream {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(event) = self.rx.recv().await {
+                look(&event);
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        });
+        EventStream { rx }
+    }
 }
 
 impl std::fmt::Debug for Client {

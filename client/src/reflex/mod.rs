@@ -165,6 +165,11 @@ impl Reflex {
         &self.spec.thing
     }
 
+    /// Whether it reports a `state:` once connected (the first thing a run does).
+    pub fn reports_state(&self) -> bool {
+        self.spec.state.is_some()
+    }
+
     /// Run as `thing` (connected with [`ThingClient::connect`], `events` its stream) until the
     /// connection is closed ([`ThingClient::close`]): the initial state, then each command in
     /// arrival order (one at a time, as a device with one loop), and the `every:` entries.
