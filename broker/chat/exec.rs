@@ -250,6 +250,19 @@ impl Runner {
                 }
             },
         };
+        // Said over a direct channel, not uploaded yet: after what the server has.
+        let pending = match conv {
+            Conv::Person(friend) => self.client.direct().pending(friend).unwrap_or_default(),
+            Conv::Group(_) => Vec::new(),
+        };
+        let mut messages = messages;
+        let waiting = pending.len();
+        messages.extend(pending);
+        let note = match (note, waiting) {
+            (note, 0) => note,
+            (None, n) => Some(format!("{n} said directly, not uploaded yet")),
+            (Some(note), n) => Some(format!("{note}; {n} said directly, not uploaded yet")),
+        };
         let count = match messages.len() {
             1 => "1 message".to_owned(),
             n => format!("{n} messages"),
