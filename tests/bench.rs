@@ -151,3 +151,50 @@ fn every_im_scenario_runs_against_the_daemon() {
         ],
     );
 }
+
+/// The rules and things scenarios start a daemon of their own (this binary) on the folder they
+/// write: each runs, loses nothing, and the rules engine saw every event; `rules-reload`
+/// reloaded its folder under the stream of events and reports how long that took.
+#[test]
+fn every_rules_and_things_scenario_runs_on_a_daemon_of_its_own() {
+    let scenarios = [
+        "rules-0",
+        "rules-1000",
+        "rules-chain",
+        "rules-reload",
+        "things-roundtrip",
+    ];
+    let records = bench(&[
+        "--quick",
+        "--timeout-secs",
+        "120",
+        "--scenario",
+        "rules,things",
+    ]);
+    check(&records, &scenarios);
+    let by_name = |name: &str| {
+        records
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {records:?}"))
+    };
+    for name in scenarios {
+        let r = by_name(name);
+        assert_eq!(r["broker"], "own daemon", "{r}");
+        assert_eq!(r["messages"], r["expected"], "{name}: {r}");
+        assert!(r["p99_us"].as_f64().is_some_and(|p| p > 0.0), "{r}");
+        assert!(r["broker_cpu_secs"].as_f64().is_some(), "{r}");
+    }
+    // Every plain message was an event for the rules engine once it had rules.
+    let thousand = by_name("rules-1000");
+    assert_eq!(thousand["rule_events"], thousand["published"], "{thousand}");
+    assert_eq!(by_name("rules-0")["rule_events"], 0);
+    let reload = by_name("rules-reload");
+    assert_eq!(reload["reloads"], 3, "{reload}");
+    for key in ["reload_mean_ms", "reload_worst_ms"] {
+        assert!(
+            reload[key].as_f64().is_some_and(|ms| ms > 0.0),
+            "{key}: {reload}"
+        );
+    }
+}

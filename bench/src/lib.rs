@@ -6,8 +6,10 @@
 //! them. Throughput counts deliveries from the first publish to the last delivery; latency is
 //! read from a timestamp in each payload; `conns` reports the broker's resident memory per
 //! idle connection and the connection setup rate. The IM scenarios (`--scenario im`) need a
-//! broker started with the accounts `--im-setup DIR` writes.
+//! broker started with the accounts `--im-setup DIR` writes. The rules and things scenarios
+//! (`--scenario rules,things`) start a daemon of their own ([`daemon`]) on a folder they write.
 
+pub mod daemon;
 pub mod packets;
 pub mod runner;
 pub mod scenario;
@@ -31,8 +33,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub broker: String,
     /// Scenario or group to run (repeatable or comma-separated): pairs, fanout, fanin, conns,
-    /// sustain (as fast as the broker takes them for --seconds), im (MQTTER's IM world), or a
-    /// single one such as pairs-qos1-rate or sustain-pairs2-qos1.
+    /// sustain (as fast as the broker takes them for --seconds), im (MQTTER's IM world), rules
+    /// and things (on a daemon the bench starts itself, ignoring --broker), or a single one
+    /// such as pairs-qos1-rate, sustain-pairs2-qos1 or rules-1000.
     /// Default: the plain-MQTT scenarios of fixed size. `storm` (never by default; needs
     /// --broker-pid) is a long test: a storm of short connections with damaged input for
     /// --seconds [60] with --connections at once [64], then the broker's RSS must be back
@@ -71,6 +74,10 @@ pub struct BenchArgs {
     /// Tiny sizes for a smoke test (about a second per scenario).
     #[arg(long)]
     pub quick: bool,
+    /// The `mqtter` binary the rules and things scenarios start as a daemon of their own
+    /// [default: the running one].
+    #[arg(long, value_name = "PATH")]
+    pub daemon: Option<PathBuf>,
     /// Write what a broker needs for the IM scenarios of these sizes into this folder, and
     /// run nothing: `definitions/bench.yaml` (persons, friendships, the group) and
     /// `mqtter.toml` (`rules_dir` pointing there, `im.sync_max_per_conv` for `im-reconnect`).
@@ -106,6 +113,14 @@ pub struct ScenarioResult {
     pub broker_cpu_secs: Option<f64>,
     /// CPU seconds this load generator used during the scenario.
     pub bench_cpu_secs: Option<f64>,
+    /// Events the rules engine routed (the rules scenarios, from its status).
+    pub rule_events: Option<u64>,
+    /// `rules-reload`: reloads done, and their time as the daemon measures it (`reload_ms` of
+    /// the rules status: reading and compiling the folder, the swap, the definitions applied;
+    /// the watcher's 150 ms debounce comes before it).
+    pub reloads: Option<usize>,
+    pub reload_mean_ms: Option<f64>,
+    pub reload_worst_ms: Option<f64>,
     pub timed_out: bool,
     pub error: Option<String>,
 }
@@ -134,6 +149,10 @@ impl ScenarioResult {
             conn_per_sec: None,
             broker_cpu_secs: None,
             bench_cpu_secs: None,
+            rule_events: None,
+            reloads: None,
+            reload_mean_ms: None,
+            reload_worst_ms: None,
             timed_out: false,
             error: None,
         }
@@ -179,6 +198,17 @@ impl ScenarioResult {
         self.p50_us = us(500);
         self.p99_us = us(990);
         self.p999_us = us(999);
+        self.broker_cpu_secs = m.broker_cpu_secs.map(|s| round(s, 2));
+        self.rule_events = m.rule_events;
+        let reloads: Vec<f64> = m.reloads.iter().filter_map(|r| r.reload_ms).collect();
+        if !m.reloads.is_empty() {
+            self.reloads = Some(m.reloads.len());
+        }
+        if !reloads.is_empty() {
+            let mean = reloads.iter().sum::<f64>() / reloads.len() as f64;
+            self.reload_mean_ms = Some(round(mean, 1));
+            self.reload_worst_ms = Some(reloads.iter().copied().fold(0.0, f64::max));
+        }
     }
 }
 
@@ -265,6 +295,16 @@ pub fn format_table(results: &[ScenarioResult]) -> String {
         line(row.iter().map(String::as_str).collect(), &mut out);
     }
     for r in results {
+        if let Some(n) = r.reloads {
+            out.push_str(&format!(
+                "{}: {n} reloads of the folder, {} ms mean, {} ms worst\n",
+                r.name,
+                opt(r.reload_mean_ms),
+                opt(r.reload_worst_ms),
+            ));
+        }
+    }
+    for r in results {
         if let Some(e) = &r.error {
             out.push_str(&format!("{}: {e}\n", r.name));
         }
@@ -317,7 +357,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ScenarioResult>> {
     let mut all = scenario::builtin(&sizes);
     all.extend(scenario::builtin_sustain(&sizes));
     all.extend(scenario::builtin_im(&sizes));
+    all.extend(scenario::builtin_own(&sizes, args.rate));
     let scenarios = scenario::select(all, &named)?;
+    let daemon_binary = match &args.daemon {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot find the running binary")?,
+    };
     let run_id = format!("{:08x}", rand::random::<u32>());
     let cfg = Arc::new(RunConfig {
         broker,
@@ -333,16 +378,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ScenarioResult>> {
         settle: Duration::from_millis(if quick { 200 } else { 1_000 }),
     });
 
-    // Fail fast when nothing listens there.
-    runner::probe(&cfg)
-        .await
-        .with_context(|| format!("broker at {broker} is not answering MQTT"))?;
+    // Fail fast when nothing listens there (and it is needed).
+    if scenarios.iter().any(|s| !s.own_daemon()) {
+        runner::probe(&cfg)
+            .await
+            .with_context(|| format!("broker at {broker} is not answering MQTT"))?;
+    }
 
     let mut results = Vec::with_capacity(scenarios.len());
     for sc in &scenarios {
         let mut r = ScenarioResult::new(sc, &args.broker);
+        let against = if sc.own_daemon() {
+            r.broker = "own daemon".to_string();
+            format!("on a daemon of its own ({})", daemon_binary.display())
+        } else {
+            format!("against {broker}")
+        };
         eprintln!(
-            "bench: {} ({}, qos {}, {} connections) against {broker}",
+            "bench: {} ({}, qos {}, {} connections) {against}",
             sc.name, r.load, sc.qos, r.connections
         );
         let idle = matches!(sc.plan, ConnectionPlan::Idle { .. });
@@ -352,7 +405,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ScenarioResult>> {
         );
         // The runner stops by its own deadline; this is a second bound in case it does not.
         let hard = cfg.timeout + Duration::from_secs(15);
-        let outcome = tokio::time::timeout(hard, run_one(&cfg, sc)).await;
+        let outcome = tokio::time::timeout(hard, run_one(&cfg, sc, &daemon_binary)).await;
         match outcome {
             Ok(Ok(m)) => r.fill(&m, idle),
             Ok(Err(e)) => r.error = Some(format!("{e:#}")),
@@ -366,10 +419,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<ScenarioResult>> {
             _ => None,
         };
         r.bench_cpu_secs = delta(cpu_before.0, runner::read_cpu_secs(None));
-        r.broker_cpu_secs = delta(
-            cpu_before.1,
-            args.broker_pid.and_then(|p| runner::read_cpu_secs(Some(p))),
-        );
+        if !sc.own_daemon() {
+            r.broker_cpu_secs = delta(
+                cpu_before.1,
+                args.broker_pid.and_then(|p| runner::read_cpu_secs(Some(p))),
+            );
+        }
         results.push(r);
         // Let the broker clean up the previous connections.
         tokio::time::sleep(Duration::from_millis(if quick { 100 } else { 500 })).await;
@@ -455,7 +510,14 @@ pub fn write_im_setup(dir: &std::path::Path, sizes: &Sizes) -> anyhow::Result<()
     Ok(())
 }
 
-async fn run_one(cfg: &Arc<RunConfig>, sc: &Scenario) -> anyhow::Result<Measured> {
+async fn run_one(
+    cfg: &Arc<RunConfig>,
+    sc: &Scenario,
+    daemon: &std::path::Path,
+) -> anyhow::Result<Measured> {
+    if sc.own_daemon() {
+        return runner::rules::run_own(cfg, sc, daemon).await;
+    }
     match sc.plan {
         ConnectionPlan::Idle { connections } => runner::run_idle(cfg, sc, connections).await,
         ConnectionPlan::ImReconnect => runner::run_im_reconnect(cfg, sc).await,

@@ -135,6 +135,31 @@ pub fn subscribe(packet_id: u16, filter: &str, qos: u8) -> Result<Vec<u8>, Encod
     Ok(out)
 }
 
+/// Encodes one PUBLISH packet of `payload` (the few a thing sends in answer; the load's
+/// messages use a [`PublishTemplate`]).
+pub fn publish(
+    topic: &str,
+    qos: u8,
+    packet_id: u16,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let t = topic.as_bytes();
+    if t.len() > usize::from(u16::MAX) {
+        return Err(EncodeError::StringTooLong(t.len()));
+    }
+    let qos = qos & 0x03;
+    let pid_len = if qos > 0 { 2 } else { 0 };
+    out.push(PUBLISH | (qos << 1));
+    encode_remaining_length(2 + t.len() + pid_len + payload.len(), out)?;
+    push_str(t, out)?;
+    if qos > 0 {
+        out.extend_from_slice(&packet_id.to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
 /// Encodes a PUBACK packet.
 pub fn puback(packet_id: u16) -> [u8; 4] {
     let id = packet_id.to_be_bytes();

@@ -25,6 +25,24 @@ pub enum ConnectionPlan {
     /// IM world: a person is offline while a friend sends it the scenario's messages; then it
     /// reconnects, and the figure is the time from its CONNECT to `sync.done`.
     ImReconnect,
+    /// A daemon of the bench's own on a rules folder of `rules` rules (see [`own_folder`]):
+    /// `pairs` plain pairs as [`ConnectionPlan::Pairs`], each message matched by exactly one
+    /// rule when there are any.
+    RulesPairs { pairs: usize, rules: usize },
+    /// A daemon of the bench's own: `chains` persons, each with two linked things A and B and
+    /// two rules; a person's command to A makes A command B (a rule), and B's command notifies
+    /// the person (a rule): person -> thing -> thing -> person.
+    RulesChain { chains: usize },
+    /// A daemon of the bench's own on a folder of `rules` rules that it rewrites `reloads`
+    /// times while `publishers` plain publishers send events that a rule forwards.
+    RulesReload {
+        rules: usize,
+        publishers: usize,
+        reloads: usize,
+    },
+    /// A daemon of the bench's own: `things` things, each owned by a person of its own who
+    /// commands it and waits for the `cmd.ack` before the next command.
+    ThingsRoundtrip { things: usize },
 }
 
 /// The world a scenario runs in: plain MQTT (anonymous clients, SUBSCRIBE), or the IM world
@@ -33,6 +51,9 @@ pub enum ConnectionPlan {
 pub enum World {
     Mqtt,
     Im,
+    /// Plain MQTT connections (anonymous) whose payloads are JSON carrying the send time as
+    /// the IM world's do, so that a rule can pass them on (`rules-reload`).
+    Json,
 }
 
 /// How the publishers send.
@@ -87,9 +108,24 @@ impl Scenario {
         match self.plan {
             ConnectionPlan::ImDirect { .. }
             | ConnectionPlan::ImGroup { .. }
-            | ConnectionPlan::ImReconnect => World::Im,
+            | ConnectionPlan::ImReconnect
+            | ConnectionPlan::RulesChain { .. }
+            | ConnectionPlan::ThingsRoundtrip { .. } => World::Im,
+            ConnectionPlan::RulesReload { .. } => World::Json,
             _ => World::Mqtt,
         }
+    }
+
+    /// Whether the bench starts a daemon of its own for this scenario, on the folder
+    /// [`own_folder`] writes (the rules and things scenarios), instead of using `--broker`.
+    pub fn own_daemon(&self) -> bool {
+        matches!(
+            self.plan,
+            ConnectionPlan::RulesPairs { .. }
+                | ConnectionPlan::RulesChain { .. }
+                | ConnectionPlan::RulesReload { .. }
+                | ConnectionPlan::ThingsRoundtrip { .. }
+        )
     }
 }
 
@@ -309,6 +345,29 @@ impl Scenario {
             }
             // Run by its own sequence (`runner::run_im_reconnect`).
             ConnectionPlan::ImReconnect => {}
+            ConnectionPlan::RulesPairs { pairs, .. } => {
+                for i in 0..pairs {
+                    let topic = rules_pair_topic(i);
+                    topo.publishers
+                        .push(plain_pub(topic.clone(), split(total, pairs, i)));
+                    topo.subscribers.push(plain_sub(topic));
+                }
+            }
+            ConnectionPlan::RulesReload { publishers, .. } => {
+                for i in 0..publishers {
+                    topo.publishers.push(plain_pub(
+                        reload_event_topic(i),
+                        split(total, publishers, i),
+                    ));
+                }
+                topo.subscribers.push(SubscriberSpec {
+                    filter: Some(format!("{RULES_PREFIX}/seen/#")),
+                    expected: total,
+                    account: None,
+                });
+            }
+            // Run by their own sequence (`runner::rules::run_commands`): see `commands`.
+            ConnectionPlan::RulesChain { .. } | ConnectionPlan::ThingsRoundtrip { .. } => {}
         }
         topo.publishers.retain(|p| p.messages > 0);
         if self.world() == World::Mqtt {
@@ -335,8 +394,237 @@ impl Scenario {
             ConnectionPlan::ImDirect { pairs } => 2 * pairs,
             ConnectionPlan::ImGroup { members } => members.max(2),
             ConnectionPlan::ImReconnect => 2,
+            ConnectionPlan::RulesPairs { pairs, .. } => 2 * pairs,
+            ConnectionPlan::RulesChain { chains } => 3 * chains,
+            // The publishers, the subscriber to what the rules forward, the status watcher.
+            ConnectionPlan::RulesReload { publishers, .. } => publishers + 2,
+            ConnectionPlan::ThingsRoundtrip { things } => 2 * things,
         }
     }
+
+    /// The persons who command and the things that answer, for the scenarios that command
+    /// things (`rules-chain`, `things-roundtrip`); empty for the others.
+    pub fn commands(&self) -> Commands {
+        let total = self.load.total_messages();
+        let mut out = Commands::default();
+        match self.plan {
+            ConnectionPlan::RulesChain { chains } => {
+                for c in 0..chains {
+                    let (person, a, b) = chain_accounts(c);
+                    out.commanders.push(CommanderSpec {
+                        account: person,
+                        topic: format!("thing/{a}/cmd"),
+                        messages: split(total, chains, c),
+                        window: None,
+                    });
+                    out.things.push(ThingSpec {
+                        account: a,
+                        echo: false,
+                    });
+                    out.things.push(ThingSpec {
+                        account: b,
+                        echo: false,
+                    });
+                }
+            }
+            ConnectionPlan::ThingsRoundtrip { things } => {
+                for t in 0..things {
+                    let (person, thing) = roundtrip_accounts(t);
+                    out.commanders.push(CommanderSpec {
+                        account: person,
+                        topic: format!("thing/{thing}/cmd"),
+                        messages: split(total, things, t),
+                        window: Some(1),
+                    });
+                    out.things.push(ThingSpec {
+                        account: thing,
+                        echo: true,
+                    });
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// A person who sends commands on one topic and counts what comes back stamped: for each
+/// command, one envelope carrying its send time (a `cmd.ack` whose result echoes it, or a
+/// rule's notice).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommanderSpec {
+    pub account: String,
+    pub topic: String,
+    pub messages: u64,
+    /// Round trips in flight at most (sent, their envelope not back yet); `None`: as the load
+    /// shape says (a fixed rate).
+    pub window: Option<u64>,
+}
+
+/// A thing that acknowledges every command it gets; with `echo`, its result carries the
+/// command's send time back to the commander.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThingSpec {
+    pub account: String,
+    pub echo: bool,
+}
+
+/// The commanders and things of a scenario that commands things.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Commands {
+    pub commanders: Vec<CommanderSpec>,
+    pub things: Vec<ThingSpec>,
+}
+
+/// The topics of the rules scenarios' plain messages (each scenario has a daemon of its own).
+pub const RULES_PREFIX: &str = "mqtter-bench/rules";
+
+/// The topic of pair `i` of `rules-0` and `rules-1000`.
+pub fn rules_pair_topic(i: usize) -> String {
+    format!("{RULES_PREFIX}/pair/{i}")
+}
+
+/// The topic of publisher `i` of `rules-reload`.
+pub fn reload_event_topic(i: usize) -> String {
+    format!("{RULES_PREFIX}/ev/{i}")
+}
+
+/// The person and the things A and B of chain `c` of `rules-chain`.
+pub fn chain_accounts(c: usize) -> (String, String, String) {
+    (
+        format!("mqb-c{c}p"),
+        format!("mqb-c{c}a"),
+        format!("mqb-c{c}b"),
+    )
+}
+
+/// The person and the thing of round trip `t` of `things-roundtrip`.
+pub fn roundtrip_accounts(t: usize) -> (String, String) {
+    (format!("mqb-t{t}p"), format!("mqb-t{t}"))
+}
+
+/// What a daemon of the bench's own starts with: the files of its rules folder (name, text)
+/// and the configuration lines besides `rules_dir` and `data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnFolder {
+    pub files: Vec<(String, String)>,
+    pub config: String,
+}
+
+/// The rules file `rules-reload` writes at its `version`-th load: `rules` rules in files of
+/// at most 100, rule `k` forwarding what arrives on publisher `k`'s topic to
+/// `seen/v<version>/<k>`, so that every event is counted once, whichever version ran it.
+pub fn reload_files(rules: usize, version: usize) -> Vec<(String, String)> {
+    let per_file = 100;
+    (0..rules.div_ceil(per_file))
+        .map(|f| {
+            let mut text = format!("# Written by `mqtter bench --scenario rules-reload`, version {version}.\nrules:\n");
+            for k in f * per_file..((f + 1) * per_file).min(rules) {
+                text.push_str(&format!(
+                    "  - id: fwd-{k}\n    when: {{ topic: \"{}\" }}\n    mode: parallel\n    do: 'publish(\"{RULES_PREFIX}/seen/v{version}/{k}\", event.text, #{{ qos: 1 }})'\n",
+                    reload_event_topic(k)
+                ));
+            }
+            (format!("rules-{f:02}.yaml"), text)
+        })
+        .collect()
+}
+
+/// The folder and configuration of a scenario that runs on a daemon of the bench's own
+/// ([`Scenario::own_daemon`]); `None` for the others.
+///
+/// - `rules-0`: no rules; `rules-1000`: 1,000 rules on topic filters (a third literal, a third
+///   with `+`, a third with `#`), of which exactly one matches each pair's topic; the matching
+///   rules read the event's topic and do nothing else, so the figure is the engine's cost per
+///   event, not a script's.
+/// - `rules-chain`: per chain a person, things A and B bound to it and linked, a rule on a
+///   command to A that commands B as A, and one on a command to B that notifies the person
+///   with the first command's send time.
+/// - `rules-reload`: [`reload_files`] version 0.
+/// - `things-roundtrip`: per round trip a person and a thing bound to it.
+///
+/// The matching rules run in `mode: parallel` (the events are independent; the default,
+/// `single`, skips a trigger while the rule runs). Anonymous clients are allowed (the plain
+/// pairs); persons and things have the bench's password ([`IM_PASSWORD_HASH`]).
+pub fn own_folder(sc: &Scenario) -> Option<OwnFolder> {
+    let mut persons: Vec<String> = vec!["rules".to_string()];
+    let mut things: Vec<String> = Vec::new();
+    let mut relations = String::new();
+    let mut rules = String::new();
+    let mut files = Vec::new();
+    match sc.plan {
+        ConnectionPlan::RulesPairs { pairs, rules: n } => {
+            for k in 0..n {
+                let filter = if k < pairs {
+                    rules_pair_topic(k)
+                } else {
+                    match k % 3 {
+                        0 => rules_pair_topic(k),
+                        1 => format!("{RULES_PREFIX}/+/{k}/x"),
+                        _ => format!("{RULES_PREFIX}/other/{k}/#"),
+                    }
+                };
+                rules.push_str(&format!(
+                    "  - {{ id: r{k}, when: {{ topic: \"{filter}\" }}, mode: parallel, do: 'let topic = event.topic;' }}\n"
+                ));
+            }
+        }
+        ConnectionPlan::RulesChain { chains } => {
+            for c in 0..chains {
+                let (p, a, b) = chain_accounts(c);
+                persons.push(p.clone());
+                things.push(a.clone());
+                things.push(b.clone());
+                relations.push_str(&format!(
+                    "  - {{ bind: {a}, to: {p} }}\n  - {{ bind: {b}, to: {p} }}\n  - {{ link: [{a}, {b}] }}\n"
+                ));
+                rules.push_str(&format!(
+                    "  - id: chain-{c}-a\n    when: {{ command: {a} }}\n    as: {a}\n    mode: parallel\n    do: 'command(\"{b}\", #{{ mqb: event.command.mqb }})'\n\
+                     \x20 - id: chain-{c}-b\n    when: {{ command: {b} }}\n    as: {b}\n    mode: parallel\n    do: 'notify(\"{p}\", #{{ type: \"bench.chain\", mqb: event.command.mqb }})'\n"
+                ));
+            }
+        }
+        ConnectionPlan::RulesReload { rules: n, .. } => files = reload_files(n, 0),
+        ConnectionPlan::ThingsRoundtrip { things: n } => {
+            for t in 0..n {
+                let (p, thing) = roundtrip_accounts(t);
+                persons.push(p.clone());
+                things.push(thing.clone());
+                relations.push_str(&format!("  - {{ bind: {thing}, to: {p} }}\n"));
+            }
+        }
+        _ => return None,
+    }
+    let mut defs = String::from(
+        "# Written by `mqtter bench` for a daemon of its own. The password hash uses the\n\
+         # smallest argon2 parameters: benchmarks only.\npersons:\n",
+    );
+    for p in &persons {
+        defs.push_str(&format!(
+            "  - {{ id: {p}, password_hash: \"{IM_PASSWORD_HASH}\" }}\n"
+        ));
+    }
+    if !things.is_empty() {
+        defs.push_str("things:\n");
+        for t in &things {
+            defs.push_str(&format!(
+                "  - {{ id: {t}, password_hash: \"{IM_PASSWORD_HASH}\" }}\n"
+            ));
+        }
+    }
+    if !relations.is_empty() {
+        defs.push_str("relations:\n");
+        defs.push_str(&relations);
+    }
+    if !rules.is_empty() {
+        defs.push_str("rules:\n");
+        defs.push_str(&rules);
+    }
+    files.push(("bench.yaml".to_string(), defs));
+    Some(OwnFolder {
+        files,
+        config: "allow_anonymous = true\n".to_string(),
+    })
 }
 
 /// Sizes used to build the built-in scenarios.
@@ -510,14 +798,75 @@ pub fn builtin_im(s: &Sizes) -> Vec<Scenario> {
     ]
 }
 
+/// The scenarios on a daemon of the bench's own (not in the default selection): `rules`
+/// (`rules-0`, `rules-1000`, `rules-chain`, `rules-reload`) and `things` (`things-roundtrip`).
+/// `rate` is `--rate` when given (the fixed-rate ones have their own defaults).
+pub fn builtin_own(s: &Sizes, rate: Option<u64>) -> Vec<Scenario> {
+    let q = s.quick;
+    let conns = |full: usize, quick: usize| s.connections.unwrap_or(if q { quick } else { full });
+    let msgs = |full: u64, quick: u64| s.messages.unwrap_or(if q { quick } else { full });
+    let pairs = conns(10, 2);
+    let pairs_load = LoadShape::Saturate {
+        messages: msgs(200_000, 2_000),
+    };
+    let mut out: Vec<Scenario> = [0usize, 1000]
+        .into_iter()
+        .map(|rules| Scenario {
+            name: format!("rules-{rules}"),
+            group: "rules",
+            plan: ConnectionPlan::RulesPairs { pairs, rules },
+            load: pairs_load,
+            qos: 1,
+        })
+        .collect();
+    out.push(Scenario {
+        name: "rules-chain".to_string(),
+        group: "rules",
+        plan: ConnectionPlan::RulesChain {
+            chains: conns(10, 2),
+        },
+        load: LoadShape::Rate {
+            per_sec: rate.unwrap_or(if q { 200 } else { 1_000 }),
+            seconds: s.seconds,
+        },
+        qos: 1,
+    });
+    out.push(Scenario {
+        name: "rules-reload".to_string(),
+        group: "rules",
+        plan: ConnectionPlan::RulesReload {
+            rules: 1000,
+            publishers: conns(10, 2),
+            reloads: if q { 3 } else { 10 },
+        },
+        load: LoadShape::Rate {
+            per_sec: rate.unwrap_or(if q { 500 } else { 2_000 }),
+            seconds: s.seconds,
+        },
+        qos: 1,
+    });
+    out.push(Scenario {
+        name: "things-roundtrip".to_string(),
+        group: "things",
+        plan: ConnectionPlan::ThingsRoundtrip {
+            things: conns(1000, 20),
+        },
+        load: LoadShape::Saturate {
+            messages: msgs(100_000, 400),
+        },
+        qos: 1,
+    });
+    out
+}
+
 /// Picks scenarios by exact name or group name; an empty selection means every plain-MQTT
-/// scenario of fixed size (the `im` group, with its plain references, and `sustain` run only
-/// when named).
+/// scenario of fixed size (the `im` group, with its plain references, `sustain`, `rules` and
+/// `things` run only when named).
 pub fn select(all: Vec<Scenario>, names: &[String]) -> anyhow::Result<Vec<Scenario>> {
     if names.is_empty() {
         return Ok(all
             .into_iter()
-            .filter(|s| s.group != "im" && s.group != "sustain")
+            .filter(|s| !["im", "sustain", "rules", "things"].contains(&s.group))
             .collect());
     }
     for n in names {
@@ -670,6 +1019,61 @@ mod tests {
         assert_eq!(yaml.matches("password_hash").count(), 3 * 2 + 3 + 2);
         let sel = select(all, &["im".into()]).unwrap();
         assert_eq!(sel.len(), 5);
+    }
+
+    #[test]
+    fn own_daemon_scenarios_and_their_folders() {
+        let all = builtin_own(&sizes(), None);
+        let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "rules-0",
+                "rules-1000",
+                "rules-chain",
+                "rules-reload",
+                "things-roundtrip"
+            ]
+        );
+        assert!(all.iter().all(Scenario::own_daemon));
+        // Exactly one of the 1,000 rules matches each pair's topic.
+        let folder = own_folder(&all[1]).unwrap();
+        let text = &folder.files[0].1;
+        let filters: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split("topic: \"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(filters.len(), 1000);
+        for i in 0..10 {
+            let topic = rules_pair_topic(i);
+            let hits = filters.iter().filter(|f| topic_matches(f, &topic)).count();
+            assert_eq!(hits, 1, "{topic}");
+        }
+        assert!(
+            !own_folder(&all[0]).unwrap().files[0]
+                .1
+                .contains("rules:\n  -")
+        );
+        // The chain: a person and two linked things per chain, two rules.
+        let chain = own_folder(&all[2]).unwrap().files[0].1.clone();
+        assert!(
+            chain.contains("  - { link: [mqb-c9a, mqb-c9b] }"),
+            "{chain}"
+        );
+        assert_eq!(chain.matches("  - id: chain-").count(), 20, "{chain}");
+        let cmds = all[2].commands();
+        assert_eq!(cmds.commanders.len(), 10);
+        assert_eq!(cmds.commanders[0].topic, "thing/mqb-c0a/cmd");
+        assert_eq!(cmds.things.len(), 20);
+        // The reload folder: 10 files of 100 rules, each version forwarding elsewhere.
+        let files = reload_files(1000, 3);
+        assert_eq!(files.len(), 10);
+        assert_eq!(files[9].1.matches("  - id: fwd-").count(), 100);
+        assert!(files[0].1.contains("mqtter-bench/rules/seen/v3/0"));
+        let trips = all[4].commands();
+        assert_eq!(trips.commanders.len(), 1000);
+        assert!(trips.things.iter().all(|t| t.echo));
+        assert_eq!(trips.commanders[0].window, Some(1));
     }
 
     #[test]

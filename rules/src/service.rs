@@ -52,6 +52,9 @@ pub struct Status {
     pub warnings: Vec<Diagnostic>,
     /// When the rule set in force was loaded, ms since the epoch.
     pub loaded_at: u64,
+    /// How long the last reload took (reading and compiling the folder, the swap, the
+    /// definitions applied), in ms.
+    pub reload_ms: f64,
     pub events: u64,
     /// Events whose rules were not run because the queue was full.
     pub queue_full: u64,
@@ -104,6 +107,8 @@ pub struct Rules {
     /// The static check's warnings about loops in the rule set in force.
     loops: Mutex<Vec<Diagnostic>>,
     loaded_at: std::sync::atomic::AtomicU64,
+    /// The last reload's duration, µs.
+    reload_us: std::sync::atomic::AtomicU64,
     listener: Mutex<Option<StatusListener>>,
     /// The event kinds asked of the seam ([`EventSink::interest`]): those of the rule set in
     /// force, and during a reload those of the new set too.
@@ -181,6 +186,7 @@ impl Rules {
             files: Mutex::default(),
             loops: Mutex::default(),
             loaded_at: 0.into(),
+            reload_us: 0.into(),
             listener: Mutex::default(),
             interest: 0.into(),
             interest_listener: Mutex::default(),
@@ -243,6 +249,7 @@ impl Rules {
 
     /// Read the folder again and put the result in force (see the module's doc).
     pub fn reload(&self) -> Status {
+        let started = std::time::Instant::now();
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let (names, readable) = match loader::yaml_files(&self.dir) {
             Ok(names) => (names, true),
@@ -313,7 +320,6 @@ impl Rules {
             wanted
         });
         self.set_interest(wanted);
-        self.loaded_at.store(now_ms(), Ordering::Relaxed);
         // The definitions in force, after the rules (so that the events of what they change
         // meet the new rules). A folder that cannot be read changes nothing.
         if let Some(owner) = &self.definitions
@@ -338,6 +344,13 @@ impl Rules {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = problems;
         }
+        // Before the folder's lock is let go, so that a status never pairs the new load with
+        // the last one's duration.
+        self.loaded_at.store(now_ms(), Ordering::Relaxed);
+        self.reload_us.store(
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         drop(files);
         let status = self.status();
         if let Some(listener) = &*self.listener.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -395,6 +408,7 @@ impl Rules {
                 )
                 .collect(),
             loaded_at: self.loaded_at.load(Ordering::Relaxed),
+            reload_ms: (self.reload_us.load(Ordering::Relaxed) / 100) as f64 / 10.0,
             events: core.counters.events.load(Ordering::Relaxed),
             queue_full: core.counters.queue_full.load(Ordering::Relaxed),
             chains_stopped: core.counters.chains_stopped.load(Ordering::Relaxed),

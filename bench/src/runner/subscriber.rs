@@ -38,7 +38,8 @@ impl Subscriber {
         let mut acks: Vec<u8> = Vec::with_capacity(1024);
         // Bytes already buffered during the handshake are parsed before the first read.
         let mut pending = !self.rb.data().is_empty();
-        while out.received < self.expected {
+        // JSON (forwarded by rules): read on until stopped, so that a duplicate is counted.
+        while out.received < self.expected || self.world == World::Json {
             if !pending {
                 let n = tokio::select! {
                     biased;
@@ -69,7 +70,7 @@ impl Subscriber {
                         // (presence and notices arrive on the same connection).
                         let counted = match self.world {
                             World::Mqtt => Some(packets::payload_stamp(payload)),
-                            World::Im => packets::im_stamp(payload).map(Some),
+                            World::Im | World::Json => packets::im_stamp(payload).map(Some),
                         };
                         (used, Some((qos, packet_id, counted)))
                     }
