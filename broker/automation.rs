@@ -174,6 +174,14 @@ fn definitions_owner(broker: &Arc<Broker>) -> DefinitionsOwner {
                 "definitions in force"
             );
         }
+        for account in &synced.effects.removed_accounts {
+            let told = broker.evict_account(account);
+            tracing::info!(
+                account,
+                connections = told,
+                "account withdrawn: its connections end"
+            );
+        }
         broker.gate.apply(synced.effects.im, DEFINITIONS_ACTOR);
         for msg in broker
             .things

@@ -101,6 +101,8 @@ pub enum Eviction {
     Overflow,
     /// The broker is shutting down.
     Shutdown,
+    /// The client's account was removed (a definitions file no longer declares it).
+    AccountRemoved,
 }
 
 #[derive(Debug, Default)]

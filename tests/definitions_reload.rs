@@ -1,13 +1,14 @@
 //! Definitions owned by their files, on the running daemon (docs/DEFINITIONS.md, "Who owns
 //! what"): a friendship taken out of a file goes (into the recycle bin, restorable), a member
 //! added joins (the members told, the relation event seen by a rule), a runtime unfriend is
-//! not undone by a restart, and a broken file keeps its last good definitions and is reported
-//! until it is fixed.
+//! not undone by a restart, a broken file keeps its last good definitions and is reported
+//! until it is fixed, and an account taken out of its file is disconnected at once and cannot
+//! log in again.
 
 use serde_json::json;
 
 use crate::common::im::{Peer, World, persons};
-use crate::common::raw::{Client, Connect};
+use crate::common::raw::{CONNACK, Client, Connect, DISCONNECT};
 use crate::common::rules::{SysWatch, errors, write_atomically};
 
 const PEOPLE: &[&str] = &["alice", "bob", "carol", "rules"];
@@ -141,4 +142,47 @@ async fn a_broken_file_keeps_its_last_good_definitions_and_is_reported() {
     write_atomically(&file, &home(false, &["bob"]));
     status.status_until("fixed", |s| s["ok"] == true);
     alice.notice("friend.removed").await;
+}
+
+#[test]
+fn an_account_taken_out_of_its_file_is_disconnected_and_cannot_log_in() {
+    let world = World::start(
+        &[
+            ("home.yaml", &persons(&["alice"])),
+            ("bob.yaml", &persons(&["bob"])),
+        ],
+        "",
+    );
+    let mqtt = world.daemon.mqtt;
+    let password = crate::common::im::password("bob");
+    let bob_v5 = Connect::v5("bob:phone").login("bob", &password);
+    let bob_v3 = Connect::v3("bob:laptop").login("bob", &password);
+    let (mut phone, connack) = Client::connect(mqtt, &bob_v5);
+    assert_eq!(connack.code(), 0);
+    let (mut laptop, connack) = Client::connect(mqtt, &bob_v3);
+    assert_eq!(connack.code(), 0);
+    let (mut alice, connack) = Client::connect(
+        mqtt,
+        &Connect::v5("alice").login("alice", &crate::common::im::password("alice")),
+    );
+    assert_eq!(connack.code(), 0);
+
+    // bob's file deleted: his account is withdrawn.
+    std::fs::remove_file(world.rules.path().join("bob.yaml")).expect("remove bob.yaml");
+
+    // v5: DISCONNECT 0x87 Not authorized, then the close; v3: the connection closed.
+    let sent = phone.expect_closed();
+    let disconnect = sent
+        .iter()
+        .find(|p| p.kind == DISCONNECT)
+        .unwrap_or_else(|| panic!("no DISCONNECT before the close: {sent:?}"));
+    assert_eq!(disconnect.code(), 0x87);
+    laptop.expect_closed();
+    // He cannot come back: v5 0x86 Bad user name or password, v3 4.
+    let (_, connack) = Client::connect(mqtt, &bob_v5);
+    assert_eq!((connack.kind, connack.code()), (CONNACK, 0x86));
+    let (_, connack) = Client::connect(mqtt, &bob_v3);
+    assert_eq!((connack.kind, connack.code()), (CONNACK, 4));
+    // alice, whose file still declares her, stays connected.
+    assert_eq!(alice.publish("t/still-here", 1, false, b"yes"), 0x10);
 }

@@ -257,6 +257,23 @@ impl Broker {
         }
     }
 
+    /// Tell every connection of `account` to go (its account was removed): DISCONNECT 0x87 on
+    /// v5, the connection closed on v3. Returns how many were told.
+    pub fn evict_account(&self, account: &str) -> usize {
+        let mut told = 0;
+        for session in self.all_sessions() {
+            let mut state = session.lock();
+            let held = matches!(state.holder(), Holder::Account(a) if &**a == account);
+            if state.owner != 0 && held {
+                state.eviction = Some(Eviction::AccountRemoved);
+                drop(state);
+                session.wake();
+                told += 1;
+            }
+        }
+        told
+    }
+
     /// Tell every connection to go (shutdown); they flush what they owe and close.
     pub fn evict_all(&self) {
         let sessions = self.all_sessions();

@@ -32,6 +32,10 @@ impl Conn {
                         wire.disconnect(reason::SERVER_SHUTTING_DOWN, None);
                         End::Shutdown
                     }
+                    Eviction::AccountRemoved => {
+                        wire.disconnect(reason::NOT_AUTHORIZED, Some("account removed"));
+                        End::Abnormal
+                    }
                 });
             }
             state.take_sendable(self.window(), now_ms(), &mut out);

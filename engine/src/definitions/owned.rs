@@ -210,6 +210,8 @@ pub struct Targets<'a> {
 pub struct Effects {
     pub im: Vec<im::Effect>,
     pub things: Vec<things::Effect>,
+    /// Accounts removed (withdrawn persons and things): the broker ends their connections.
+    pub removed_accounts: Vec<String>,
 }
 
 /// Apply one declaration (as a file makes it: origin `File`).
@@ -381,6 +383,7 @@ pub fn withdraw_one(
         Declaration::Person { id } | Declaration::Thing { id } => {
             if to.accounts.get(id).map_err(|e| failed(&e))?.is_some() {
                 to.accounts.remove(id).map_err(|e| failed(&e))?;
+                effects.removed_accounts.push(id.clone());
             }
         }
     }
