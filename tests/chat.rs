@@ -295,10 +295,12 @@ fn history_lists_earlier_messages_and_unread_counts_show_at_connect() {
     );
     let world = World::with(&yaml, "");
     let cache = tempfile::tempdir().unwrap();
-    // Sent from a script: the end of the input waits for both to be stored.
+    // Sent from a script, before the chat is even synced: `/quit` (and the end of the input)
+    // wait for both to be stored.
     let mut alice = Proc::chat(world.port(), "alice", cache.path());
     alice.send("/msg bob first");
     alice.send("/msg bob second");
+    alice.send("/quit");
     let (status, lines) = alice.finish();
     assert!(status.success());
     assert!(lines.iter().any(|l| l == "-> bob: second"), "{lines:#?}");

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use mqtter_client::{Client, ConvId, Event, Notice, Roster, ThingEntry};
+use mqtter_client::{Client, ConvId, Error, Event, Notice, Roster, ThingEntry};
 
 use super::render::{Out, body_text};
 use super::state::State;
@@ -145,6 +145,11 @@ impl Printer {
         }
     }
 
+    /// Whether the overview was printed (commands run).
+    pub fn is_ready(&self) -> bool {
+        self.state().synced
+    }
+
     /// After the first sync of both worlds: the overview, and the commands may run.
     fn maybe_ready(&mut self) {
         let state = self.state();
@@ -258,8 +263,10 @@ impl Printer {
             let client = self.client.clone();
             let out = self.out;
             tokio::spawn(async move {
-                if let Err(err) = client.watch(&thing.id).await {
-                    out.error(&format!("cannot watch {}: {err}", thing.id));
+                match client.watch(&thing.id).await {
+                    // The chat is ending.
+                    Ok(_) | Err(Error::Closed) => {}
+                    Err(err) => out.error(&format!("cannot watch {}: {err}", thing.id)),
                 }
             });
         }

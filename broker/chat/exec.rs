@@ -39,10 +39,36 @@ impl Runner {
         mut lines: mpsc::UnboundedReceiver<std::io::Result<String>>,
         ready: oneshot::Receiver<()>,
     ) {
-        if ready.await.is_err() {
-            return;
+        // Lines typed before the overview wait for it; a `/quit` with nothing before it ends
+        // at once (a script's `/quit` after other lines waits for them).
+        let mut early = Vec::new();
+        let mut ended = false;
+        tokio::pin!(ready);
+        loop {
+            tokio::select! {
+                synced = &mut ready => match synced {
+                    Ok(()) => break,
+                    Err(_) => return,
+                },
+                line = lines.recv(), if !ended => match line {
+                    Some(Ok(line)) if early.is_empty() && parse(&line) == Ok(Line::Quit) => {
+                        return;
+                    }
+                    Some(line) => early.push(line),
+                    None => ended = true,
+                },
+            }
         }
-        while let Some(line) = lines.recv().await {
+        let mut early = std::collections::VecDeque::from(early);
+        loop {
+            let line = match early.pop_front() {
+                Some(line) => line,
+                None if ended => return,
+                None => match lines.recv().await {
+                    Some(line) => line,
+                    None => return,
+                },
+            };
             let line = match line {
                 Ok(line) => line,
                 Err(err) => {

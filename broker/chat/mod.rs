@@ -29,6 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::login_args::LoginArgs;
 
+/// How long the first sync may take before the chat says it is still waiting for it.
+const SYNC_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `mqtter chat` arguments.
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
@@ -109,9 +112,23 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         };
         let lines = read_stdin();
         let running = runner.run(lines, ready_rx);
-        tokio::pin!(running, stop);
+        // A person's device is synced at once; no sync at all means another kind of account.
+        let quiet = tokio::time::sleep(SYNC_PATIENCE);
+        let mut warned = false;
+        tokio::pin!(running, stop, quiet);
         loop {
             tokio::select! {
+                _ = &mut quiet, if !warned => {
+                    warned = true;
+                    if !printer.is_ready() {
+                        out.error(&format!(
+                            "no sync from the server after {} s: is {} a person's account? \
+                             (still waiting)",
+                            SYNC_PATIENCE.as_secs(),
+                            login.user
+                        ));
+                    }
+                }
                 event = events.next() => match event {
                     Some(event) => printer.handle(event),
                     None => break,
