@@ -203,3 +203,102 @@ fn a_thing_script_that_does_not_compile_names_the_thing() {
     assert!(!ok, "{text}");
     assert!(text.contains("cannot start: thing lamp: "), "{text}");
 }
+
+#[test]
+fn record_then_replay_against_the_same_and_a_changed_rules_folder() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = smart_home_daemon(dir.path());
+    let rules = dir.path().join("rules");
+    let broker = format!("mqtt://127.0.0.1:{}", daemon.port());
+    let recording = dir.path().join("recorded.sim.yaml");
+    let mut recorder = Command::new(Daemon::binary())
+        .args(["sim", "record", "--broker", &broker, "-u", "alice", "-P"])
+        .args(["alice-pw", "--topics", "thing/#,sensors/#", "--out"])
+        .arg(&recording)
+        .arg("--rules")
+        .arg(&rules)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mqtter sim record runs");
+    let mut out = std::io::BufReader::new(recorder.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("recording ") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the recorder ended");
+    }
+    assert!(line.contains("thing/hall-light/state"), "{line}");
+    // The traffic: the hall light goes off, then on (a rule tells alice), a sensor reports.
+    let traffic = dir.path().join("traffic.sim.yaml");
+    std::fs::write(
+        &traffic,
+        format!(
+            "rules: {:?}\nactors:\n  - person: alice\n  - thing: hall-light\nsteps:\n  \
+             - publish: {{ as: hall-light, state: {{ on: false }} }}\n  \
+             - publish: {{ as: hall-light, state: {{ on: true }} }}\n  \
+             - expect: {{ actor: alice, type: notice }}\n  \
+             - publish: {{ as: hall-light, topic: sensors/hall, payload: {{ t: 21 }} }}\n",
+            path(&rules)
+        ),
+    )
+    .unwrap();
+    let args = ["--broker", &broker, "-u", "home", "-P", "home-pw"];
+    let (ok, text) = sim(&[&args[..], &[path(&traffic)]].concat());
+    assert!(ok, "{text}");
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(recorder.id() as libc::pid_t, libc::SIGINT) };
+    assert!(recorder.wait().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(rest.contains("recorded "), "{rest}");
+    let skeleton = std::fs::read_to_string(&recording).unwrap();
+    for want in [
+        r#"{"publish":{"as":"hall-light","state":{"on":true}}}"#,
+        r#"{"expect":{"actor":"alice","text":"The hall light is on: the door opened.","type":"notice"}}"#,
+        r#"{"expect_chain":["light-on-tells-owner@0"]}"#,
+        r#"{"publish":{"payload":{"t":21},"topic":"sensors/hall"}}"#,
+        r#"{"expect_fired":{"light-on-tells-owner":1}}"#,
+    ] {
+        assert!(skeleton.contains(want), "{want} in:\n{skeleton}");
+    }
+
+    // Replayed in-process against the same rules: what the rules did then, they do now.
+    let (ok, text) = sim(&[path(&recording)]);
+    assert!(ok, "{skeleton}\n{text}");
+    assert!(text.contains(" passed, 0 failed"), "{text}");
+
+    // Against a changed folder: the light's rule no longer fires, a new rule does.
+    let changed = dir.path().join("changed");
+    std::fs::create_dir_all(&changed).unwrap();
+    let home = std::fs::read_to_string(rules.join("home.yaml")).unwrap();
+    let home = home
+        .replace(
+            "when: { state: hall-light, changed: on, to: true }",
+            "when: { state: hall-light, changed: on, to: true }\n    if: 'false'",
+        )
+        .replacen(
+            "rules:\n",
+            "rules:\n  - id: sensor-seen\n    when: { topic: \"sensors/#\" }\n    do: 'log(\"seen\")'\n",
+            1,
+        );
+    std::fs::write(changed.join("home.yaml"), home).unwrap();
+    std::fs::copy(rules.join("leaving.rhai"), changed.join("leaving.rhai")).unwrap();
+    let (ok, text) = sim(&[
+        "--timeout",
+        "1s",
+        "--rules",
+        path(&changed),
+        path(&recording),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("rule light-on-tells-owner: expected to fire 1 time(s), fired 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "rule sensor-seen: expected to fire 0 time(s), fired 1 (not expected to fire at all)"
+        ),
+        "{text}"
+    );
+}

@@ -24,7 +24,7 @@ impl Chain {
     }
 }
 
-fn ran(trace: &Trace) -> bool {
+pub fn ran(trace: &Trace) -> bool {
     !matches!(trace.outcome, Outcome::Skipped(_)) && trace.condition != Some(false)
 }
 

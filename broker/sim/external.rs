@@ -153,7 +153,7 @@ fn show(d: Duration) -> String {
 }
 
 /// A trace as `$SYS/mqtter/rules/RULE/traces` publishes it.
-fn trace(value: &Value) -> Option<Trace> {
+pub(super) fn trace(value: &Value) -> Option<Trace> {
     let text = |key: &str| {
         value
             .get(key)

@@ -22,9 +22,11 @@ pub mod inprocess;
 pub mod log;
 pub mod mqtt;
 pub mod person;
+pub mod record;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod skeleton;
 pub mod target;
 pub mod thing;
 
@@ -37,6 +39,7 @@ use report::ScenarioResult;
 
 /// `mqtter sim` arguments.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct SimArgs {
     /// Scenario files (`*.sim.yaml`) or folders (every `*.sim.yaml` under them).
     #[arg(required = true)]
@@ -62,12 +65,26 @@ pub struct SimArgs {
     /// a longer one fails its step at once, without waiting.
     #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     pub max_advance: Duration,
+    /// The rules folder to run against instead of each scenario's `rules` (replaying a
+    /// recording against changed rules).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
     /// Run one scenario and write its result as JSON here (how a folder's files are run).
     #[arg(long, hide = true)]
     pub result_json: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<SimCommand>,
 }
 
-fn parse_timeout(text: &str) -> Result<Duration, String> {
+/// `mqtter sim` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum SimCommand {
+    /// Capture live traffic from a running daemon into a scenario skeleton (replay it with
+    /// `mqtter sim FILE --rules DIR`).
+    Record(record::RecordArgs),
+}
+
+pub(crate) fn parse_timeout(text: &str) -> Result<Duration, String> {
     scenario::duration(text).map_err(|err| err.to_string())
 }
 
@@ -80,6 +97,8 @@ pub struct Options {
     pub username: Option<String>,
     pub password: Option<String>,
     pub max_advance: Duration,
+    /// `--rules`: the rules folder instead of each scenario's.
+    pub rules: Option<PathBuf>,
 }
 
 impl Options {
@@ -93,6 +112,10 @@ impl Options {
 
 /// Run the scenarios; `Ok(true)` when every step passed.
 pub fn run(args: SimArgs) -> anyhow::Result<bool> {
+    if let Some(SimCommand::Record(record)) = args.command {
+        record::run(record)?;
+        return Ok(true);
+    }
     let mut files = Vec::new();
     for path in &args.paths {
         files.extend(run::scenario_files(path)?);
@@ -106,6 +129,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
         username: args.username.clone(),
         password: args.password.clone(),
         max_advance: args.max_advance,
+        rules: args.rules.clone(),
     };
     let results = if files.len() == 1 {
         vec![run_here(&files[0], &options)?]
@@ -188,6 +212,9 @@ fn run_child(file: &std::path::Path, args: &SimArgs) -> anyhow::Result<ScenarioR
     }
     if let Some(username) = &args.username {
         command.arg("--username").arg(username);
+    }
+    if let Some(rules) = &args.rules {
+        command.arg("--rules").arg(rules);
     }
     if let Some(password) = &args.password {
         // Through the environment, not the command line others can read.

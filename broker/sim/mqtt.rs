@@ -33,6 +33,8 @@ pub struct Incoming {
     pub topic: String,
     pub payload: Bytes,
     pub user_properties: Vec<(String, String)>,
+    /// The retain flag: a retained message a SUBSCRIBE sent (or one published retained).
+    pub retain: bool,
 }
 
 type Handler = Box<dyn Fn(Incoming) + Send + Sync>;
@@ -103,6 +105,7 @@ impl Conn {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: p.payload.clone(),
                             user_properties,
+                            retain: p.retain,
                         });
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {

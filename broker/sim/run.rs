@@ -116,12 +116,18 @@ struct Runner {
     observer: Conn,
     /// Chains an `expect_chain` matched already.
     used_chains: HashSet<String>,
+    /// Chains that ran before the scenario (a daemon that runs on): not this run's.
+    before: HashSet<String>,
     options: Options,
 }
 
 impl Runner {
     async fn start(scenario: &Scenario, base: &Path, options: &Options) -> anyhow::Result<Runner> {
-        let rules = scenario.rules.as_ref().map(|r| base.join(r));
+        // `--rules` (a changed rules folder to replay against) overrides the scenario's.
+        let rules = options
+            .rules
+            .clone()
+            .or_else(|| scenario.rules.as_ref().map(|r| base.join(r)));
         if let Some(dir) = &rules
             && !dir.is_dir()
         {
@@ -161,6 +167,7 @@ impl Runner {
             things: BTreeMap::new(),
             observer,
             used_chains: HashSet::new(),
+            before: HashSet::new(),
             options: options.clone(),
         };
         let mut to_connect = Vec::new();
@@ -208,7 +215,8 @@ impl Runner {
             // traces of earlier chains: none of it is this run's.
             runner.log.consume_all();
             for (_, trace) in runner.target.traces() {
-                runner.used_chains.insert(trace.chain);
+                runner.used_chains.insert(trace.chain.clone());
+                runner.before.insert(trace.chain);
             }
         }
         Ok(runner)
@@ -264,6 +272,7 @@ impl Runner {
             step.expect_none.is_some(),
             step.expect_chain.is_some(),
             step.expect_state.is_some(),
+            step.expect_fired.is_some(),
         ];
         let title = step.name.clone();
         if kinds.iter().filter(|k| **k).count() != 1 {
@@ -271,7 +280,7 @@ impl Runner {
             return (
                 title,
                 fail(
-                    "a step has exactly one of publish, command, connect, disconnect, advance, edit, expect, expect_none, expect_chain, expect_state",
+                    "a step has exactly one of publish, command, connect, disconnect, advance, edit, expect, expect_none, expect_chain, expect_state, expect_fired",
                 ),
             );
         }
@@ -311,6 +320,15 @@ impl Runner {
         } else if let Some(want) = &step.expect_state {
             let title = format!("expect_state {} {}", want.thing, want.state);
             (title, self.expect_state(want).await)
+        } else if let Some(want) = &step.expect_fired {
+            let title = format!(
+                "expect_fired {}",
+                want.iter()
+                    .map(|(rule, n)| format!("{rule} x{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            (title, self.expect_fired(want).await)
         } else {
             unreachable!("one kind is set")
         };
@@ -652,6 +670,40 @@ impl Runner {
             format!("expected {}'s state to contain {}", want.thing, want.state),
             format!("instead it is {last}"),
         ];
+        out.extend(self.recent_chains());
+        Err(out)
+    }
+
+    /// Each rule ran as often as `want` says (a rule not named: never), counting the runs of
+    /// this scenario (a false `if` or a skip is not a run).
+    async fn expect_fired(&mut self, want: &BTreeMap<String, u64>) -> Outcome {
+        self.quiet().await;
+        let mut fired: BTreeMap<String, u64> = BTreeMap::new();
+        for (rule, trace) in self.target.traces() {
+            if chain::ran(&trace) && !self.before.contains(&trace.chain) {
+                *fired.entry(rule).or_default() += 1;
+            }
+        }
+        let known = self.target.rule_ids();
+        let rules: std::collections::BTreeSet<&String> = want.keys().chain(fired.keys()).collect();
+        let mut out = Vec::new();
+        for rule in rules {
+            let expected = want.get(rule).copied().unwrap_or(0);
+            let ran = fired.get(rule).copied().unwrap_or(0);
+            if expected == ran {
+                continue;
+            }
+            let mut line = format!("rule {rule}: expected to fire {expected} time(s), fired {ran}");
+            if !known.contains(rule) {
+                line.push_str(" (no rule of that id is loaded)");
+            } else if !want.contains_key(rule) {
+                line.push_str(" (not expected to fire at all)");
+            }
+            out.push(line);
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
         out.extend(self.recent_chains());
         Err(out)
     }

@@ -162,6 +162,9 @@ pub struct Step {
     pub expect_chain: Option<ExpectChain>,
     #[serde(default)]
     pub expect_state: Option<ExpectState>,
+    /// How often each rule ran since the scenario started (a rule not named: never).
+    #[serde(default)]
+    pub expect_fired: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// A PUBLISH as an actor (or anonymous): an IM message (`to`), a thing's `state` or `event`,
