@@ -87,13 +87,18 @@ fn say(line: &str) {
 }
 
 /// How a report is printed: `command ID from WHO: BODY`, `ack ID ok RESULT`,
-/// `ack ID error: MESSAGE`, `no ack for ID`, `state PATCH`, `event BODY`, `error: WHAT`.
+/// `ack ID error: MESSAGE`, `no ack for ID`, `state PATCH`, `event BODY`, `error: WHAT`,
+/// `disconnected (WHY); reconnecting in N ms`.
 pub fn line(report: &ReflexReport) -> String {
     match report {
         ReflexReport::Received(cmd) => {
             format!("command {} from {}: {}", cmd.id, cmd.from, cmd.body)
         }
         ReflexReport::Did(action) => action_line(action),
+        ReflexReport::Disconnected { reason, retry_in } => format!(
+            "disconnected ({reason}); reconnecting in {} ms",
+            retry_in.as_millis()
+        ),
     }
 }
 

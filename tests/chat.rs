@@ -1,7 +1,7 @@
 //! `mqtter chat` and `mqtter thing` as a user runs them: the built binary against the real
 //! daemon, commands written to its stdin, its stdout read line by line. Two persons become
-//! friends and chat (and over a direct channel), a group message reaches a member, a person
-//! commands a `mqtter thing` and sees its answer, history is listed, and bad input gets a clear
+//! friends and chat (and over a direct channel), a group message reaches a member, two persons
+//! command a `mqtter thing` and see its answers, history is listed, and bad input gets a clear
 //! line while the client goes on and ends with status 0 at the end of its input.
 
 use std::io::{BufRead, BufReader, Write};
@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::common::im::{World, friends, persons};
+use crate::common::proxy::Proxy;
 use crate::common::thing::world_yaml;
 use crate::common::{Daemon, WAIT};
 
@@ -233,7 +234,11 @@ fn a_group_message_reaches_a_members_chat() {
 #[test]
 fn a_person_commands_a_thing_that_mqtter_thing_runs() {
     let world = World::with(
-        &world_yaml(&["alice"], &["lamp"], &["{ bind: lamp, to: alice }"]),
+        &world_yaml(
+            &["alice", "bob"],
+            &["lamp"],
+            &["{ bind: lamp, to: alice }", "{ share: lamp, with: bob }"],
+        ),
         "",
     );
     let dir = tempfile::tempdir().unwrap();
@@ -270,11 +275,22 @@ fn a_person_commands_a_thing_that_mqtter_thing_runs() {
     alice.expect("! toaster: command refused");
     alice.send("/things");
     alice.expect("  lamp (owner, online) {\"on\":true}");
-    assert!(alice.finish().0.success());
+
+    // Shared with bob: he commands it too.
+    let mut bob = Proc::chat(world.port(), "bob", dir.path());
+    bob.expect("* things: lamp (control, online) {\"on\":true}");
+    bob.expect("* ready as bob");
+    bob.send("/cmd lamp {\"on\":true}");
+    bob.expect("* lamp answered ok");
+    let received = lamp.expect("command thing:lamp#");
+    assert!(received.ends_with(" from bob: {\"on\":true}"), "{received}");
+    assert!(bob.finish().0.success());
 
     let (status, lines) = lamp.terminate();
     assert!(status.success(), "mqtter thing ended with {status}");
     assert_eq!(lines.last().map(String::as_str), Some("stopped"));
+    alice.expect("* lamp is offline");
+    assert!(alice.finish().0.success());
 
     // A reflex file with a mistake: where it is, status 1, nothing run.
     let bad = dir.path().join("bad.yaml");
@@ -369,4 +385,47 @@ fn bad_input_gets_a_clear_line_and_the_chat_goes_on() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not connect"), "{err}");
+}
+
+#[test]
+fn a_lost_connection_is_said_and_both_clients_carry_on_after_it() {
+    let world = World::with(
+        &format!(
+            "{}relations:\n  - {{ friends: [alice, bob] }}\n  - {{ bind: lamp, to: alice }}\n",
+            world_yaml(&["alice", "bob"], &["lamp"], &[])
+        ),
+        "",
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let proxy = runtime.block_on(Proxy::start(world.daemon.mqtt));
+    let dir = tempfile::tempdir().unwrap();
+    let reflex = dir.path().join("lamp.yaml");
+    std::fs::write(&reflex, "thing: lamp\non_command:\n  - ack: ok\n").unwrap();
+    let mut lamp = Proc::thing(proxy.port(), &reflex, "lamp-pw");
+    lamp.expect("connected as lamp");
+    let mut alice = Proc::chat(world.port(), "alice", dir.path());
+    let mut bob = Proc::chat(proxy.port(), "bob", dir.path());
+    alice.expect("* ready as alice");
+    bob.expect("* ready as bob");
+
+    proxy.cut();
+    bob.expect("! connection lost (");
+    lamp.expect("disconnected (");
+    // Sent while bob may be away: it comes live or in the sync of his reconnect, and is
+    // printed either way.
+    alice.send("/msg bob are you there?");
+    alice.expect("-> bob: are you there?");
+    bob.expect("* reconnected");
+    assert_eq!(bob.expect("<alice>"), "<alice> are you there?");
+    bob.send("/msg alice yes");
+    assert_eq!(alice.expect("<bob>"), "<bob> yes");
+    // The thing is back too: a command reaches it and is answered.
+    alice.send("/cmd lamp {\"on\":true}");
+    alice.expect("* lamp answered ok");
+    assert!(
+        lamp.expect("command thing:lamp#")
+            .ends_with("from alice: {\"on\":true}")
+    );
+    assert!(alice.finish().0.success());
+    assert!(bob.finish().0.success());
 }

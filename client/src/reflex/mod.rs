@@ -85,11 +85,13 @@ pub struct ReflexAction {
 }
 
 /// What a reflex run reports with [`Reflex::run_reported`], in the order it happened: each
-/// command as it arrives (before its `delay`), and each [`ReflexAction`].
+/// command as it arrives (before its `delay`), each [`ReflexAction`], and each lost
+/// connection (the thing connects again by itself after `retry_in`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReflexReport {
     Received(Command),
     Did(ReflexAction),
+    Disconnected { reason: String, retry_in: Duration },
 }
 
 /// Where a run tells what it does.
@@ -103,6 +105,15 @@ impl Observer {
     pub(super) fn received(&self, cmd: &Command) {
         if let Observer::Reports(tx) = self {
             let _ = tx.send(ReflexReport::Received(cmd.clone()));
+        }
+    }
+
+    pub(super) fn disconnected(&self, reason: &str, retry_in: Duration) {
+        if let Observer::Reports(tx) = self {
+            let _ = tx.send(ReflexReport::Disconnected {
+                reason: reason.to_owned(),
+                retry_in,
+            });
         }
     }
 

@@ -108,6 +108,9 @@ impl Runner {
                 Event::Command(cmd) => self.on_command(cmd).await,
                 Event::Disconnected { reason, retry_in } => {
                     info!(thing = self.thing.id(), %reason, ?retry_in, "disconnected; reconnecting");
+                    if let Some(observer) = &self.observer {
+                        observer.disconnected(&reason, retry_in);
+                    }
                 }
                 _ => {}
             }
