@@ -233,11 +233,14 @@ fn record_then_replay_against_the_same_and_a_changed_rules_folder() {
     std::fs::write(
         &traffic,
         format!(
-            "rules: {:?}\nactors:\n  - person: alice\n  - thing: hall-light\nsteps:\n  \
+            "rules: {:?}\nactors:\n  - person: alice\n  - thing: hall-light\n  \
+             - thing: door\n    on_command: [{{ ack: \"error: jammed\" }}]\nsteps:\n  \
              - publish: {{ as: hall-light, state: {{ on: false }} }}\n  \
              - publish: {{ as: hall-light, state: {{ on: true }} }}\n  \
              - expect: {{ actor: alice, type: notice }}\n  \
-             - publish: {{ as: hall-light, topic: sensors/hall, payload: {{ t: 21 }} }}\n",
+             - publish: {{ as: hall-light, topic: sensors/hall, payload: {{ t: 21 }} }}\n  \
+             - command: {{ as: alice, thing: door, body: {{ open: false }} }}\n  \
+             - expect: {{ actor: alice, type: cmd.ack }}\n",
             path(&rules)
         ),
     )
@@ -258,6 +261,9 @@ fn record_then_replay_against_the_same_and_a_changed_rules_folder() {
         r#"{"expect_chain":["light-on-tells-owner@0"]}"#,
         r#"{"publish":{"payload":{"t":21},"topic":"sensors/hall"}}"#,
         r#"{"expect_fired":{"light-on-tells-owner":1}}"#,
+        // A person's command, from the door's audit, and how the door answered it.
+        r#"{"command":{"as":"alice","body":{"open":false},"thing":"door"}}"#,
+        r#"{"on_command":[{"ack":"error: jammed","match":{"open":false}},{}],"thing":"door"}"#,
     ] {
         assert!(skeleton.contains(want), "{want} in:\n{skeleton}");
     }

@@ -12,6 +12,8 @@
 //! - [`log`]: what the actors received, and how an expectation matches it.
 //! - [`chain`]: chains from the rules engine's traces.
 //! - [`report`]: the output, the closing line, JUnit XML.
+//! - [`record`], [`skeleton`]: `mqtter sim record` (live traffic from a running daemon) and the
+//!   scenario skeleton it writes, replayed with `--rules DIR`.
 //!
 //! The clock is one per process: each scenario file runs in a process of its own (a folder's
 //! files are run by child processes, one after the other).

@@ -2,7 +2,8 @@
 //! "Record and replay"). One MQTT 5 connection as the given account subscribes to the chosen
 //! topics (a `thing/` filter with a wildcard stands for every thing the account may see, asked
 //! with `thing.list`) and to the rules' traces; what arrives until `--duration` passes or
-//! SIGINT is turned into a scenario skeleton by [`super::skeleton`].
+//! SIGINT, and the commands the things got meanwhile (their `thing.audit`, which their owner
+//! may read), is turned into a scenario skeleton by [`super::skeleton`].
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -87,7 +88,7 @@ async fn record(args: &RecordArgs) -> anyhow::Result<Recording> {
         .clone()
         .map(|user| (user, args.password.clone().unwrap_or_default()));
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let answers: Arc<Mutex<Option<tokio::sync::oneshot::Sender<Value>>>> = Arc::default();
+    let answers: Answers = Arc::default();
     let (into, waiting) = (seen.clone(), answers.clone());
     let login = Login {
         host: host.clone(),
@@ -104,8 +105,8 @@ async fn record(args: &RecordArgs) -> anyhow::Result<Recording> {
             Value::String(String::from_utf8_lossy(&incoming.payload).into_owned())
         });
         if payload.get("type").and_then(Value::as_str) == Some("res")
-            && payload.get("id").and_then(Value::as_str) == Some(LIST_ID)
-            && let Some(tx) = waiting.lock().unwrap_or_else(|p| p.into_inner()).take()
+            && let Some(id) = payload.get("id").and_then(Value::as_str)
+            && let Some(tx) = waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
         {
             let _ = tx.send(payload);
             return;
@@ -181,8 +182,48 @@ async fn record(args: &RecordArgs) -> anyhow::Result<Recording> {
     if traces_readable {
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
+    // The commands the things got meanwhile, from their audit (their owner may read it).
+    let mut commanded = Vec::new();
+    for filter in &filters {
+        if let Some(thing) = filter
+            .strip_prefix("thing/")
+            .and_then(|rest| rest.strip_suffix("/state"))
+            && !commanded.contains(&thing.to_owned())
+        {
+            commanded.push(thing.to_owned());
+        }
+    }
+    let mut commands = Vec::new();
+    for thing in &commanded {
+        let args = json!({"thing": thing, "limit": 100});
+        let Ok(answer) = request(&conn, &answers, "thing.audit", args).await else {
+            continue;
+        };
+        for entry in answer
+            .get("entries")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let at = entry.get("ts").and_then(Value::as_u64).unwrap_or(0);
+            if at < started || at > ended || entry.get("id").is_none() {
+                continue;
+            }
+            let mut payload = entry.clone();
+            payload["type"] = json!("cmd");
+            commands.push(Seen {
+                at,
+                topic: format!("thing/{thing}/cmd"),
+                payload,
+                user_properties: Vec::new(),
+                retained: false,
+            });
+        }
+    }
     conn.close().await;
-    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+    seen.extend(commands);
+    seen.sort_by_key(|s| s.at);
     Ok(skeleton::collect(
         seen,
         started,
@@ -191,31 +232,50 @@ async fn record(args: &RecordArgs) -> anyhow::Result<Recording> {
     ))
 }
 
-const LIST_ID: &str = "sim-record-things";
+/// Requests awaiting their answer (on the account's inbox), by id.
+type Answers = Arc<Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Value>>>>;
 
-/// The things the account may see (`thing.list`, answered on its inbox).
-async fn list_things(
+/// A `$things/req` request, and its answer's fields (an error when refused).
+async fn request(
     conn: &Conn,
-    answers: &Arc<Mutex<Option<tokio::sync::oneshot::Sender<Value>>>>,
-) -> anyhow::Result<Vec<String>> {
+    answers: &Answers,
+    op: &str,
+    mut args: Value,
+) -> anyhow::Result<Value> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = format!(
+        "sim-record-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let (tx, rx) = tokio::sync::oneshot::channel();
-    *answers.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-    let request = json!({"id": LIST_ID, "op": "thing.list"});
+    answers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), tx);
+    args["id"] = json!(id);
+    args["op"] = json!(op);
     conn.publish(
         "$things/req",
-        request.to_string().into_bytes(),
+        args.to_string().into_bytes(),
         false,
         Vec::new(),
     )
-    .await
-    .context("thing.list (a `thing/` filter with a wildcard needs a person's account: -u)")?;
+    .await?;
     let answer = tokio::time::timeout(PATIENCE, rx)
         .await
-        .map_err(|_| anyhow!("no answer to thing.list"))?
-        .map_err(|_| anyhow!("no answer to thing.list"))?;
+        .map_err(|_| anyhow!("no answer to {op}"))?
+        .map_err(|_| anyhow!("no answer to {op}"))?;
     if answer.get("ok").and_then(Value::as_bool) != Some(true) {
-        bail!("thing.list refused: {answer}");
+        bail!("{op} refused: {answer}");
     }
+    Ok(answer)
+}
+
+/// The things the account may see (`thing.list`).
+async fn list_things(conn: &Conn, answers: &Answers) -> anyhow::Result<Vec<String>> {
+    let answer = request(conn, answers, "thing.list", json!({}))
+        .await
+        .context("thing.list (a `thing/` filter with a wildcard needs a person's account: -u)")?;
     Ok(answer
         .get("things")
         .and_then(Value::as_array)

@@ -128,6 +128,70 @@ fn hop(seen: &Seen) -> u64 {
 struct Answers {
     state: Option<Value>,
     event: Option<Value>,
+    /// The states and events after commands: (chain id, hop, state, event).
+    followed: Vec<(String, u64, Option<Value>, Option<Value>)>,
+    /// The commands it got (from its audit): (chain id, hop, body, how it answered).
+    commands: Vec<(String, u64, Value, Option<String>)>,
+}
+
+impl Answers {
+    /// Its `on_command`: an entry per command body seen, with the answer and the state and
+    /// event that followed it in its chain; last, any other command is answered `ok` (with the
+    /// first state seen after a command, when no command was seen at all).
+    fn on_command(&self) -> Vec<Value> {
+        let mut entries: Vec<Value> = Vec::new();
+        let mut bodies: Vec<&Value> = Vec::new();
+        for (chain, hop, body, ack) in &self.commands {
+            if bodies.contains(&body) {
+                continue;
+            }
+            bodies.push(body);
+            let mut entry = Map::new();
+            entry.insert("match".into(), body.clone());
+            if let Some(ack) = ack {
+                entry.insert("ack".into(), json!(ack));
+            }
+            for (c, h, state, event) in &self.followed {
+                if c == chain && *h == hop + 1 {
+                    if let Some(state) = state {
+                        entry.entry("state").or_insert(state.clone());
+                    }
+                    if let Some(event) = event {
+                        entry.entry("event").or_insert(event.clone());
+                    }
+                }
+            }
+            entries.push(Value::Object(entry));
+        }
+        let mut other = Map::new();
+        if self.commands.is_empty() {
+            if let Some(state) = &self.state {
+                other.insert("state".into(), state.clone());
+            }
+            if let Some(event) = &self.event {
+                other.insert("event".into(), event.clone());
+            }
+        }
+        entries.push(Value::Object(other));
+        entries
+    }
+}
+
+/// How a command was answered, as a reflex's `ack` (`None`: ok, the default).
+fn ack_of(entry: &Value) -> Option<String> {
+    let result = entry.get("result")?;
+    match result.get("kind").and_then(Value::as_str) {
+        Some("acked") if result.get("ok").and_then(Value::as_bool) == Some(false) => {
+            let why = result
+                .get("result")
+                .and_then(|r| r.get("error"))
+                .and_then(Value::as_str)
+                .unwrap_or("failed");
+            Some(format!("error: {why}"))
+        }
+        Some("timeout" | "pending") => Some("none".into()),
+        _ => None,
+    }
 }
 
 /// The scenario text (YAML, each step a line of JSON flow style).
@@ -136,6 +200,8 @@ pub fn scenario(recording: &Recording, rules: Option<&str>) -> String {
     let mut things: BTreeSet<String> = BTreeSet::new();
     let mut persons: BTreeSet<String> = BTreeSet::new();
     let mut answers: BTreeMap<String, Answers> = BTreeMap::new();
+    // Who sent a command from a device (a person, or a linked thing).
+    let mut commanders: BTreeSet<String> = BTreeSet::new();
     if let Some(account) = &recording.account {
         persons.insert(account.clone());
     }
@@ -154,11 +220,12 @@ pub fn scenario(recording: &Recording, rules: Option<&str>) -> String {
                 if hop == 0 {
                     Some((true, json!({"publish": {"as": thing, "state": changed}})))
                 } else {
-                    answers
-                        .entry((*thing).to_owned())
-                        .or_default()
-                        .state
-                        .get_or_insert(changed.clone());
+                    let answer = answers.entry((*thing).to_owned()).or_default();
+                    answer.state.get_or_insert(changed.clone());
+                    let chain = chain_id(seen).unwrap_or_default();
+                    answer
+                        .followed
+                        .push((chain, hop, Some(changed.clone()), None));
                     Some((
                         false,
                         json!({"expect_state": {"thing": thing, "state": changed}}),
@@ -174,12 +241,38 @@ pub fn scenario(recording: &Recording, rules: Option<&str>) -> String {
                 if hop == 0 {
                     Some((true, json!({"publish": {"as": thing, "event": body}})))
                 } else {
-                    answers
-                        .entry((*thing).to_owned())
-                        .or_default()
-                        .event
-                        .get_or_insert(body);
+                    let answer = answers.entry((*thing).to_owned()).or_default();
+                    answer.event.get_or_insert(body.clone());
+                    let chain = chain_id(seen).unwrap_or_default();
+                    answer.followed.push((chain, hop, None, Some(body)));
                     None
+                }
+            }
+            (["thing", thing, "cmd"], Some("cmd")) => {
+                things.insert((*thing).to_owned());
+                let body = seen.payload.get("body").cloned().unwrap_or(json!({}));
+                let from = seen
+                    .payload
+                    .get("from")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let chain = chain_id(seen).unwrap_or_default();
+                answers
+                    .entry((*thing).to_owned())
+                    .or_default()
+                    .commands
+                    .push((chain, hop, body.clone(), ack_of(&seen.payload)));
+                if hop == 0 && !from.is_empty() {
+                    commanders.insert(from.to_owned());
+                    Some((
+                        true,
+                        json!({"command": {"as": from, "thing": thing, "body": body}}),
+                    ))
+                } else {
+                    Some((
+                        false,
+                        json!({"expect": {"actor": thing, "type": "cmd", "body": body}}),
+                    ))
                 }
             }
             (["person", _, "inbox"] | ["group", _], Some("msg")) => {
@@ -323,23 +416,22 @@ pub fn scenario(recording: &Recording, rules: Option<&str>) -> String {
         out.push_str(&format!("rules: {}\n", Value::String(rules.to_owned())));
     }
     out.push_str(&format!("start: {}\n", rfc3339(recording.started)));
+    for commander in commanders {
+        if !things.contains(&commander) {
+            persons.insert(commander);
+        }
+    }
     out.push_str("actors:\n");
     for person in &persons {
         out.push_str(&format!("  - {}\n", json!({ "person": person })));
     }
     for thing in &things {
-        let mut answer = Map::new();
-        if let Some(found) = answers.get(thing) {
-            if let Some(state) = &found.state {
-                answer.insert("state".into(), state.clone());
-            }
-            if let Some(event) = &found.event {
-                answer.insert("event".into(), event.clone());
-            }
-        }
+        let on_command = answers
+            .get(thing)
+            .map_or_else(|| vec![json!({})], Answers::on_command);
         out.push_str(&format!(
             "  - {}\n",
-            json!({ "thing": thing, "on_command": [Value::Object(answer)] })
+            json!({ "thing": thing, "on_command": on_command })
         ));
     }
     out.push_str("steps:\n");
