@@ -176,6 +176,9 @@ fn two_persons_become_friends_chat_and_talk_over_a_direct_channel() {
     bob.send("hello alice");
     bob.expect("-> alice: hello alice");
     assert_eq!(alice.expect("<bob>"), "<bob> hello alice");
+    bob.send("/read alice");
+    bob.expect("* marked alice read up to #2");
+    alice.expect("* bob read #2");
 
     alice.send("/p2p bob");
     alice.expect("* direct channel with bob open");
@@ -190,14 +193,15 @@ fn two_persons_become_friends_chat_and_talk_over_a_direct_channel() {
     alice.expect("<bob> hello alice");
     assert!(alice.expect("psst").starts_with("  #- "));
 
-    let (status, _) = alice.finish();
-    assert!(status.success(), "alice's chat ended with {status}");
     let (status, lines) = bob.finish();
     assert!(status.success(), "bob's chat ended with {status}");
     assert!(
         lines.iter().all(|l| !l.contains('\x1b')),
         "colours on a pipe: {lines:#?}"
     );
+    alice.expect("* bob is offline");
+    let (status, _) = alice.finish();
+    assert!(status.success(), "alice's chat ended with {status}");
 }
 
 #[test]
