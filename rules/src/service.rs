@@ -369,7 +369,7 @@ impl Rules {
             None,
             move |result: DebounceEventResult| {
                 if let (Ok(events), Some(rules)) = (result, weak.upgrade())
-                    && !events.is_empty()
+                    && events.iter().any(|e| changes_the_folder(&e.kind))
                 {
                     rules.reload();
                 }
@@ -478,5 +478,20 @@ impl EventSink for Rules {
 impl Drop for Rules {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Whether a watched event can change what the folder holds: a file created, written, renamed
+/// or removed. Opening and reading a file (as a reload does) cannot: reloading on those would
+/// reload for ever.
+fn changes_the_folder(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        // An in-place save completed.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Any | EventKind::Other => true,
     }
 }

@@ -626,6 +626,32 @@ fn the_watcher_reloads_on_atomic_saves_and_in_place_writes() {
     }
 }
 
+/// A reload reads every file of the folder: the watcher must not take those reads for changes
+/// (it did, and reloaded the folder about six times a second for ever after the first edit,
+/// logging a broken file's error each time).
+#[test]
+fn the_watcher_does_not_reload_a_folder_nobody_changes() {
+    let setup = start(&[]);
+    setup.rules.watch().unwrap();
+    let file = setup.dir.path().join("q.yaml");
+    let broken = "rules:\n  - id: q\n    when: { topic: a }\n    do: 'publish(\"v\" \"\")'\n";
+    std::fs::write(&file, broken).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while setup.rules.status().ok {
+        assert!(Instant::now() < deadline, "the edit was never loaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The edit's events may still bring one more reload; after that, nothing changes.
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = setup.rules.status().loaded_at;
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        setup.rules.status().loaded_at,
+        settled,
+        "reloaded with no change to the folder"
+    );
+}
+
 #[test]
 fn an_after_timer_survives_a_restart() {
     let rule = r#"
