@@ -1,7 +1,8 @@
 //! What the daemon's rules engine shows: the retained `$SYS/mqtter/rules/status` (a broken file
 //! with line and column, keeping its last good version; fixing it clears it), `mqtter rules
 //! list` and `mqtter rules trace` against the running daemon, a loop between two rules stopped
-//! at the limit and reported, and `loop {}` stopped within its budget while traffic flows.
+//! at the limit and reported, `loop {}` stopped within its budget while traffic flows, and a
+//! rule acting as no account warned of at load until the account is declared.
 
 use std::time::Duration;
 
@@ -26,6 +27,51 @@ fn echo(client: &mut Client, watcher: &mut Client, text: &str) -> String {
     client.publish("e/in", 1, false, text.as_bytes());
     let got = watcher.next_publish_within(WAIT).expect("the echo");
     got.payload_str().to_owned()
+}
+
+/// The warnings of a status, as `file:line: message`.
+fn warnings(status: &serde_json::Value) -> Vec<String> {
+    status["warnings"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .map(|d| {
+                    let file = d["file"].as_str().unwrap_or_default();
+                    let file = file.rsplit('/').next().unwrap_or_default();
+                    format!(
+                        "{file}:{}: {}",
+                        d["line"],
+                        d["message"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A rule without `as:` acts as `[rules] account` (`rules`): when no such account exists, what
+/// it does is refused, so the load says so, with the rule's file and line, and the warning goes
+/// once a file declares the account.
+#[test]
+fn a_rule_acting_as_no_account_is_warned_of_until_the_account_exists() {
+    let world = World::start(&[("echo.yaml", ECHO)], "allow_anonymous = true\n");
+    let mqtt = world.daemon.mqtt;
+    let mut status = SysWatch::status(mqtt);
+    let loaded = status.status_until("the warning", |s| !warnings(s).is_empty());
+    let found = warnings(&loaded);
+    assert_eq!(found.len(), 1, "{loaded}");
+    assert!(
+        found[0].starts_with("echo.yaml:3: rule `echo` acts as `rules`, which is no account"),
+        "{found:?}"
+    );
+    std::fs::write(
+        world.rules.path().join("rules-account.yaml"),
+        account("rules"),
+    )
+    .expect("write the account's file");
+    status.status_until("the warning gone", |s| {
+        warnings(s).is_empty() && s["ok"] == true
+    });
 }
 
 #[test]

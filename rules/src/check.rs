@@ -70,7 +70,10 @@ pub fn check_dir(dir: &Path, config: &LoadConfig) -> CheckReport {
 
 /// The names rules use that `world` does not know: errors, except the account a rule acts as
 /// (a warning: the daemon may have it from `mqtter account add`).
-pub fn references(rules: &[Rule], world: &dyn World) -> Vec<Diagnostic> {
+pub fn references<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+    world: &dyn World,
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for rule in rules {
         let mut unknown = |what: &str, name: &str, severity: Severity| {
@@ -123,7 +126,15 @@ pub fn references(rules: &[Rule], world: &dyn World) -> Vec<Diagnostic> {
             }
         }
         if !account(&rule.options.account) {
-            unknown("account (`as`)", &rule.options.account, Severity::Warning);
+            let message = format!(
+                "rule `{}` acts as `{}`, which is no account: what it does will be refused \
+                 (declare `{}` in a file of the folder, or name another account with `as:`)",
+                rule.id, rule.options.account, rule.options.account
+            );
+            out.push(Diagnostic {
+                severity: Severity::Warning,
+                ..Diagnostic::error(&rule.file, rule.line, 1, message)
+            });
         }
     }
     out

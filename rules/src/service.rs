@@ -106,6 +106,8 @@ pub struct Rules {
     files: Mutex<BTreeMap<PathBuf, FileState>>,
     /// The static check's warnings about loops in the rule set in force.
     loops: Mutex<Vec<Diagnostic>>,
+    /// What the rules in force name that the world does not have (at the last reload).
+    references: Mutex<Vec<Diagnostic>>,
     loaded_at: std::sync::atomic::AtomicU64,
     /// The last reload's duration, µs.
     reload_us: std::sync::atomic::AtomicU64,
@@ -185,6 +187,7 @@ impl Rules {
             compiler: loader::compiler(),
             files: Mutex::default(),
             loops: Mutex::default(),
+            references: Mutex::default(),
             loaded_at: 0.into(),
             reload_us: 0.into(),
             listener: Mutex::default(),
@@ -344,6 +347,23 @@ impl Rules {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = problems;
         }
+        // What the rules name that the world does not have, now that the definitions are in
+        // force: warnings (a rule acting as no account, a thing not claimed yet), since the
+        // world changes at run time; the rules stay loaded.
+        let references: Vec<Diagnostic> = {
+            let set = self.core.set.load();
+            crate::check::references(set.rules.iter().map(|l| &l.rule), &*self.core.world)
+        }
+        .into_iter()
+        .map(|d| Diagnostic {
+            severity: crate::diagnostic::Severity::Warning,
+            ..d
+        })
+        .collect();
+        for d in &references {
+            tracing::warn!("rules: {d}");
+        }
+        *self.references.lock().unwrap_or_else(|p| p.into_inner()) = references;
         // Before the folder's lock is let go, so that a status never pairs the new load with
         // the last one's duration.
         self.loaded_at.store(now_ms(), Ordering::Relaxed);
@@ -400,6 +420,12 @@ impl Rules {
                 .values()
                 .flat_map(|f| f.warnings.clone())
                 .chain(self.loops.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                .chain(
+                    self.references
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                )
                 .chain(
                     self.definition_problems
                         .lock()
