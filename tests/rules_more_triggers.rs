@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use crate::common::im::{Msg, Peer, World, persons};
+use crate::common::im::{Peer, World, persons};
 
 const RULES: &str = r#"
 things:
@@ -42,17 +42,6 @@ rules:
     do: 'publish("t/out/left", event.member + " left " + event.group)'
 "#;
 
-fn text(m: &Msg) -> String {
-    String::from_utf8_lossy(&m.payload).into_owned()
-}
-
-async fn on(peer: &mut Peer, topic: &str) -> String {
-    let m = peer
-        .wait_msg(&format!("a message on {topic}"), |m| m.topic == topic)
-        .await;
-    text(&m)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_cron_and_runtime_relation_changes_fire_their_rules() {
     let yaml = persons(&["alice", "bob", "bot", "watcher"]) + RULES;
@@ -65,7 +54,7 @@ async fn timeouts_cron_and_runtime_relation_changes_fire_their_rules() {
     assert!(watcher.subscribe("t/out/#").await <= 1);
 
     // A cron schedule of every second.
-    assert_eq!(on(&mut watcher, "t/out/cron").await, "tick");
+    assert_eq!(watcher.text_on("t/out/cron").await, "tick");
 
     // A command to the offline camera with a one-second ttl times out: the `timeout` trigger.
     let mut alice = world.v5("alice").await;
@@ -76,7 +65,7 @@ async fn timeouts_cron_and_runtime_relation_changes_fire_their_rules() {
             .await
             < 0x80
     );
-    let timed_out = on(&mut watcher, "t/out/timeout").await;
+    let timed_out = watcher.text_on("t/out/timeout").await;
     assert!(timed_out.starts_with("cam thing:cam#"), "{timed_out}");
 
     // The lamp is claimed at run time: `bound`, with the thing and the person.
@@ -90,7 +79,7 @@ async fn timeouts_cron_and_runtime_relation_changes_fire_their_rules() {
         .request_on("$things/req", "thing.bind", json!({ "code": code }))
         .await;
     assert_eq!(bound["ok"], true, "{bound}");
-    assert_eq!(on(&mut watcher, "t/out/bound").await, "lamp to alice");
+    assert_eq!(watcher.text_on("t/out/bound").await, "lamp to alice");
 
     // Alice owns both now: linking fires `linked` (of either thing), unlinking `unlinked`.
     let linked = alice
@@ -101,7 +90,7 @@ async fn timeouts_cron_and_runtime_relation_changes_fire_their_rules() {
         )
         .await;
     assert_eq!(linked["ok"], true, "{linked}");
-    assert_eq!(on(&mut watcher, "t/out/linked").await, "linked");
+    assert_eq!(watcher.text_on("t/out/linked").await, "linked");
     let unlinked = alice
         .request_on(
             "$things/req",
@@ -110,14 +99,14 @@ async fn timeouts_cron_and_runtime_relation_changes_fire_their_rules() {
         )
         .await;
     assert_eq!(unlinked["ok"], true, "{unlinked}");
-    assert_eq!(on(&mut watcher, "t/out/unlinked").await, "unlinked");
+    assert_eq!(watcher.text_on("t/out/unlinked").await, "unlinked");
 
     // Bob leaves the family group: `member_left`, with the group and the member.
     let mut bob = world.v5("bob").await;
     bob.sync().await;
     let left = bob.ok("group.leave", json!({ "group": "family" })).await;
     assert_eq!(left["ok"], true, "{left}");
-    assert_eq!(on(&mut watcher, "t/out/left").await, "bob left family");
+    assert_eq!(watcher.text_on("t/out/left").await, "bob left family");
 
     // Each relation rule fired once.
     for topic in [

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::common::im::{Msg, Peer, World, make_friends, persons};
+use crate::common::im::{World, make_friends, persons};
 use crate::common::rules::{counters_until, traces_until};
 
 const RULES: &str = r#"
@@ -66,17 +66,6 @@ fn accepted(code: u8) {
     assert!(code < 0x80, "PUBACK 0x{code:02x}");
 }
 
-fn text(m: &Msg) -> String {
-    String::from_utf8_lossy(&m.payload).into_owned()
-}
-
-async fn on(peer: &mut Peer, topic: &str) -> String {
-    let m = peer
-        .wait_msg(&format!("a message on {topic}"), |m| m.topic == topic)
-        .await;
-    text(&m)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_trigger_kind_fires_its_rule() {
     let world = world();
@@ -85,13 +74,13 @@ async fn each_trigger_kind_fires_its_rule() {
     watcher.sync().await;
     assert!(watcher.subscribe("t/out/#").await <= 1);
     // An interval.
-    assert_eq!(on(&mut watcher, "t/out/every").await, "tick");
+    assert_eq!(watcher.text_on("t/out/every").await, "tick");
 
     // A plain message: the rule fires; the one whose `if` is false does not.
     let mut alice = world.v5("alice").await;
     alice.sync().await;
     accepted(alice.publish("t/in", "hello").await);
-    assert_eq!(on(&mut watcher, "t/out/plain").await, "hello");
+    assert_eq!(watcher.text_on("t/out/plain").await, "hello");
     let never =
         tokio::task::spawn_blocking(move || counters_until(mqtt, "never", |c| c["matched"] == 1))
             .await
@@ -106,21 +95,21 @@ async fn each_trigger_kind_fires_its_rule() {
 
     // An IM message.
     accepted(alice.publish("person/bob/inbox", "hi bob").await);
-    assert_eq!(on(&mut watcher, "t/out/im").await, "hi bob");
+    assert_eq!(watcher.text_on("t/out/im").await, "hi bob");
 
     // Presence, then a relation change made at runtime.
     let mut carol = world.v5("carol").await;
     carol.sync().await;
-    assert_eq!(on(&mut watcher, "t/out/presence").await, "carol");
+    assert_eq!(watcher.text_on("t/out/presence").await, "carol");
     let mut bob = world.v5("bob").await;
     bob.sync().await;
     make_friends(&mut carol, &mut bob).await;
-    let pair = on(&mut watcher, "t/out/relation").await;
+    let pair = watcher.text_on("t/out/relation").await;
     assert!(pair == "carol+bob" || pair == "bob+carol", "{pair}");
 
     // An `after` timer.
     accepted(alice.publish("t/later", "soon").await);
-    assert_eq!(on(&mut watcher, "t/out/after").await, "soon");
+    assert_eq!(watcher.text_on("t/out/after").await, "soon");
 
     // Nothing came of the false `if`.
     let stray: Vec<_> = watcher

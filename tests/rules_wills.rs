@@ -14,6 +14,9 @@ rules:
     do: 'publish("t/out/thing", event.topic + " " + event.by + " " + event.text)'
   - id: anyone-is-gone
     when: { topic: "lwt/+" }
+    # queued: the test sends the next will as soon as it sees this rule's message, which can
+    # be before the run that sent it has ended (mode single would skip the next event then).
+    mode: queued
     as: bot
     do: 'publish("t/out/any", event.topic + " " + event.by_kind)'
 "#;

@@ -470,6 +470,14 @@ impl Peer {
         .json
     }
 
+    /// The payload, as text, of the next PUBLISH on `topic`.
+    pub async fn text_on(&mut self, topic: &str) -> String {
+        let m = self
+            .wait_msg(&format!("a message on {topic}"), |m| m.topic == topic)
+            .await;
+        String::from_utf8_lossy(&m.payload).into_owned()
+    }
+
     /// Every PUBLISH received so far (taken or not), in arrival order.
     pub fn received(&mut self) -> Vec<Msg> {
         self.pull();
