@@ -82,7 +82,11 @@ pub(crate) fn engine(core: &Arc<Core>) -> Engine {
         .set_max_string_size(config.max_size)
         .set_max_array_size(config.max_size)
         .set_max_map_size(config.max_size);
-    engine.on_progress(|_| {
+    engine.on_progress(|ops| {
+        // The clock and the restart flag are looked at every 64 operations, not at each.
+        if ops % 64 != 0 {
+            return None;
+        }
         RUN.with(|r| {
             let mut r = r.borrow_mut();
             let ctx = r.as_mut()?;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use rhai::{Dynamic, Engine, EvalAltResult, Scope};
+use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, Scope};
 use serde_json::{Value, json};
 
 use crate::api::{self, RunCtx};
@@ -136,8 +136,38 @@ pub struct EngineCounters {
 
 /// A chain id and a rule id.
 type ChainRule = (Arc<str>, String);
-/// How many times, and when last (ms).
-type Repeats = (u32, u64);
+
+/// How many times each rule ran in each chain, remembered in two generations: the current one
+/// takes every new pair and becomes the old one when it is [`Repeats::SPAN_MS`] old or holds
+/// [`Repeats::MAX`] pairs; a pair found in the old one moves to the current one, and the old
+/// one is dropped at the next turn. So a pair is remembered for at least the span or the
+/// newest `MAX` pairs, whichever is less, at a cost per run that does not grow with the pairs
+/// kept (every plain message starts a chain of its own).
+#[derive(Debug, Default)]
+struct Repeats {
+    current: HashMap<ChainRule, u32>,
+    old: HashMap<ChainRule, u32>,
+    /// When `current` started (ms).
+    since: u64,
+}
+
+impl Repeats {
+    const SPAN_MS: u64 = 300_000;
+    const MAX: usize = 50_000;
+
+    /// Count one more run of `rule` in `chain` at `now`; returns the runs so far.
+    fn count(&mut self, chain: &Arc<str>, rule: &str, now: u64) -> u32 {
+        if self.current.len() >= Self::MAX || now.saturating_sub(self.since) >= Self::SPAN_MS {
+            self.old = std::mem::take(&mut self.current);
+            self.since = now;
+        }
+        let key = (chain.clone(), rule.to_owned());
+        let before = self.old.remove(&key).unwrap_or(0);
+        let runs = self.current.entry(key).or_insert(before);
+        *runs += 1;
+        *runs
+    }
+}
 
 /// What the sink, the workers, the timers and the API share.
 pub struct Core {
@@ -152,7 +182,7 @@ pub struct Core {
     /// The last state each thing reported, for `changed` and `from`.
     things: Mutex<HashMap<String, Value>>,
     /// Runs per (chain, rule), for `max_repeats`.
-    repeats: Mutex<HashMap<ChainRule, Repeats>>,
+    repeats: Mutex<Repeats>,
     ids: AtomicU64,
     /// Jobs enqueued so far: each job's `arrival`.
     arrivals: AtomicU64,
@@ -302,18 +332,18 @@ impl Core {
         if !job.debounced {
             job.arrival = self.arrivals.fetch_add(1, Ordering::Relaxed) + 1;
         }
-        let hits = job.hits.clone();
-        let set = job.set.clone();
         self.busy.fetch_add(1, Ordering::AcqRel);
         match self.tx.try_send(Work::Run(job)) {
             Ok(()) => {}
             Err(TrySendError::Full(work)) => {
                 self.busy.fetch_sub(1, Ordering::AcqRel);
-                if let Work::Run(Job {
-                    timer: Some((name, id)),
-                    ..
-                }) = &work
-                {
+                let Work::Run(Job {
+                    set, hits, timer, ..
+                }) = work
+                else {
+                    return;
+                };
+                if let Some((name, id)) = &timer {
                     self.timers.fired(name, *id);
                 }
                 for hit in hits {
@@ -436,17 +466,8 @@ impl Core {
 
     /// Count a run of `rule` for `chain`; false if it has run `max_repeats` times already.
     fn repeat_ok(&self, chain: &Chain, rule: &str) -> bool {
-        let now = now_ms();
         let mut repeats = self.repeats.lock().unwrap_or_else(|p| p.into_inner());
-        if repeats.len() > 10_000 {
-            repeats.retain(|_, (_, at)| now.saturating_sub(*at) < 300_000);
-        }
-        let entry = repeats
-            .entry((chain.id.clone(), rule.to_owned()))
-            .or_insert((0, now));
-        entry.0 += 1;
-        entry.1 = now;
-        entry.0 <= self.config.max_repeats
+        repeats.count(&chain.id, rule, now_ms()) <= self.config.max_repeats
     }
 
     fn chain_stopped(&self, rule: &str, event: &Event, reason: &str) {
@@ -470,8 +491,15 @@ pub(crate) fn worker(core: Arc<Core>, rx: Arc<Mutex<Receiver<Work>>>) {
         };
         match work {
             Ok(Work::Run(job)) => {
-                for hit in &job.hits {
-                    run(&core, &engine, &job, *hit);
+                // Built once for the job's rules; each run gets its own (the last this one).
+                let mut event = Some(event_map(&job.event, job.previous.as_ref(), &job.data));
+                for (i, hit) in job.hits.iter().enumerate() {
+                    let value = if i + 1 == job.hits.len() {
+                        event.take().unwrap_or_default()
+                    } else {
+                        event.clone().unwrap_or_default()
+                    };
+                    run(&core, &engine, &job, *hit, value);
                 }
                 if let Some((name, id)) = &job.timer {
                     core.timers.fired(name, *id);
@@ -483,74 +511,144 @@ pub(crate) fn worker(core: Arc<Core>, rx: Arc<Mutex<Receiver<Work>>>) {
     }
 }
 
-/// The event as a script sees it (`event`, also `msg`).
-fn event_map(event: &Event, previous: Option<&Value>, data: &Value) -> Value {
-    let mut map = json!({
-        "by": event.actor.name(),
-        "by_kind": format!("{:?}", event.actor.kind).to_lowercase(),
-        "at": event.at,
-        "chain": { "id": &*event.chain.id, "hop": event.chain.hop },
-    });
-    let body = |bytes: &[u8]| {
-        serde_json::from_slice::<Value>(bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+/// The event as a script sees it (`event`, also `msg`): a Rhai map built directly (no JSON
+/// document in between: this runs for every rule run). A JSON payload or body becomes a map,
+/// anything else its text.
+fn event_map(event: &Event, previous: Option<&Value>, data: &Value) -> Dynamic {
+    fn int(v: u64) -> Dynamic {
+        Dynamic::from_int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+    fn text(s: &str) -> Dynamic {
+        Dynamic::from(ImmutableString::from(s))
+    }
+    fn json(v: &Value) -> Dynamic {
+        api::to_dynamic(v)
+    }
+    fn opt_json(v: Option<&Value>) -> Dynamic {
+        v.map_or(Dynamic::UNIT, json)
+    }
+    /// A JSON body as a map (or other JSON value), else its text.
+    fn body(bytes: &[u8]) -> (Dynamic, Option<Dynamic>) {
+        let shown = String::from_utf8_lossy(bytes);
+        let as_text = text(&shown);
+        let looks_json = bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| {
+                matches!(
+                    b,
+                    b'{' | b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9'
+                )
+            });
+        let parsed = looks_json
+            .then(|| serde_json::from_slice::<Dynamic>(bytes).ok())
+            .flatten();
+        (parsed.unwrap_or_else(|| as_text.clone()), Some(as_text))
+    }
+    let mut map = Map::new();
+    let mut put = |key: &str, value: Dynamic| {
+        map.insert(key.into(), value);
     };
-    let more = match &event.data {
-        EventData::Publish(p) => json!({
-            "kind": "publish", "topic": p.topic, "payload": body(&p.payload),
-            "text": String::from_utf8_lossy(&p.payload), "qos": p.qos, "retain": p.retain,
+    put("by", text(event.actor.name()));
+    put(
+        "by_kind",
+        text(match event.actor.kind {
+            ActorKind::Person => "person",
+            ActorKind::Thing => "thing",
+            ActorKind::Anonymous => "anonymous",
+            ActorKind::Rule => "rule",
         }),
-        EventData::ImMessage(m) => json!({
-            "kind": "im", "conv": m.conv, "seq": m.seq, "from": m.from, "to": m.to,
-            "body": body(&m.body),
-        }),
+    );
+    put("at", int(event.at));
+    let mut chain = Map::new();
+    chain.insert("id".into(), text(&event.chain.id));
+    chain.insert("hop".into(), int(u64::from(event.chain.hop)));
+    put("chain", Dynamic::from_map(chain));
+    match &event.data {
+        EventData::Publish(p) => {
+            put("kind", text("publish"));
+            put("topic", text(&p.topic));
+            let (payload, shown) = body(&p.payload);
+            put("payload", payload);
+            put("text", shown.unwrap_or(Dynamic::UNIT));
+            put("qos", int(u64::from(p.qos)));
+            put("retain", Dynamic::from_bool(p.retain));
+        }
+        EventData::ImMessage(m) => {
+            put("kind", text("im"));
+            put("conv", text(&m.conv));
+            put("seq", int(m.seq));
+            put("from", text(&m.from));
+            put("to", text(&m.to));
+            put("body", body(&m.body).0);
+        }
         EventData::Presence {
             account,
             status,
-            text,
-        } => json!({
-            "kind": "presence", "account": account, "status": status.as_str(), "text": text,
-        }),
-        EventData::Relation(change) => {
-            let relation = crate::index::relation_kind(change).as_str();
-            match change {
-                RelationChange::FriendAdded { a, b } | RelationChange::FriendRemoved { a, b } => {
-                    json!({ "kind": "relation", "relation": relation, "a": a, "b": b })
-                }
-                RelationChange::MemberJoined { group, member }
-                | RelationChange::MemberLeft { group, member } => json!({
-                    "kind": "relation", "relation": relation, "group": group, "member": member,
-                }),
-                RelationChange::Bound { thing, person }
-                | RelationChange::Unbound { thing, person } => json!({
-                    "kind": "relation", "relation": relation, "thing": thing, "person": person,
-                }),
-                RelationChange::Linked { a, b } | RelationChange::Unlinked { a, b } => {
-                    json!({ "kind": "relation", "relation": relation, "a": a, "b": b })
-                }
-            }
+            text: said,
+        } => {
+            put("kind", text("presence"));
+            put("account", text(account));
+            put("status", text(status.as_str()));
+            put("text", said.as_deref().map_or(Dynamic::UNIT, text));
         }
-        EventData::ThingState { thing, state } => json!({
-            "kind": "state", "thing": thing, "state": state, "previous": previous,
-        }),
-        EventData::ThingCommand { thing, id, command } => json!({
-            "kind": "command", "thing": thing, "id": id, "command": command,
-        }),
-        EventData::ThingAck { thing, id, result } => json!({
-            "kind": "ack", "thing": thing, "id": id, "result": result,
-        }),
-        EventData::ThingTimeout { thing, id } => json!({
-            "kind": "timeout", "thing": thing, "id": id,
-        }),
-        EventData::Tick { timer } => json!({ "kind": "timer", "timer": timer, "data": data }),
-        EventData::ThingEvent { thing, id, body } => json!({
-            "kind": "event", "thing": thing, "id": id, "body": body,
-        }),
-    };
-    if let (Some(map), Value::Object(more)) = (map.as_object_mut(), more) {
-        map.extend(more);
+        EventData::Relation(change) => {
+            put("kind", text("relation"));
+            put(
+                "relation",
+                text(crate::index::relation_kind(change).as_str()),
+            );
+            let (k1, v1, k2, v2) = match change {
+                RelationChange::FriendAdded { a, b }
+                | RelationChange::FriendRemoved { a, b }
+                | RelationChange::Linked { a, b }
+                | RelationChange::Unlinked { a, b } => ("a", a, "b", b),
+                RelationChange::MemberJoined { group, member }
+                | RelationChange::MemberLeft { group, member } => {
+                    ("group", group, "member", member)
+                }
+                RelationChange::Bound { thing, person }
+                | RelationChange::Unbound { thing, person } => ("thing", thing, "person", person),
+            };
+            put(k1, text(v1));
+            put(k2, text(v2));
+        }
+        EventData::ThingState { thing, state } => {
+            put("kind", text("state"));
+            put("thing", text(thing));
+            put("state", json(state));
+            put("previous", opt_json(previous));
+        }
+        EventData::ThingCommand { thing, id, command } => {
+            put("kind", text("command"));
+            put("thing", text(thing));
+            put("id", text(id));
+            put("command", json(command));
+        }
+        EventData::ThingAck { thing, id, result } => {
+            put("kind", text("ack"));
+            put("thing", text(thing));
+            put("id", text(id));
+            put("result", json(result));
+        }
+        EventData::ThingTimeout { thing, id } => {
+            put("kind", text("timeout"));
+            put("thing", text(thing));
+            put("id", text(id));
+        }
+        EventData::Tick { timer } => {
+            put("kind", text("timer"));
+            put("timer", text(timer));
+            put("data", json(data));
+        }
+        EventData::ThingEvent { thing, id, body } => {
+            put("kind", text("event"));
+            put("thing", text(thing));
+            put("id", text(id));
+            put("body", json(body));
+        }
     }
-    map
+    Dynamic::from_map(map)
 }
 
 fn describe(event: &Event) -> String {
@@ -571,7 +669,7 @@ fn describe(event: &Event) -> String {
 }
 
 /// Run one rule for one job.
-fn run(core: &Core, engine: &Engine, job: &Job, hit: Hit) {
+fn run(core: &Core, engine: &Engine, job: &Job, hit: Hit, value: Dynamic) {
     let loaded = &job.set.rules[hit.rule];
     let (rule, state) = (&loaded.rule, &loaded.state);
     let event = &job.event;
@@ -682,9 +780,10 @@ fn run(core: &Core, engine: &Engine, job: &Job, hit: Hit) {
         stopped: None,
     });
     let mut scope = Scope::new();
-    let value = api::to_dynamic(&event_map(event, job.previous.as_ref(), &job.data));
-    scope.push_dynamic("event", value.clone());
-    scope.push_dynamic("msg", value);
+    if rule.uses_msg {
+        scope.push_dynamic("msg", value.clone());
+    }
+    scope.push_dynamic("event", value);
     let result = evaluate(engine, &mut scope, rule, &mut trace);
     let ctx = api::end();
     state.running.fetch_sub(1, Ordering::AcqRel);
@@ -728,4 +827,30 @@ fn evaluate(
         }
     }
     engine.run_ast_with_scope(scope, &rule.action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_are_counted_per_chain_and_rule_across_generations() {
+        let mut r = Repeats::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        assert_eq!(r.count(&a, "x", 1), 1);
+        assert_eq!(r.count(&a, "x", 2), 2);
+        assert_eq!(r.count(&a, "y", 2), 1);
+        assert_eq!(r.count(&b, "x", 2), 1);
+        // A turn keeps what the last generation counted...
+        let later = 2 + Repeats::SPAN_MS;
+        assert_eq!(r.count(&b, "y", later), 1);
+        assert_eq!(r.count(&a, "x", later), 3);
+        // ...for one more generation only.
+        assert_eq!(r.count(&a, "y", later + Repeats::SPAN_MS), 1);
+        assert_eq!(r.count(&a, "x", later + Repeats::SPAN_MS), 4);
+        for i in 0..Repeats::MAX {
+            r.count(&Arc::from(i.to_string()), "z", later + Repeats::SPAN_MS);
+        }
+        assert!(r.current.len() + r.old.len() <= 2 * Repeats::MAX + 1);
+    }
 }

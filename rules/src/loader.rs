@@ -325,6 +325,8 @@ fn build_rule(
     if let Some(cond) = &condition {
         calls.extend(calls_in(cond));
     }
+    let uses_msg = reads_variable(&action, "msg")
+        || condition.as_ref().is_some_and(|c| reads_variable(c, "msg"));
     Ok(Rule {
         id: RuleId(def.id.value),
         file: source.file.to_owned(),
@@ -341,7 +343,22 @@ fn build_rule(
         },
         description: def.description,
         calls,
+        uses_msg,
     })
+}
+
+/// Whether `ast` reads the variable `name` anywhere.
+fn reads_variable(ast: &AST, name: &str) -> bool {
+    let mut found = false;
+    ast.walk(&mut |path: &[rhai::ASTNode]| {
+        if let Some(rhai::ASTNode::Expr(rhai::Expr::Variable(var, ..))) = path.last()
+            && var.1.as_str() == name
+        {
+            found = true;
+        }
+        !found
+    });
+    found
 }
 
 fn compile_script(

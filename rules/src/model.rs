@@ -250,6 +250,8 @@ pub struct Rule {
     /// The API calls its scripts make with a literal first argument (`command("lamp", ..)`):
     /// what `check` reads for references and for loops.
     pub calls: Vec<Call>,
+    /// Its scripts read `msg` (the other name of `event`): only then is it set for a run.
+    pub uses_msg: bool,
 }
 
 /// A call found in a script: `command("lamp", ..)` is `{ name: command, target: Some(lamp) }`.

@@ -1095,3 +1095,34 @@ rules:
         .unwrap();
     assert_eq!(kept.len(), 1, "{kept:?}");
 }
+
+/// `msg` is the other name of `event` (set for the rules that read it); a payload that is not
+/// JSON is its text in both `payload` and `text`.
+#[test]
+fn msg_is_the_event_and_a_text_payload_is_its_text() {
+    let setup = start(&[(
+        "a.yaml",
+        r#"
+rules:
+  - id: echo
+    when: { topic: "in/#" }
+    do: 'publish("out/" + msg.topic, msg.payload + "|" + event.text + "|" + msg.by_kind + "|" + event.chain.hop)'
+"#,
+    )]);
+    setup.rules.on_event(&publish(
+        "alice",
+        ActorKind::Person,
+        "in/a",
+        "hello there",
+        "c1",
+    ));
+    let done = setup.recorder.wait_for("the echo", |d| !d.is_empty());
+    let Done::Published(p) = &done[0] else {
+        panic!("{done:?}")
+    };
+    assert_eq!(p.topic, "out/in/a");
+    assert_eq!(
+        p.payload,
+        Bytes::from_static(b"hello there|hello there|person|0")
+    );
+}
