@@ -59,11 +59,19 @@ async fn check_rules_status(cfg: &RunConfig, sc: &Scenario, m: &mut Measured) {
             return;
         }
     };
-    // The status is published when it changes (every `publish_interval_ms`): the last of a
-    // quiet second is final.
+    // The status is published when it changes (every `publish_interval_ms`): the first that
+    // counts every event published, else the last of a quiet second.
+    let all = match sc.plan {
+        ConnectionPlan::RulesPairs { rules, .. } if rules > 0 => Some(m.published),
+        _ => None,
+    };
     let mut last: Option<Value> = None;
     while let Ok(Ok(status)) = timeout(Duration::from_secs(1), watch.next(deadline)).await {
+        let done = all.is_some_and(|n| status["events"].as_u64().is_some_and(|e| e >= n));
         last = Some(status);
+        if done {
+            break;
+        }
     }
     let Some(status) = last else {
         m.errors.push("rules status: none received".into());
