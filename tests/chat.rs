@@ -60,13 +60,19 @@ impl Proc {
 
     /// `mqtter chat` as `user` (password `<user>-pw`), its cache in `cache`.
     fn chat(port: u16, user: &str, cache: &Path) -> Proc {
+        Proc::chat_on(port, user, "chat", cache)
+    }
+
+    /// As `chat`, as the device `device`.
+    fn chat_on(port: u16, user: &str, device: &str, cache: &Path) -> Proc {
         let broker = format!("mqtt://127.0.0.1:{port}");
         let password = format!("{user}-pw");
         let cache = cache.join(user).display().to_string();
         Proc::start(
-            user,
+            &format!("{user}:{device}"),
             &[
                 "chat", "--broker", &broker, "-u", user, "-P", &password, "--cache", &cache,
+                "--device", device,
             ],
             &[],
         )
@@ -231,6 +237,17 @@ fn a_group_message_reaches_a_members_chat() {
     bob.expect("* history with group family (2 messages)");
     bob.expect("<alice> dinner at 7?");
     bob.expect("<bob> yes!");
+
+    // What alice says from her phone shows on her other device, with where it went.
+    let mut phone = Proc::chat_on(world.port(), "alice", "phone", cache.path());
+    phone.expect("* ready as alice");
+    phone.send("/group family from my phone");
+    phone.expect("-> group family: from my phone");
+    assert_eq!(
+        alice.expect("from my phone"),
+        "[family] <alice> from my phone"
+    );
+    assert!(phone.finish().0.success());
     assert!(alice.finish().0.success());
     assert!(bob.finish().0.success());
 }

@@ -48,8 +48,9 @@ impl Printer {
                 let note = (m.seq == 0).then_some("direct");
                 let text = body_text(&m.body);
                 if m.from == state.me {
-                    // From another device of this account.
-                    let place = state.label(&m.conv);
+                    // From another device of this account: `[bob] <alice> hi`,
+                    // `[family] <alice> hi`.
+                    let place = group.clone().unwrap_or_else(|| state.label(&m.conv));
                     drop(state);
                     out.message(Some(&place), &m.from, &text, note);
                 } else {
