@@ -308,3 +308,25 @@ fn record_then_replay_against_the_same_and_a_changed_rules_folder() {
         "{text}"
     );
 }
+
+#[test]
+fn a_refused_publish_fails_its_step_with_the_reason_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("refused.sim.yaml");
+    let rules = root().join("examples/smart-home");
+    std::fs::write(
+        &file,
+        format!(
+            "rules: {:?}\nactors:\n  - person: bob\nsteps:\n  \
+             - command: {{ as: bob, thing: door, body: {{ open: true }} }}\n",
+            path(&rules)
+        ),
+    )
+    .unwrap();
+    let (ok, text) = sim(&[path(&file)]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("the broker refused the PUBLISH on thing/door/cmd: reason code 0x87"),
+        "{text}"
+    );
+}

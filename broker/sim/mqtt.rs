@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, Packet, PublishProperties, SubscribeReasonCode,
+    ConnectReturnCode, Packet, PubAckReason, PublishProperties, SubscribeReasonCode,
 };
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{Mutex, Notify, oneshot};
@@ -109,7 +109,8 @@ impl Conn {
                         });
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        seen.last_code.store(ack.reason as u64, Ordering::Release);
+                        seen.last_code
+                            .store(reason_code(&ack.reason), Ordering::Release);
                         seen.pubacks.fetch_add(1, Ordering::AcqRel);
                         seen.changed.notify_waiters();
                     }
@@ -228,6 +229,21 @@ impl Conn {
         } else {
             task.abort();
         }
+    }
+}
+
+/// A PUBACK's reason code as on the wire (rumqttc's enum counts from 0 in its own order).
+fn reason_code(reason: &PubAckReason) -> u64 {
+    match reason {
+        PubAckReason::Success => 0x00,
+        PubAckReason::NoMatchingSubscribers => 0x10,
+        PubAckReason::UnspecifiedError => 0x80,
+        PubAckReason::ImplementationSpecificError => 0x83,
+        PubAckReason::NotAuthorized => 0x87,
+        PubAckReason::TopicNameInvalid => 0x90,
+        PubAckReason::PacketIdentifierInUse => 0x91,
+        PubAckReason::QuotaExceeded => 0x97,
+        PubAckReason::PayloadFormatInvalid => 0x99,
     }
 }
 

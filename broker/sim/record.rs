@@ -130,6 +130,12 @@ async fn record(args: &RecordArgs) -> anyhow::Result<Recording> {
         }
         match filter.strip_prefix("thing/") {
             Some(rest) if rest.contains(['+', '#']) => {
+                if args.username.is_none() {
+                    bail!(
+                        "--topics {filter}: the things an account may see are asked as that \
+                         account: give a person's with -u USER -P PASSWORD"
+                    );
+                }
                 if things.is_none() {
                     things = Some(list_things(&conn, &answers).await?);
                 }

@@ -421,7 +421,11 @@ pub fn scenario(recording: &Recording, rules: Option<&str>) -> String {
             persons.insert(commander);
         }
     }
-    out.push_str("actors:\n");
+    out.push_str(if persons.is_empty() && things.is_empty() {
+        "actors: []\n"
+    } else {
+        "actors:\n"
+    });
     for person in &persons {
         out.push_str(&format!("  - {}\n", json!({ "person": person })));
     }
@@ -477,6 +481,20 @@ mod tests {
             user_properties: Vec::new(),
             retained: false,
         }
+    }
+
+    #[test]
+    fn an_empty_recording_is_a_scenario_that_parses() {
+        let recording = Recording {
+            started: 1_000,
+            ended: 2_000,
+            account: None,
+            seen: Vec::new(),
+            traces: Vec::new(),
+        };
+        let text = scenario(&recording, None);
+        let parsed = crate::sim::scenario::Scenario::parse(std::path::Path::new("x"), &text);
+        assert!(parsed.is_ok(), "{text}");
     }
 
     #[test]
