@@ -64,7 +64,9 @@ impl Printer {
                     return;
                 }
                 let now = (p.presence.clone(), p.text.clone());
-                if state.presence.get(&p.id) == Some(&now) {
+                // Before the overview, which lists it, a presence is not news.
+                if state.presence.get(&p.id) == Some(&now) || !state.synced {
+                    state.presence.insert(p.id.clone(), now);
                     return;
                 }
                 state.presence.insert(p.id.clone(), now);
@@ -119,7 +121,8 @@ impl Printer {
                 let key = format!("thing:{}", p.id);
                 let now = (p.presence.clone(), None);
                 let mut state = self.state();
-                if state.presence.get(&key) == Some(&now) {
+                if state.presence.get(&key) == Some(&now) || !state.synced {
+                    state.presence.insert(key, now);
                     return;
                 }
                 state.presence.insert(key, now);

@@ -90,11 +90,10 @@ impl Runner {
         match line {
             Line::Nothing | Line::Quit => {}
             Line::Help => HELP.iter().for_each(|h| out.item(h)),
-            Line::Add(peer) => match client.friend_request(&peer).await {
-                Ok(FriendState::Friends) => out.notice(&format!("{peer} is now your friend")),
-                Ok(FriendState::Pending) => out.notice(&format!("friend request sent to {peer}")),
-                Err(err) => out.error(&format!("cannot add {peer}: {}", explain(&err))),
-            },
+            Line::Add(peer) => {
+                let was_friend = self.known(&Conv::Person(peer.clone())).is_ok();
+                self.add(&peer, was_friend).await
+            }
             Line::Accept(peer) => match client.friend_accept(&peer).await {
                 Ok(()) => out.notice(&format!("accepted {peer}'s friend request")),
                 Err(err) => out.error(&format!("cannot accept {peer}: {}", explain(&err))),
@@ -148,6 +147,21 @@ impl Runner {
             }
             Line::History(conv) => self.history(&conv).await,
             Line::Read(conv) => self.read(&conv).await,
+        }
+    }
+
+    async fn add(&self, peer: &str, was_friend: bool) {
+        match self.client.friend_request(peer).await {
+            Ok(FriendState::Friends) if was_friend => {
+                self.out.notice(&format!("{peer} is already your friend"))
+            }
+            // Friends at once (they had asked, or accept everyone): the `friend.added` notice
+            // says so.
+            Ok(FriendState::Friends) => {}
+            Ok(FriendState::Pending) => self.out.notice(&format!("friend request sent to {peer}")),
+            Err(err) => self
+                .out
+                .error(&format!("cannot add {peer}: {}", explain(&err))),
         }
     }
 

@@ -102,6 +102,9 @@ impl Client {
             Some(dir) => Cache::open(dir, &opts.account, &opts.device)?,
             None => Cache::in_memory()?,
         };
+        // Before the core starts: the sync's first message already asks the pending table
+        // whether it was had over a direct channel.
+        crate::p2p::pending::init(&cache)?;
         let mut mqtt = MqttOptions::new(opts.client_id(), opts.host.clone(), opts.port);
         mqtt.set_credentials(opts.account.clone(), opts.password.clone());
         mqtt.set_keep_alive(opts.keep_alive.max(std::time::Duration::from_secs(5)));
