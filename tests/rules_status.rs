@@ -51,7 +51,7 @@ fn warnings(status: &serde_json::Value) -> Vec<String> {
 
 /// A rule without `as:` acts as `[rules] account` (`rules`): when no such account exists, what
 /// it does is refused, so the load says so, with the rule's file and line, and the warning goes
-/// once a file declares the account.
+/// once a file declares the account (without a secret: it cannot log in) and the rule works.
 #[test]
 fn a_rule_acting_as_no_account_is_warned_of_until_the_account_exists() {
     let world = World::start(&[("echo.yaml", ECHO)], "allow_anonymous = true\n");
@@ -64,14 +64,23 @@ fn a_rule_acting_as_no_account_is_warned_of_until_the_account_exists() {
         found[0].starts_with("echo.yaml:3: rule `echo` acts as `rules`, which is no account"),
         "{found:?}"
     );
+    // Declared without a secret: an account that cannot log in, for the rule to act as.
     std::fs::write(
         world.rules.path().join("rules-account.yaml"),
-        account("rules"),
+        "persons:\n  - { id: rules }\n",
     )
     .expect("write the account's file");
     status.status_until("the warning gone", |s| {
         warnings(s).is_empty() && s["ok"] == true
     });
+    let mut watcher = Client::session(mqtt, &Connect::v3("watcher"));
+    assert_eq!(watcher.subscribe(&[("e/out", 0)]), [0]);
+    let mut client = Client::session(mqtt, &Connect::v3("client"));
+    assert_eq!(echo(&mut client, &mut watcher, "now"), "v1:now");
+    for password in ["", "rules", "rules-pw"] {
+        let (_, connack) = Client::connect(mqtt, &Connect::v5("rules").login("rules", password));
+        assert_eq!(connack.code(), 0x86, "logged in as rules with {password:?}");
+    }
 }
 
 #[test]

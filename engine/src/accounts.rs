@@ -162,6 +162,24 @@ impl Accounts {
         self.put(&id, &record)
     }
 
+    /// An account that cannot log in (no secret: a rule's account, say), created at `now`, or
+    /// an existing one made so.
+    pub fn define_without_login(
+        &self,
+        id: &str,
+        kind: AccountKind,
+        now: u64,
+    ) -> Result<(), AuthError> {
+        let id = AccountId::parse(id)?;
+        let created_ms = self.get(id.as_str())?.map_or(now, |r| r.created_ms);
+        let record = AccountRecord {
+            kind,
+            password_hash: NO_LOGIN.to_owned(),
+            created_ms,
+        };
+        self.put(&id, &record)
+    }
+
     /// Create an account (at `now`) from a definitions file with a plain password, or reset the
     /// stored hash if the password no longer matches it.
     pub fn define_with_password(
@@ -208,6 +226,9 @@ impl Accounts {
         let Some(record) = self.get(id)? else {
             return Ok(None);
         };
+        if record.password_hash == NO_LOGIN {
+            return Ok(Some(false));
+        }
         let Ok(hash) = PasswordHash::new(&record.password_hash) else {
             return Err(AuthError::Corrupt(id.to_owned()));
         };
@@ -230,9 +251,26 @@ impl std::str::FromStr for AccountKind {
     }
 }
 
+/// The stored hash of an account that cannot log in: no password matches it.
+const NO_LOGIN: &str = "";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_without_a_login_exists_and_no_password_opens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::SledStore::open(dir.path()).unwrap());
+        let accounts = Accounts::new(store);
+        accounts
+            .define_without_login("bot", AccountKind::Person, 1)
+            .unwrap();
+        assert!(accounts.get("bot").unwrap().is_some());
+        for password in [&b""[..], b"x", b"bot"] {
+            assert_eq!(accounts.verify("bot", password).unwrap(), Some(false));
+        }
+    }
 
     #[test]
     fn account_ids_are_checked() {

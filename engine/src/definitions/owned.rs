@@ -231,7 +231,8 @@ pub fn apply_one(
             let result = match (&def.password_hash, &def.password) {
                 (Some(hash), _) => to.accounts.define(id, kind, hash, now),
                 (None, Some(password)) => to.accounts.define_with_password(id, kind, password, now),
-                (None, None) => return Err(format!("{id} needs a password or a password_hash")),
+                // No secret: an account that cannot log in (one a rule acts as).
+                (None, None) => to.accounts.define_without_login(id, kind, now),
             };
             result.map_err(|err| format!("{id}: {err}"))?;
             to.im.account_added(id, kind);
