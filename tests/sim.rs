@@ -330,3 +330,20 @@ fn a_refused_publish_fails_its_step_with_the_reason_code() {
         "{text}"
     );
 }
+
+#[test]
+fn accounts_no_definition_names_are_made_and_take_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("new-accounts.sim.yaml");
+    std::fs::write(
+        &file,
+        "actors:\n  - person: carol\n  - thing: lamp\n    state: { on: false }\nsteps:\n  \
+         - publish: { as: lamp, state: { on: true } }\n  \
+         - expect_state: { thing: lamp, state: { on: true } }\n  \
+         - disconnect: carol\n  - connect: carol\n",
+    )
+    .unwrap();
+    let (ok, text) = sim(&["--timeout", "1s", path(&file)]);
+    assert!(ok, "{text}");
+    assert!(text.contains("4 passed, 0 failed"), "{text}");
+}

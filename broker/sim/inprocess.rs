@@ -105,7 +105,12 @@ impl InProcess {
             .or(defined)
             .map_or_else(|| format!("sim-{id}"), str::to_owned);
         match existing {
-            None => accounts.add(id, kind, &password, crate::message::now_ms())?,
+            None => {
+                accounts.add(id, kind, &password, crate::message::now_ms())?;
+                // The relationship graph learns of it too, as of an account added while the
+                // daemon runs: a person's device is an IM member (its sync ends) only then.
+                self.broker.gate.im.account_added(id, kind);
+            }
             Some(_) if given.is_some() || defined.is_none() => {
                 accounts.set_password(id, &password)?;
             }
