@@ -56,6 +56,10 @@ pub(crate) struct Timers {
     alarm: Alarm,
     /// Where `after` timers are kept across restarts.
     store: Option<std::sync::Arc<dyn Store>>,
+    /// Held while a named timer's record changes in the store: a fired timer's "remove it
+    /// unless it was set again" must not interleave with a new `set` of the name (it removed
+    /// the new record, and the timer was lost at a crash).
+    records: Mutex<()>,
 }
 
 impl Timers {
@@ -73,6 +77,7 @@ impl Timers {
             wake: Condvar::new(),
             alarm: mqtter_engine::clock::clock().alarm(),
             store,
+            records: Mutex::new(()),
         }
     }
 
@@ -122,6 +127,7 @@ impl Timers {
     /// The rules an `after` timer fired have run (or none could): its record (setting `id`)
     /// leaves the store, unless the name was set again meanwhile.
     pub fn fired(&self, name: &str, id: u64) {
+        let _records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(store) = &self.store {
             let current = store
                 .get(Space::Timers, name.as_bytes())
@@ -187,7 +193,9 @@ impl Timers {
         });
         let mut batch = Batch::new();
         batch.put(Space::Timers, name.as_bytes(), stored.to_string());
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         self.write(batch)?;
+        drop(records);
         self.push(
             due,
             Item::After {
@@ -211,6 +219,7 @@ impl Timers {
             }
         };
         if found {
+            let _records = self.records.lock().unwrap_or_else(|p| p.into_inner());
             self.remove(name);
         }
         found
