@@ -60,8 +60,13 @@ pub async fn run(
         listeners.tcp,
         connection::serve,
     ));
-    if let Some(ws) = listeners.ws {
-        tasks.spawn(accept_loop(served, ws, serve_ws));
+    // `served` holds a clone of the guard: it goes to the last accept loop, or now, so that
+    // the stop below does not wait for it (it waited its whole 5 s without a WebSocket listener).
+    match listeners.ws {
+        Some(ws) => {
+            tasks.spawn(accept_loop(served, ws, serve_ws));
+        }
+        None => drop(served),
     }
     if let Some(metrics) = listeners.metrics {
         tasks.spawn(crate::prometheus::serve(
