@@ -308,6 +308,62 @@ async fn each_subscribe_sends_its_own_topic_once_to_its_own_device() {
     assert_eq!(phone.received_on("thing/door/status").len(), 1);
 }
 
+/// T itself may see its own state, events and presence (docs/PROTOCOL.md 10.1): a device of T
+/// that subscribes gets the current document at once, and what another device of T reports.
+#[tokio::test]
+async fn a_thing_sees_its_own_state_and_events() {
+    let world = World::with(
+        &yaml(&["alice"], &["door"], &["{ bind: door, to: alice }"]),
+        "",
+    );
+    let mut sensor = thing(&world, "door", true).await;
+    assert_eq!(
+        sensor.publish("thing/door/state", r#"{"open":true}"#).await,
+        0
+    );
+    let mut panel = Peer::connect(world.port(), "door:panel", true, 30)
+        .await
+        .thing();
+    assert!(panel.subscribe("thing/door/state").await <= 1);
+    let doc = panel
+        .wait_msg("its own document", |m| m.topic == "thing/door/state")
+        .await;
+    assert_eq!(doc.json["state"], json!({"open": true}), "{:?}", doc.json);
+    assert!(panel.subscribe("thing/door/status").await <= 1);
+    let status = panel
+        .wait_msg("its own presence", |m| m.topic == "thing/door/status")
+        .await;
+    assert_eq!(status.json["presence"], "online");
+    assert!(panel.subscribe("thing/door/event").await <= 1);
+    assert_eq!(
+        sensor
+            .publish("thing/door/state", r#"{"open":false}"#)
+            .await,
+        0
+    );
+    let doc = panel
+        .wait_msg("the next version", |m| {
+            m.topic == "thing/door/state" && m.json["version"] == 2
+        })
+        .await;
+    assert_eq!(doc.json["state"], json!({"open": false}));
+    assert_eq!(
+        sensor
+            .publish("thing/door/event", r#"{"kind":"knock"}"#)
+            .await,
+        0
+    );
+    let event = panel
+        .wait_msg("its own event", |m| m.topic == "thing/door/event")
+        .await;
+    assert_eq!(
+        event.json["body"],
+        json!({"kind": "knock"}),
+        "{:?}",
+        event.json
+    );
+}
+
 #[tokio::test]
 async fn unbind_goes_to_the_recycle_bin_and_restore_brings_it_back() {
     let world = World::with(

@@ -370,7 +370,14 @@ impl Member for ThingMember {
         let granted = qos.min(1);
         let levels: Vec<&str> = filter.split('/').collect();
         let thing = match levels.as_slice() {
-            ["thing", thing, _] if *thing == self.me() => return granted,
+            ["thing", thing, what] if *thing == self.me() => {
+                // Its own topics: its state and presence as they are now, as a follower's.
+                if matches!(*what, "state" | "status" | "event") {
+                    self.device.subs_mut().insert(filter.to_owned());
+                    self.world.send_current(&self.device, thing, filter);
+                }
+                return granted;
+            }
             ["thing", thing, "state" | "status" | "event"] => *thing,
             _ => return reason::NOT_AUTHORIZED,
         };

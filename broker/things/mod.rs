@@ -239,7 +239,9 @@ impl ThingsWorld {
     /// persons it is shared with and the things it is linked with.
     fn viewers(&self, thing: &str) -> Vec<String> {
         self.im.with_graph(|g| {
-            let mut out: Vec<String> = g.owner_of(thing).into_iter().collect();
+            // T itself first (docs/PROTOCOL.md 10.1: T may see its own state, events, presence).
+            let mut out: Vec<String> = vec![thing.to_owned()];
+            out.extend(g.owner_of(thing));
             out.extend(g.shares_of(thing).into_iter().map(|(p, _)| p));
             out.extend(g.links_of(thing));
             out
@@ -488,7 +490,8 @@ impl ThingsWorld {
                 },
             });
             // Bound persons have it in their feed already: live here to the linked things that
-            // subscribed.
+            // subscribed, and to T's own devices that did.
+            self.deliver_subscribed(thing, &msg);
             for peer in self.im.with_graph(|g| g.links_of(thing)) {
                 self.deliver_subscribed(&peer, &msg);
             }
