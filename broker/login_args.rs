@@ -28,6 +28,22 @@ pub struct Login {
     pub password: String,
 }
 
+impl Login {
+    /// The client library's options for this login as device `device`.
+    pub fn options(&self, device: &str) -> mqtter_client::Options {
+        mqtter_client::Options::new(&self.host, self.port, &self.user, &self.password, device)
+    }
+}
+
+/// The runtime of a terminal client (`mqtter chat`, `mqtter thing`): two workers.
+pub fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
 impl LoginArgs {
     /// The address, the account (`default_user` when `-u` is not given) and the password.
     pub fn resolve(&self, default_user: Option<&str>) -> anyhow::Result<Login> {

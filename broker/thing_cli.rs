@@ -6,8 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
-use mqtter_client::{Options, RealTime, Reflex, ReflexAction, ReflexReport, ThingClient};
+use mqtter_client::{RealTime, Reflex, ReflexAction, ReflexReport, ThingClient};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -29,20 +28,10 @@ pub struct ThingArgs {
 pub fn run(args: ThingArgs) -> anyhow::Result<()> {
     let reflex = Reflex::from_file(&args.file)?;
     let login = args.login.resolve(Some(reflex.thing()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let runtime = crate::login_args::client_runtime()?;
     runtime.block_on(async move {
         let stop = crate::signals::stop_signal();
-        let opts = Options::new(
-            &login.host,
-            login.port,
-            &login.user,
-            &login.password,
-            &args.device,
-        );
+        let opts = login.options(&args.device);
         let (thing, events) = ThingClient::connect(opts).await?;
         say(&format!(
             "connected as {} to {}:{} ({})",

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use mqtter_client::{Client, Options};
+use mqtter_client::Client;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::login_args::LoginArgs;
@@ -75,21 +75,10 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let cache = args.cache.unwrap_or_else(default_cache_dir);
     std::fs::create_dir_all(&cache)
         .with_context(|| format!("cannot make the cache folder {}", cache.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let runtime = crate::login_args::client_runtime()?;
     runtime.block_on(async move {
         let stop = crate::signals::stop_signal();
-        let opts = Options::new(
-            &login.host,
-            login.port,
-            &login.user,
-            &login.password,
-            &args.device,
-        )
-        .cache_dir(&cache);
+        let opts = login.options(&args.device).cache_dir(&cache);
         let (client, mut events) = Client::connect(opts)
             .await
             .with_context(|| format!("{}:{} as {}", login.host, login.port, login.user))?;

@@ -26,6 +26,7 @@ pub mod exec;
 pub mod index;
 pub mod loader;
 pub mod model;
+mod script_event;
 pub mod service;
 pub mod stats;
 mod timers;
