@@ -270,11 +270,19 @@ impl Broker {
                         .and_then(|h| h.parse().ok())
                         .unwrap_or(0),
                 },
-                None => Chain::start(format!(
-                    "mqtt:{}#{}",
-                    msg.publisher.as_deref().unwrap_or(""),
-                    self.next_token()
-                )),
+                // `mqtt:{publisher}#{token}`, built without the formatting machinery: this
+                // runs for every message while a rule is loaded.
+                None => {
+                    let publisher = msg.publisher.as_deref().unwrap_or("");
+                    let mut digits = itoa::Buffer::new();
+                    let token = digits.format(self.next_token());
+                    let mut id = String::with_capacity(6 + publisher.len() + token.len());
+                    id.push_str("mqtt:");
+                    id.push_str(publisher);
+                    id.push('#');
+                    id.push_str(token);
+                    Chain::start(id)
+                }
             };
             let payload = msg.payload.clone();
             Event {

@@ -32,9 +32,9 @@ pub fn ran(trace: &Trace) -> bool {
 pub fn chains(traces: Vec<(String, Trace)>, used: &HashSet<String>) -> Vec<Chain> {
     let mut by_id: BTreeMap<String, Vec<(String, Trace)>> = BTreeMap::new();
     for (rule, trace) in traces {
-        if !used.contains(&trace.chain) {
+        if !used.contains(&*trace.chain) {
             by_id
-                .entry(trace.chain.clone())
+                .entry(trace.chain.to_string())
                 .or_default()
                 .push((rule, trace));
         }

@@ -170,9 +170,9 @@ pub(super) fn trace(value: &Value) -> Option<Trace> {
     };
     Some(Trace {
         at: value.get("at").and_then(Value::as_u64).unwrap_or(0),
-        trigger: text("trigger"),
+        trigger: text("trigger").into(),
         event: text("event"),
-        chain: text("chain"),
+        chain: text("chain").into(),
         hop: value
             .get("hop")
             .and_then(Value::as_u64)
@@ -227,10 +227,7 @@ mod tests {
             "chain": "c#1", "hop": 2, "condition": true, "actions": ["publish x"], "micros": 9,
             "outcome": "failed", "reason": "boom"});
         let t = trace(&json).unwrap();
-        assert_eq!(
-            (t.hop, t.chain.as_str(), t.condition),
-            (2, "c#1", Some(true))
-        );
+        assert_eq!((t.hop, &*t.chain, t.condition), (2, "c#1", Some(true)));
         assert_eq!(t.outcome, Outcome::Failed("boom".into()));
         assert_eq!(t.actions, vec!["publish x".to_owned()]);
     }

@@ -215,8 +215,8 @@ impl Runner {
             // traces of earlier chains: none of it is this run's.
             runner.log.consume_all();
             for (_, trace) in runner.target.traces() {
-                runner.used_chains.insert(trace.chain.clone());
-                runner.before.insert(trace.chain);
+                runner.used_chains.insert(trace.chain.to_string());
+                runner.before.insert(trace.chain.to_string());
             }
         }
         Ok(runner)
@@ -680,7 +680,7 @@ impl Runner {
         self.quiet().await;
         let mut fired: BTreeMap<String, u64> = BTreeMap::new();
         for (rule, trace) in self.target.traces() {
-            if chain::ran(&trace) && !self.before.contains(&trace.chain) {
+            if chain::ran(&trace) && !self.before.contains(&*trace.chain) {
                 *fired.entry(rule).or_default() += 1;
             }
         }

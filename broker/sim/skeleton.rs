@@ -360,7 +360,7 @@ pub fn scenario(recording: &Recording, rules: Option<&str>) -> String {
     let mut fired: BTreeMap<String, u64> = BTreeMap::new();
     for (rule, trace) in &recording.traces {
         if super::chain::ran(trace) {
-            chains.entry(trace.chain.clone()).or_default().push((
+            chains.entry(trace.chain.to_string()).or_default().push((
                 trace.at,
                 trace.hop,
                 rule.clone(),

@@ -20,7 +20,7 @@ type Fallible<T> = Result<T, Box<EvalAltResult>>;
 
 /// What the running script's calls need to know: set by the worker around each run.
 pub(crate) struct RunCtx {
-    pub rule: String,
+    pub rule: Arc<str>,
     pub account: String,
     pub chain: Chain,
     pub actions: Vec<String>,
@@ -174,7 +174,7 @@ fn register_actions(engine: &mut Engine, core: &Arc<Core>) {
                 other => serde_json::Map::from_iter([("text".into(), other.to_string().into())]),
             };
             envelope.entry("type").or_insert("notice".into());
-            envelope.entry("rule").or_insert(rule.into());
+            envelope.entry("rule").or_insert((*rule).into());
             let result = c.actions.notify(person, Value::Object(envelope), &chain);
             let line = match &result {
                 Ok(()) => format!("notify {person}"),

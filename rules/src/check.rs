@@ -201,7 +201,7 @@ pub fn loop_warnings(rules: &[Rule]) -> Vec<Diagnostic> {
         }
         let mut members: Vec<usize> = scc.iter().map(|n| graph[*n]).collect();
         members.sort_unstable();
-        let names: Vec<String> = members.iter().map(|i| rules[*i].id.0.clone()).collect();
+        let names: Vec<String> = members.iter().map(|i| rules[*i].id.0.to_string()).collect();
         let first = &rules[members[0]];
         out.push(Diagnostic::warning(
             &first.file,

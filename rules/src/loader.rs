@@ -86,7 +86,7 @@ pub fn load_dir(dir: &Path, engine: &Engine, config: &LoadConfig) -> Loaded {
             let clashes = duplicate_ids(&rules, &file, &seen);
             if clashes.is_empty() {
                 for rule in &rules.rules {
-                    seen.insert(rule.id.0.clone(), file.clone());
+                    seen.insert(rule.id.0.to_string(), file.clone());
                 }
                 Some(rules)
             } else {
@@ -110,7 +110,7 @@ pub fn duplicate_ids(
         .rules
         .iter()
         .filter_map(|rule| {
-            let other = seen.get(&rule.id.0)?;
+            let other = seen.get(&*rule.id.0)?;
             (other != file).then(|| {
                 Diagnostic::error(
                     file,
@@ -183,7 +183,7 @@ pub fn load_text(
             &mut out.scripts,
         ) {
             Ok(rule) => {
-                if let Some(first) = ids.insert(rule.id.0.clone(), line) {
+                if let Some(first) = ids.insert(rule.id.0.to_string(), line) {
                     diagnostics.push(source.error(
                         line,
                         1,
@@ -327,10 +327,12 @@ fn build_rule(
     }
     let uses_msg = reads_variable(&action, "msg")
         || condition.as_ref().is_some_and(|c| reads_variable(c, "msg"));
+    let reads = crate::reads::event_reads(std::iter::once(&action).chain(&condition));
     Ok(Rule {
-        id: RuleId(def.id.value),
+        id: RuleId(def.id.value.into()),
         file: source.file.to_owned(),
         line,
+        trigger_names: triggers.iter().map(|t| t.describe().into()).collect(),
         triggers,
         condition,
         action,
@@ -344,6 +346,7 @@ fn build_rule(
         description: def.description,
         calls,
         uses_msg,
+        reads,
     })
 }
 

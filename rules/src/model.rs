@@ -9,7 +9,7 @@ use serde_saphyr::Spanned;
 
 /// A rule's id, unique in the folder.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RuleId(pub String);
+pub struct RuleId(pub std::sync::Arc<str>);
 
 impl std::fmt::Display for RuleId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -243,6 +243,8 @@ pub struct Rule {
     pub file: std::path::PathBuf,
     pub line: u64,
     pub triggers: Vec<Trigger>,
+    /// Each trigger as a trace shows it ([`Trigger::describe`]), made once at load.
+    pub trigger_names: Vec<std::sync::Arc<str>>,
     pub condition: Option<rhai::AST>,
     pub action: rhai::AST,
     pub options: Options,
@@ -252,6 +254,8 @@ pub struct Rule {
     pub calls: Vec<Call>,
     /// Its scripts read `msg` (the other name of `event`): only then is it set for a run.
     pub uses_msg: bool,
+    /// The event fields its scripts read: only those are built for a run.
+    pub reads: crate::reads::Reads,
 }
 
 /// A call found in a script: `command("lamp", ..)` is `{ name: command, target: Some(lamp) }`.

@@ -6,11 +6,18 @@ use serde_json::Value;
 
 use crate::api;
 use crate::events::{ActorKind, Event, EventData, RelationChange};
+use crate::reads::Reads;
 
 /// The event as a script sees it (`event`, also `msg`): a Rhai map built directly (no JSON
-/// document in between: this runs for every rule run). A JSON payload or body becomes a map,
-/// anything else its text.
-pub(crate) fn event_map(event: &Event, previous: Option<&Value>, data: &Value) -> Dynamic {
+/// document in between: this runs for every rule run), with the fields in `reads` only (a
+/// script that never reads the payload does not pay for parsing it). A JSON payload or body
+/// becomes a map, anything else its text.
+pub(crate) fn event_map(
+    event: &Event,
+    previous: Option<&Value>,
+    data: &Value,
+    reads: &Reads,
+) -> Dynamic {
     fn int(v: u64) -> Dynamic {
         Dynamic::from_int(i64::try_from(v).unwrap_or(i64::MAX))
     }
@@ -23,10 +30,12 @@ pub(crate) fn event_map(event: &Event, previous: Option<&Value>, data: &Value) -
     fn opt_json(v: Option<&Value>) -> Dynamic {
         v.map_or(Dynamic::UNIT, json)
     }
+    /// Bytes as text (invalid UTF-8 shown as U+FFFD).
+    fn shown(bytes: &[u8]) -> Dynamic {
+        text(&String::from_utf8_lossy(bytes))
+    }
     /// A JSON body as a map (or other JSON value), else its text.
-    fn body(bytes: &[u8]) -> (Dynamic, Option<Dynamic>) {
-        let shown = String::from_utf8_lossy(bytes);
-        let as_text = text(&shown);
+    fn body(bytes: &[u8]) -> Dynamic {
         let looks_json = bytes
             .iter()
             .find(|b| !b.is_ascii_whitespace())
@@ -36,64 +45,65 @@ pub(crate) fn event_map(event: &Event, previous: Option<&Value>, data: &Value) -
                     b'{' | b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9'
                 )
             });
-        let parsed = looks_json
+        looks_json
             .then(|| serde_json::from_slice::<Dynamic>(bytes).ok())
-            .flatten();
-        (parsed.unwrap_or_else(|| as_text.clone()), Some(as_text))
+            .flatten()
+            .unwrap_or_else(|| shown(bytes))
     }
     let mut map = Map::new();
-    let mut put = |key: &str, value: Dynamic| {
-        map.insert(key.into(), value);
+    let mut put = |key: &str, value: &dyn Fn() -> Dynamic| {
+        if reads.has(key) {
+            map.insert(key.into(), value());
+        }
     };
-    put("by", text(event.actor.name()));
-    put(
-        "by_kind",
+    put("by", &|| text(event.actor.name()));
+    put("by_kind", &|| {
         text(match event.actor.kind {
             ActorKind::Person => "person",
             ActorKind::Thing => "thing",
             ActorKind::Anonymous => "anonymous",
             ActorKind::Rule => "rule",
-        }),
-    );
-    put("at", int(event.at));
-    let mut chain = Map::new();
-    chain.insert("id".into(), text(&event.chain.id));
-    chain.insert("hop".into(), int(u64::from(event.chain.hop)));
-    put("chain", Dynamic::from_map(chain));
+        })
+    });
+    put("at", &|| int(event.at));
+    put("chain", &|| {
+        let mut chain = Map::new();
+        chain.insert("id".into(), text(&event.chain.id));
+        chain.insert("hop".into(), int(u64::from(event.chain.hop)));
+        Dynamic::from_map(chain)
+    });
     match &event.data {
         EventData::Publish(p) => {
-            put("kind", text("publish"));
-            put("topic", text(&p.topic));
-            let (payload, shown) = body(&p.payload);
-            put("payload", payload);
-            put("text", shown.unwrap_or(Dynamic::UNIT));
-            put("qos", int(u64::from(p.qos)));
-            put("retain", Dynamic::from_bool(p.retain));
+            put("kind", &|| text("publish"));
+            put("topic", &|| text(&p.topic));
+            put("payload", &|| body(&p.payload));
+            put("text", &|| shown(&p.payload));
+            put("qos", &|| int(u64::from(p.qos)));
+            put("retain", &|| Dynamic::from_bool(p.retain));
         }
         EventData::ImMessage(m) => {
-            put("kind", text("im"));
-            put("conv", text(&m.conv));
-            put("seq", int(m.seq));
-            put("from", text(&m.from));
-            put("to", text(&m.to));
-            put("body", body(&m.body).0);
+            put("kind", &|| text("im"));
+            put("conv", &|| text(&m.conv));
+            put("seq", &|| int(m.seq));
+            put("from", &|| text(&m.from));
+            put("to", &|| text(&m.to));
+            put("body", &|| body(&m.body));
         }
         EventData::Presence {
             account,
             status,
             text: said,
         } => {
-            put("kind", text("presence"));
-            put("account", text(account));
-            put("status", text(status.as_str()));
-            put("text", said.as_deref().map_or(Dynamic::UNIT, text));
+            put("kind", &|| text("presence"));
+            put("account", &|| text(account));
+            put("status", &|| text(status.as_str()));
+            put("text", &|| said.as_deref().map_or(Dynamic::UNIT, text));
         }
         EventData::Relation(change) => {
-            put("kind", text("relation"));
-            put(
-                "relation",
-                text(crate::index::relation_kind(change).as_str()),
-            );
+            put("kind", &|| text("relation"));
+            put("relation", &|| {
+                text(crate::index::relation_kind(change).as_str())
+            });
             let (k1, v1, k2, v2) = match change {
                 RelationChange::FriendAdded { a, b }
                 | RelationChange::FriendRemoved { a, b }
@@ -106,42 +116,42 @@ pub(crate) fn event_map(event: &Event, previous: Option<&Value>, data: &Value) -
                 RelationChange::Bound { thing, person }
                 | RelationChange::Unbound { thing, person } => ("thing", thing, "person", person),
             };
-            put(k1, text(v1));
-            put(k2, text(v2));
+            put(k1, &|| text(v1));
+            put(k2, &|| text(v2));
         }
         EventData::ThingState { thing, state } => {
-            put("kind", text("state"));
-            put("thing", text(thing));
-            put("state", json(state));
-            put("previous", opt_json(previous));
+            put("kind", &|| text("state"));
+            put("thing", &|| text(thing));
+            put("state", &|| json(state));
+            put("previous", &|| opt_json(previous));
         }
         EventData::ThingCommand { thing, id, command } => {
-            put("kind", text("command"));
-            put("thing", text(thing));
-            put("id", text(id));
-            put("command", json(command));
+            put("kind", &|| text("command"));
+            put("thing", &|| text(thing));
+            put("id", &|| text(id));
+            put("command", &|| json(command));
         }
         EventData::ThingAck { thing, id, result } => {
-            put("kind", text("ack"));
-            put("thing", text(thing));
-            put("id", text(id));
-            put("result", json(result));
+            put("kind", &|| text("ack"));
+            put("thing", &|| text(thing));
+            put("id", &|| text(id));
+            put("result", &|| json(result));
         }
         EventData::ThingTimeout { thing, id } => {
-            put("kind", text("timeout"));
-            put("thing", text(thing));
-            put("id", text(id));
+            put("kind", &|| text("timeout"));
+            put("thing", &|| text(thing));
+            put("id", &|| text(id));
         }
         EventData::Tick { timer } => {
-            put("kind", text("timer"));
-            put("timer", text(timer));
-            put("data", json(data));
+            put("kind", &|| text("timer"));
+            put("timer", &|| text(timer));
+            put("data", &|| json(data));
         }
         EventData::ThingEvent { thing, id, body } => {
-            put("kind", text("event"));
-            put("thing", text(thing));
-            put("id", text(id));
-            put("body", json(body));
+            put("kind", &|| text("event"));
+            put("thing", &|| text(thing));
+            put("id", &|| text(id));
+            put("body", &|| json(body));
         }
     }
     Dynamic::from_map(map)

@@ -289,7 +289,7 @@ impl Rules {
         let mut rules = Vec::new();
         for (name, state) in files.iter_mut() {
             let Some(good) = &state.good else { continue };
-            let clash = good.iter().find_map(|r| seen.get(&r.id.0).map(|f| (r, f)));
+            let clash = good.iter().find_map(|r| seen.get(&*r.id.0).map(|f| (r, f)));
             if let Some((rule, other)) = clash {
                 state.errors.push(Diagnostic::error(
                     name,
@@ -304,7 +304,7 @@ impl Rules {
                 continue;
             }
             for rule in good {
-                seen.insert(rule.id.0.clone(), name.clone());
+                seen.insert(rule.id.0.to_string(), name.clone());
                 rules.push(rule.clone());
             }
         }
@@ -453,7 +453,7 @@ impl Rules {
         set.rules
             .iter()
             .map(|l| RuleReport {
-                id: l.rule.id.0.clone(),
+                id: l.rule.id.0.to_string(),
                 file: l.rule.file.clone(),
                 line: l.rule.line,
                 enabled: l.rule.options.enabled,
@@ -468,7 +468,7 @@ impl Rules {
     /// The last traces of rule `id` (kept across reloads; `None` if it was never loaded).
     pub fn traces(&self, id: &str) -> Option<Vec<Trace>> {
         let set = self.core.set.load();
-        let loaded = set.rules.iter().find(|l| l.rule.id.0 == id)?;
+        let loaded = set.rules.iter().find(|l| &*l.rule.id.0 == id)?;
         Some(loaded.state.stats.traces())
     }
 

@@ -2,8 +2,8 @@
 //! last run, mean and p99 time) and the last runs' traces, kept across reloads by rule id.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -30,10 +30,10 @@ pub struct Trace {
     /// When the run started, ms since the epoch.
     pub at: u64,
     /// The trigger that matched.
-    pub trigger: String,
+    pub trigger: Arc<str>,
     /// The event, in short: its kind and subject.
     pub event: String,
-    pub chain: String,
+    pub chain: Arc<str>,
     pub hop: u32,
     /// The `if` result (absent without an `if`, or when it was never evaluated).
     #[serde(skip_serializing_if = "Option::is_none")]
