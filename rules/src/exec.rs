@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -23,6 +22,7 @@ use crate::events::{Actions, Actor, ActorKind, Chain, Event, EventData};
 use crate::index::{Hit, Index, matches};
 use crate::model::{Mode, Rule, Trigger};
 use crate::reads::Reads;
+use crate::repeats::Repeats;
 use crate::script_event::{describe, event_map};
 use crate::stats::{Outcome, RuleStats, Trace};
 use crate::timers::{Item, Timers};
@@ -136,45 +136,6 @@ pub struct EngineCounters {
     pub events: AtomicU64,
     pub queue_full: AtomicU64,
     pub chains_stopped: AtomicU64,
-}
-
-/// Runs so far per (chain id, rule id) pair, the pair kept as a seeded 64-bit hash: no copy of
-/// either id per run, and a map entry of 16 bytes. Two pairs share a hash with a probability
-/// of about 1 in 10^9 at 100,000 pairs kept (a client chooses chain ids, not the seed).
-type RepeatMap = HashMap<u64, u32, foldhash::fast::RandomState>;
-
-/// How many times each rule ran in each chain, remembered in two generations: the current one
-/// takes every new pair and becomes the old one when it is [`Repeats::SPAN_MS`] old or holds
-/// [`Repeats::MAX`] pairs; a pair found in the old one moves to the current one, and the old
-/// one is dropped at the next turn. So a pair is remembered for at least the span or the
-/// newest `MAX` pairs, whichever is less, at a cost per run that does not grow with the pairs
-/// kept (every plain message starts a chain of its own).
-#[derive(Debug, Default)]
-struct Repeats {
-    current: RepeatMap,
-    old: RepeatMap,
-    /// When `current` started (ms).
-    since: u64,
-    /// The seed of the pairs' hashes.
-    pairs: foldhash::fast::RandomState,
-}
-
-impl Repeats {
-    const SPAN_MS: u64 = 300_000;
-    const MAX: usize = 50_000;
-
-    /// Count one more run of `rule` in `chain` at `now`; returns the runs so far.
-    fn count(&mut self, chain: &str, rule: &str, now: u64) -> u32 {
-        if self.current.len() >= Self::MAX || now.saturating_sub(self.since) >= Self::SPAN_MS {
-            self.old = std::mem::take(&mut self.current);
-            self.since = now;
-        }
-        let key = self.pairs.hash_one((chain, rule));
-        let before = self.old.remove(&key).unwrap_or(0);
-        let runs = self.current.entry(key).or_insert(before);
-        *runs += 1;
-        *runs
-    }
 }
 
 /// What the sink, the workers, the timers and the API share.
@@ -686,31 +647,4 @@ fn evaluate(
         }
     }
     engine.run_ast_with_scope(scope, &rule.action)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repeats_are_counted_per_chain_and_rule_across_generations() {
-        let mut r = Repeats::default();
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        let (x, y, z) = ("x", "y", "z");
-        assert_eq!(r.count(&a, x, 1), 1);
-        assert_eq!(r.count(&a, x, 2), 2);
-        assert_eq!(r.count(&a, y, 2), 1);
-        assert_eq!(r.count(&b, x, 2), 1);
-        // A turn keeps what the last generation counted...
-        let later = 2 + Repeats::SPAN_MS;
-        assert_eq!(r.count(&b, y, later), 1);
-        assert_eq!(r.count(&a, x, later), 3);
-        // ...for one more generation only.
-        assert_eq!(r.count(&a, y, later + Repeats::SPAN_MS), 1);
-        assert_eq!(r.count(&a, x, later + Repeats::SPAN_MS), 4);
-        for i in 0..Repeats::MAX {
-            r.count(&i.to_string(), z, later + Repeats::SPAN_MS);
-        }
-        assert!(r.current.len() + r.old.len() <= 2 * Repeats::MAX + 1);
-    }
 }

@@ -9,6 +9,7 @@
 //! - [`index`]: which rules an event can fire (a trie of topic filters, a map of subjects).
 //! - [`world`]: the read-only questions a script can ask (`World`), and the folder's answers.
 //! - [`exec`]: the sink (route an event to its rules, queue them) and the workers that run them.
+//! - `repeats`: runs per (chain, rule), for `max_repeats`.
 //! - [`reads`]: which event fields a rule's scripts read (only those are built for a run).
 //! - `api`: the Rhai engine of a worker, its limits and the functions a script calls.
 //! - `timers`: `after`, debounced runs and schedules, on one thread.
@@ -28,6 +29,7 @@ pub mod index;
 pub mod loader;
 pub mod model;
 pub mod reads;
+mod repeats;
 mod script_event;
 pub mod service;
 pub mod stats;
