@@ -463,9 +463,9 @@ pub(crate) fn worker(core: Arc<Core>, rx: Arc<Mutex<Receiver<Work>>>) {
                 // Built once for the job's rules, with the fields they read; each run gets its
                 // own (the last this one).
                 let reads = match &job.hits[..] {
-                    [one] => Cow::Borrowed(&job.set.rules[one.rule].rule.reads),
+                    [one] => Cow::Borrowed(&job.set.rules[one.rule].rule.reads.fields),
                     hits => Cow::Owned(hits.iter().fold(Reads::Only(Vec::new()), |all, hit| {
-                        all.union(&job.set.rules[hit.rule].rule.reads)
+                        all.union(&job.set.rules[hit.rule].rule.reads.fields)
                     })),
                 };
                 let map = event_map(&job.event, job.previous.as_ref(), &job.data, &reads);
@@ -600,7 +600,7 @@ fn run(core: &Core, engine: &Engine, job: &Job, hit: Hit, value: Dynamic) {
         stopped: None,
     });
     let mut scope = Scope::new();
-    if rule.uses_msg {
+    if rule.reads.as_msg {
         scope.push_dynamic("msg", value.clone());
     }
     scope.push_dynamic("event", value);

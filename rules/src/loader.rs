@@ -325,9 +325,7 @@ fn build_rule(
     if let Some(cond) = &condition {
         calls.extend(calls_in(cond));
     }
-    let uses_msg = reads_variable(&action, "msg")
-        || condition.as_ref().is_some_and(|c| reads_variable(c, "msg"));
-    let reads = crate::reads::event_reads(std::iter::once(&action).chain(&condition));
+    let reads = crate::reads::event_use(std::iter::once(&action).chain(&condition));
     Ok(Rule {
         id: RuleId(def.id.value.into()),
         file: source.file.to_owned(),
@@ -345,23 +343,8 @@ fn build_rule(
         },
         description: def.description,
         calls,
-        uses_msg,
         reads,
     })
-}
-
-/// Whether `ast` reads the variable `name` anywhere.
-fn reads_variable(ast: &AST, name: &str) -> bool {
-    let mut found = false;
-    ast.walk(&mut |path: &[rhai::ASTNode]| {
-        if let Some(rhai::ASTNode::Expr(rhai::Expr::Variable(var, ..))) = path.last()
-            && var.1.as_str() == name
-        {
-            found = true;
-        }
-        !found
-    });
-    found
 }
 
 fn compile_script(

@@ -252,10 +252,9 @@ pub struct Rule {
     /// The API calls its scripts make with a literal first argument (`command("lamp", ..)`):
     /// what `check` reads for references and for loops.
     pub calls: Vec<Call>,
-    /// Its scripts read `msg` (the other name of `event`): only then is it set for a run.
-    pub uses_msg: bool,
-    /// The event fields its scripts read: only those are built for a run.
-    pub reads: crate::reads::Reads,
+    /// How its scripts use the event: only the fields they read are built for a run, and
+    /// `msg` (the other name of `event`) is set only if they name it.
+    pub reads: crate::reads::EventUse,
 }
 
 /// A call found in a script: `command("lamp", ..)` is `{ name: command, target: Some(lamp) }`.

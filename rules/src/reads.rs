@@ -1,4 +1,4 @@
-//! Which of the event's fields a rule's scripts read (`event.topic`, `msg.payload.x`), found
+//! Which of the event's fields a rule's scripts read, and under which name (`event.topic`, `msg.payload.x`), found
 //! once at load so that a run builds only those: the event map is built for every run, and a
 //! payload parsed for a script that never looks at it is most of a small rule's cost.
 
@@ -39,16 +39,25 @@ impl Reads {
     }
 }
 
-/// The fields `asts` read of the event, under any of its names.
-pub fn event_reads<'a>(asts: impl IntoIterator<Item = &'a AST>) -> Reads {
+/// How a rule's scripts use the event: which fields they read, and whether by the name `msg`
+/// (only then is `msg` set for a run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventUse {
+    pub fields: Reads,
+    pub as_msg: bool,
+}
+
+/// How `asts` use the event, under either of its names (one walk of each, at load).
+pub fn event_use<'a>(asts: impl IntoIterator<Item = &'a AST>) -> EventUse {
     let mut names: Vec<Box<str>> = Vec::new();
-    let mut all = false;
+    let (mut all, mut as_msg) = (false, false);
     for ast in asts {
         ast.walk(&mut |path: &[ASTNode]| {
             match path.last() {
                 Some(ASTNode::Expr(Expr::Variable(var, ..)))
                     if EVENT_NAMES.contains(&var.1.as_str()) =>
                 {
+                    as_msg |= var.1 == "msg";
                     let parent = path.len().checked_sub(2).and_then(|i| path.get(i));
                     match parent.and_then(|p| field_read(p, path.last())) {
                         Some(name) => names.push(name.into()),
@@ -64,15 +73,17 @@ pub fn event_reads<'a>(asts: impl IntoIterator<Item = &'a AST>) -> Reads {
                 }
                 _ => {}
             }
-            !all
+            true
         });
-        if all {
-            return Reads::All;
-        }
     }
-    names.sort_unstable();
-    names.dedup();
-    Reads::Only(names)
+    let fields = if all {
+        Reads::All
+    } else {
+        names.sort_unstable();
+        names.dedup();
+        Reads::Only(names)
+    };
+    EventUse { fields, as_msg }
 }
 
 /// The field `parent` reads of the variable `var` when it is `var.field...` or
@@ -104,7 +115,7 @@ mod tests {
 
     fn reads(script: &str) -> Reads {
         let ast = rhai::Engine::new().compile(script).expect("compiles");
-        event_reads([&ast])
+        event_use([&ast]).fields
     }
 
     fn only(names: &[&str]) -> Reads {
@@ -125,6 +136,15 @@ mod tests {
         assert_eq!(reads("event.state.temp > 20"), only(&["state"]));
         assert_eq!(reads("log(\"hi\")"), only(&[]));
         assert_eq!(reads("fn f(e) { e.x } f(1)"), only(&[]));
+    }
+
+    #[test]
+    fn msg_is_set_only_for_scripts_that_name_it() {
+        let ast = |s: &str| rhai::Engine::new().compile(s).expect("compiles");
+        let (event, msg) = (ast("event.topic"), ast("log(msg)"));
+        assert!(!event_use([&event]).as_msg);
+        assert!(event_use([&event, &msg]).as_msg);
+        assert_eq!(event_use([&event, &msg]).fields, Reads::All);
     }
 
     #[test]

@@ -1126,3 +1126,53 @@ rules:
         Bytes::from_static(b"hello there|hello there|person|0")
     );
 }
+
+/// A run builds only the fields its rules read (rules/src/reads.rs): two rules on one event
+/// each see the field they name, and a script that uses the event whole sees every field.
+#[test]
+fn each_rule_sees_the_fields_it_reads_and_a_whole_use_sees_them_all() {
+    let setup = start(&[(
+        "a.yaml",
+        r#"
+rules:
+  - id: topic-only
+    when: { topic: "both/#" }
+    mode: parallel
+    do: 'publish("t/" + event.topic, "x")'
+  - id: text-only
+    when: { topic: "both/#" }
+    mode: parallel
+    do: 'publish("x/" + msg["text"], "y")'
+  - id: whole
+    when: { topic: whole }
+    do: 'let k = event.keys(); k.sort(); publish("keys", k)'
+"#,
+    )]);
+    setup
+        .rules
+        .on_event(&publish("alice", ActorKind::Person, "both/a", "hi", "c1"));
+    setup
+        .rules
+        .on_event(&publish("alice", ActorKind::Person, "whole", "{}", "c2"));
+    setup.recorder.wait_for("three publishes", |d| d.len() >= 3);
+    let mut published: Vec<(String, Bytes)> = setup
+        .recorder
+        .published()
+        .into_iter()
+        .map(|p| (p.topic, p.payload))
+        .collect();
+    published.sort();
+    assert_eq!(
+        published,
+        vec![
+            (
+                "keys".to_owned(),
+                Bytes::from_static(
+                    br#"["at","by","by_kind","chain","kind","payload","qos","retain","text","topic"]"#
+                )
+            ),
+            ("t/both/a".to_owned(), Bytes::from_static(b"x")),
+            ("x/hi".to_owned(), Bytes::from_static(b"y")),
+        ]
+    );
+}
