@@ -295,13 +295,20 @@ async fn run_commands(cfg: &Arc<RunConfig>, sc: &Scenario) -> anyhow::Result<Mea
     };
     let delivered = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
-    for ((stream, rb), spec) in conns.into_iter().zip(commanders.iter()) {
+    let count = commanders.len().max(1) as f64;
+    for (i, ((stream, rb), spec)) in conns.into_iter().zip(commanders.iter()).enumerate() {
+        // Commander i starts i/N of a period after the first, so that together they send one
+        // command every 1/rate s, not N at once every N/rate s.
+        let phase = rate
+            .and_then(|r| Duration::try_from_secs_f64(i as f64 / count / r).ok())
+            .unwrap_or_default();
         let c = Commander {
             stream,
             rb,
             template: PublishTemplate::im(&spec.topic, 1, cfg.payload_size)?,
             spec: spec.clone(),
             rate,
+            phase,
             epoch,
             delivered: Arc::clone(&delivered),
             start: start_rx.clone(),
@@ -451,6 +458,8 @@ struct Commander {
     spec: CommanderSpec,
     /// Commands per second, when not windowed.
     rate: Option<f64>,
+    /// How long after the start this commander sends its first command.
+    phase: Duration,
     epoch: Instant,
     delivered: Arc<AtomicU64>,
     start: watch::Receiver<bool>,
@@ -479,6 +488,13 @@ impl Commander {
             biased;
             _ = flagged(&mut self.stop) => return Ok(()),
             _ = flagged(&mut self.start) => {}
+        }
+        if !self.phase.is_zero() {
+            tokio::select! {
+                biased;
+                _ = flagged(&mut self.stop) => return Ok(()),
+                () = tokio::time::sleep(self.phase) => {}
+            }
         }
         let started = tokio::time::Instant::now();
         let total = self.spec.messages;
