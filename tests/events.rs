@@ -28,8 +28,8 @@ impl EventSink for Recorder {
     fn interest(&self) -> Interest {
         Interest::ALL
     }
-    fn on_event(&self, event: &Event) {
-        let _ = self.0.send(event.clone());
+    fn on_event(&self, event: &Arc<Event>) {
+        let _ = self.0.send(Event::clone(event));
     }
 }
 

@@ -19,7 +19,7 @@ impl EventSink for Counter {
     fn interest(&self) -> Interest {
         Interest::ALL
     }
-    fn on_event(&self, event: &Event) {
+    fn on_event(&self, event: &Arc<Event>) {
         if let EventData::Publish(p) = &event.data {
             self.0.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
         }

@@ -12,7 +12,9 @@
 //! No MQTT, no network: payloads are [`Bytes`], QoS a number, topics strings.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -289,7 +291,8 @@ pub trait EventSink: Send + Sync {
     /// The kinds this consumer wants; asked when it is added and again at each
     /// [`Events::refresh_interest`] (a consumer whose wants change calls it).
     fn interest(&self) -> Interest;
-    fn on_event(&self, event: &Event);
+    /// The event is shared: a consumer that keeps it clones the `Arc`, not the event.
+    fn on_event(&self, event: &Arc<Event>);
 }
 
 /// The seam: every source emits through one `Events`, which hands each event to the consumers
@@ -298,7 +301,10 @@ pub trait EventSink: Send + Sync {
 pub struct Events {
     /// The union of every consumer's interest.
     wanted: AtomicU32,
-    sinks: RwLock<Vec<(Interest, Arc<dyn EventSink>)>>,
+    /// Read on every event (no lock); replaced whole when a consumer comes or its interest is
+    /// asked again, under `changing`.
+    sinks: ArcSwap<Vec<(Interest, Arc<dyn EventSink>)>>,
+    changing: Mutex<()>,
 }
 
 impl std::fmt::Debug for Events {
@@ -312,8 +318,10 @@ impl std::fmt::Debug for Events {
 impl Events {
     pub fn add_sink(&self, sink: Arc<dyn EventSink>) {
         let interest = sink.interest();
-        let mut sinks = self.sinks.write().unwrap_or_else(|p| p.into_inner());
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sinks = Vec::clone(&self.sinks.load());
         sinks.push((interest, sink));
+        self.sinks.store(Arc::new(sinks));
         self.wanted.fetch_or(interest.0, Ordering::Release);
     }
 
@@ -321,12 +329,14 @@ impl Events {
     /// a reload, calls this). A consumer that wants more should be asked before it needs the
     /// new kinds, and one that wants less after: see `mqtter_rules::Rules::reload`.
     pub fn refresh_interest(&self) {
-        let mut sinks = self.sinks.write().unwrap_or_else(|p| p.into_inner());
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sinks = Vec::clone(&self.sinks.load());
         let mut wanted = 0;
         for (interest, sink) in sinks.iter_mut() {
             *interest = sink.interest();
             wanted |= interest.0;
         }
+        self.sinks.store(Arc::new(sinks));
         self.wanted.store(wanted, Ordering::Release);
     }
 
@@ -340,17 +350,18 @@ impl Events {
     #[inline]
     pub fn emit_with(&self, kind: EventKind, make: impl FnOnce() -> Event) {
         if self.wants(kind) {
-            self.emit(&make());
+            self.emit(make());
         }
     }
 
     /// Hand `event` to every consumer that wants its kind.
-    pub fn emit(&self, event: &Event) {
+    pub fn emit(&self, event: Event) {
         let kind = event.data.kind();
-        let sinks = self.sinks.read().unwrap_or_else(|p| p.into_inner());
+        let event = Arc::new(event);
+        let sinks = self.sinks.load();
         for (interest, sink) in sinks.iter() {
             if interest.contains(kind) {
-                sink.on_event(event);
+                sink.on_event(&event);
             }
         }
     }
@@ -424,8 +435,8 @@ mod tests {
         fn interest(&self) -> Interest {
             self.0
         }
-        fn on_event(&self, event: &Event) {
-            self.1.lock().unwrap().push(event.clone());
+        fn on_event(&self, event: &Arc<Event>) {
+            self.1.lock().unwrap().push(Event::clone(event));
         }
     }
 
@@ -471,8 +482,8 @@ mod tests {
         fn interest(&self) -> Interest {
             Interest(self.0.load(Ordering::Relaxed))
         }
-        fn on_event(&self, event: &Event) {
-            self.1.lock().unwrap().push(event.clone());
+        fn on_event(&self, event: &Arc<Event>) {
+            self.1.lock().unwrap().push(Event::clone(event));
         }
     }
 

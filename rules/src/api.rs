@@ -21,7 +21,7 @@ type Fallible<T> = Result<T, Box<EvalAltResult>>;
 /// What the running script's calls need to know: set by the worker around each run.
 pub(crate) struct RunCtx {
     pub rule: Arc<str>,
-    pub account: String,
+    pub account: Arc<str>,
     pub chain: Chain,
     pub actions: Vec<String>,
     pub deadline: Instant,
@@ -128,7 +128,7 @@ fn publish(core: &Core, topic: &str, body: &Dynamic, qos: i64, retain: bool) -> 
         .ok_or("qos is 0, 1 or 2")?;
     let (account, chain) = with(|c| (c.account.clone(), c.chain.clone()))?;
     let result = core.actions.publish(ActionPublish {
-        account,
+        account: account.to_string(),
         topic: topic.to_owned(),
         payload: payload(body),
         qos,
@@ -225,7 +225,7 @@ fn after(core: &Core, ms: i64, name: &str, data: Value) -> Fallible<()> {
     })?;
     let due = crate::exec::now_ms().saturating_add(ms);
     core.timers
-        .set(&rule, name, due, account, chain, data)
+        .set(&rule, name, due, account.to_string(), chain, data)
         .map_err(|err| format!("after: {err}").into())
 }
 

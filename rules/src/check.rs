@@ -144,7 +144,7 @@ pub fn references<'a>(
 fn by_rule(by: &By, from: &Rule) -> bool {
     by.account
         .as_ref()
-        .is_none_or(|a| *a == from.options.account)
+        .is_none_or(|a| **a == *from.options.account)
         && by.kind.is_none_or(|k| k == ActorKind::Rule)
 }
 

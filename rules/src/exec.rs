@@ -252,7 +252,7 @@ impl Core {
     }
 
     /// The sink: find the rules `event` fires and queue them. Quick, never blocks.
-    pub fn route(&self, event: &Event) {
+    pub fn route(&self, event: &Arc<Event>) {
         self.counters.events.fetch_add(1, Ordering::Relaxed);
         let previous = match &event.data {
             EventData::ThingState { thing, state } => self.remember_state(thing, state),
@@ -270,7 +270,7 @@ impl Core {
         }
         self.enqueue(Job {
             set,
-            event: Arc::new(event.clone()),
+            event: Arc::clone(event),
             hits,
             previous,
             data: Value::Null,
@@ -400,7 +400,7 @@ impl Core {
                 let rule = &set.rules[hit.rule].rule;
                 let event = Event {
                     actor: Actor {
-                        account: Some(rule.options.account.as_str().into()),
+                        account: Some(rule.options.account.clone()),
                         kind: ActorKind::Rule,
                     },
                     at: now_ms(),
@@ -450,42 +450,65 @@ impl Core {
     }
 }
 
-/// A worker: runs jobs until told to stop.
-pub(crate) fn worker(core: Arc<Core>, rx: Arc<Mutex<Receiver<Work>>>) {
+/// The most jobs a worker takes from the queue at one lock.
+const BATCH: usize = 16;
+
+/// A worker (one of `workers`): runs jobs until told to stop. Under load it takes several jobs
+/// at one lock, at most its share of what is waiting (so that a slow job does not hold back
+/// others that another worker could run); a lone job is taken at once.
+pub(crate) fn worker(core: Arc<Core>, rx: Arc<Mutex<Receiver<Work>>>, workers: usize) {
     let engine = api::engine(&core);
+    let mut batch: Vec<Work> = Vec::with_capacity(BATCH);
     loop {
-        let work = {
+        {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-            rx.recv()
-        };
-        match work {
-            Ok(Work::Run(job)) => {
-                // Built once for the job's rules, with the fields they read; each run gets its
-                // own (the last this one).
-                let reads = match &job.hits[..] {
-                    [one] => Cow::Borrowed(&job.set.rules[one.rule].rule.reads.fields),
-                    hits => Cow::Owned(hits.iter().fold(Reads::Only(Vec::new()), |all, hit| {
-                        all.union(&job.set.rules[hit.rule].rule.reads.fields)
-                    })),
-                };
-                let map = event_map(&job.event, job.previous.as_ref(), &job.data, &reads);
-                let mut event = Some(map);
-                for (i, hit) in job.hits.iter().enumerate() {
-                    let value = if i + 1 == job.hits.len() {
-                        event.take().unwrap_or_default()
-                    } else {
-                        event.clone().unwrap_or_default()
-                    };
-                    run(&core, &engine, &job, *hit, value);
-                }
-                if let Some((name, id)) = &job.timer {
-                    core.timers.fired(name, *id);
-                }
-                core.busy.fetch_sub(1, Ordering::AcqRel);
+            match rx.recv() {
+                Ok(work) => batch.push(work),
+                Err(_) => return,
             }
-            Ok(Work::Stop) | Err(_) => return,
+            // Queued and running jobs, shared out; up to a `Stop`, never past one: each `Stop`
+            // ends a worker of its own.
+            let share = (core.busy.load(Ordering::Acquire) / workers.max(1)).clamp(1, BATCH);
+            while batch.len() < share && !matches!(batch.last(), Some(Work::Stop)) {
+                match rx.try_recv() {
+                    Ok(work) => batch.push(work),
+                    Err(_) => break,
+                }
+            }
+        }
+        for work in batch.drain(..) {
+            match work {
+                Work::Run(job) => run_job(&core, &engine, job),
+                Work::Stop => return,
+            }
         }
     }
+}
+
+/// Run a job's rules, each with the event as its scripts read it.
+fn run_job(core: &Core, engine: &Engine, job: Job) {
+    // Built once for the job's rules, with the fields they read; each run gets its own (the
+    // last this one).
+    let reads = match &job.hits[..] {
+        [one] => Cow::Borrowed(&job.set.rules[one.rule].rule.reads.fields),
+        hits => Cow::Owned(hits.iter().fold(Reads::Only(Vec::new()), |all, hit| {
+            all.union(&job.set.rules[hit.rule].rule.reads.fields)
+        })),
+    };
+    let map = event_map(&job.event, job.previous.as_ref(), &job.data, &reads);
+    let mut event = Some(map);
+    for (i, hit) in job.hits.iter().enumerate() {
+        let value = if i + 1 == job.hits.len() {
+            event.take().unwrap_or_default()
+        } else {
+            event.clone().unwrap_or_default()
+        };
+        run(core, engine, &job, *hit, value);
+    }
+    if let Some((name, id)) = &job.timer {
+        core.timers.fired(name, *id);
+    }
+    core.busy.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Run one rule for one job.

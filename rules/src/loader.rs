@@ -339,7 +339,7 @@ fn build_rule(
             mode: def.mode,
             rate,
             debounce,
-            account,
+            account: account.into(),
         },
         description: def.description,
         calls,

@@ -233,7 +233,7 @@ pub struct Options {
     pub rate: Option<(u32, Duration)>,
     pub debounce: Option<Duration>,
     /// The account the rule acts as.
-    pub account: String,
+    pub account: std::sync::Arc<str>,
 }
 
 /// A checked, compiled rule.

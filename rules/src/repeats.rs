@@ -32,7 +32,10 @@ impl Repeats {
     /// Count one more run of `rule` in `chain` at `now`; returns the runs so far.
     pub(crate) fn count(&mut self, chain: &str, rule: &str, now: u64) -> u32 {
         if self.current.len() >= Self::MAX || now.saturating_sub(self.since) >= Self::SPAN_MS {
-            self.old = std::mem::take(&mut self.current);
+            // The maps swap roles and the dropped generation's map is reused, its capacity
+            // kept: no growing and rehashing of a fresh map every turn.
+            std::mem::swap(&mut self.old, &mut self.current);
+            self.current.clear();
             self.since = now;
         }
         let key = self.pairs.hash_one((chain, rule));

@@ -157,7 +157,7 @@ impl Rules {
             let (core, rx) = (core.clone(), rx.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("rules-{n}"))
-                .spawn(move || worker(core, rx));
+                .spawn(move || worker(core, rx, workers));
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(err) => tracing::error!("rules: cannot start a worker: {err}"),
@@ -208,9 +208,9 @@ impl Rules {
         rules
     }
 
-    /// The sink: called by the event seam for every event of [`Rules::interest`]'s kinds.
+    /// Hand the engine one event, as the event seam does (a copy is shared with the workers).
     pub fn on_event(&self, event: &Event) {
-        self.core.route(event);
+        self.core.route(&Arc::new(event.clone()));
     }
 
     pub fn core(&self) -> &Arc<Core> {
@@ -458,7 +458,7 @@ impl Rules {
                 line: l.rule.line,
                 enabled: l.rule.options.enabled,
                 mode: loader::mode_name(l.rule.options.mode),
-                account: l.rule.options.account.clone(),
+                account: l.rule.options.account.to_string(),
                 triggers: l.rule.triggers.iter().map(|t| t.describe()).collect(),
                 counters: l.state.stats.counters(),
             })
@@ -496,7 +496,8 @@ impl EventSink for Rules {
         Rules::interest(self)
     }
 
-    fn on_event(&self, event: &Event) {
+    /// The sink: called by the event seam for every event of [`Rules::interest`]'s kinds.
+    fn on_event(&self, event: &Arc<Event>) {
         self.core.route(event);
     }
 }
