@@ -7,8 +7,8 @@
 //! and the group commit's model (one fsync serves every write before it).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -21,6 +21,9 @@ pub struct FjallStore {
     tree: Keyspace,
     /// Set by every write, taken by `flush`: a flush with nothing written costs no fsync.
     dirty: Arc<AtomicBool>,
+    /// Held through a flush, from taking `dirty` to the sync: a flush that finds `dirty` taken
+    /// by another one under way waits for that one to be durable.
+    flushing: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for FjallStore {
@@ -61,6 +64,7 @@ impl FjallStore {
             db,
             tree,
             dirty: Arc::new(AtomicBool::new(false)),
+            flushing: Arc::default(),
         })
     }
 }
@@ -119,6 +123,9 @@ impl Store for FjallStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // Else a flush that found `dirty` just taken by another returned before that one's sync:
+        // durable too early (see `RedbStore::flush`).
+        let _flushing = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }

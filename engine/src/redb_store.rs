@@ -6,8 +6,8 @@
 //! last durable commit, so a batch is all there or not at all.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
@@ -25,7 +25,11 @@ fn table(space: Space) -> Table {
 pub struct RedbStore {
     db: Arc<Database>,
     path: std::path::PathBuf,
+    /// Set by every write, taken by `flush`: a flush with nothing written costs no fsync.
     dirty: Arc<AtomicBool>,
+    /// Held through a flush, from taking `dirty` to the durable commit: a flush that finds
+    /// `dirty` taken by another one under way waits for that one to be durable.
+    flushing: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -81,6 +85,7 @@ impl RedbStore {
             db: Arc::new(db),
             path: file.to_path_buf(),
             dirty: Arc::new(AtomicBool::new(false)),
+            flushing: Arc::default(),
         })
     }
 }
@@ -148,6 +153,10 @@ impl Store for RedbStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // Without it, a flush that found `dirty` just taken by another returned at once, while
+        // that one's commit (an fsync, long under load) was still to come: the caller was told
+        // durable too early, and a crash lost the write (an `after` timer, set and flushed).
+        let _flushing = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -161,5 +170,63 @@ impl Store for RedbStore {
 
     fn size_on_disk(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a copy of the file, opened as after a crash, holds `key` in `Timers`.
+    fn durable(file: &Path, key: &[u8]) -> bool {
+        let copy = file.with_extension("copy");
+        std::fs::copy(file, &copy).expect("copy the store's file");
+        let found = RedbStore::open(&copy)
+            .expect("open the copy")
+            .get(Space::Timers, key)
+            .expect("read the copy");
+        found.is_some()
+    }
+
+    /// A flush that finds another flush under way (it took `dirty`, its durable commit is still
+    /// to come) returns only once that one is done: what was applied before it is durable.
+    #[test]
+    fn a_flush_returns_after_the_flush_under_way() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("store.redb");
+        let store = RedbStore::open(&file).expect("open");
+        let mut batch = Batch::new();
+        batch.put(Space::Timers, b"wake".to_vec(), b"set".to_vec());
+        store.apply(batch).expect("apply");
+        assert!(!durable(&file, b"wake"), "durable before any flush");
+
+        // The first flush takes `dirty`, then waits for the write lock held here to commit.
+        let held = store.db.begin_write().expect("a write transaction");
+        let first = std::thread::spawn({
+            let store = store.clone();
+            move || store.flush()
+        });
+        while store.dirty.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        let (done, second) = std::sync::mpsc::channel();
+        let second_flush = std::thread::spawn({
+            let (store, file) = (store.clone(), file.clone());
+            move || {
+                store.flush().expect("the second flush");
+                let _ = done.send(durable(&file, b"wake"));
+            }
+        });
+        // Done while the first cannot commit, it must have made the write durable itself.
+        if let Ok(durable) = second.recv_timeout(std::time::Duration::from_millis(500)) {
+            assert!(
+                durable,
+                "the second flush returned before the write was durable"
+            );
+        }
+        drop(held);
+        first.join().expect("the first flush").expect("flushed");
+        second_flush.join().expect("the second flush");
+        assert!(durable(&file, b"wake"));
     }
 }

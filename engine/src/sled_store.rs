@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::store::{Batch, Op, Pairs, Space, Store, StoreError, prefixed};
@@ -19,6 +19,9 @@ pub struct SledStore {
     /// Set by every write, taken by `flush`: a flush with nothing written since the last one
     /// costs nothing (sled would still seal and write a buffer, and sync its file).
     dirty: Arc<AtomicBool>,
+    /// Held through a flush, from taking `dirty` to the sync: a flush that finds `dirty` taken
+    /// by another one under way waits for that one to be durable.
+    flushing: Arc<Mutex<()>>,
     /// Wakes a flush that sled forgot to wake (see `watch_flushes`).
     watch: Arc<FlushWatch>,
 }
@@ -93,6 +96,7 @@ impl SledStore {
             db,
             tree,
             dirty: Arc::new(AtomicBool::new(false)),
+            flushing: Arc::default(),
             watch,
         })
     }
@@ -189,6 +193,9 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // Else a flush that found `dirty` just taken by another returned before that one's sync:
+        // durable too early (see `RedbStore::flush`).
+        let _flushing = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
