@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::clients::raw::{self, p3, p5};
 use crate::clients::{QUIET, v3, v5};
-use crate::common::Daemon;
+use crate::common::{Daemon, WAIT};
 
 fn will_props(delay_secs: u32) -> v5::LastWillProperties {
     v5::LastWillProperties {
@@ -335,5 +335,139 @@ fn parked_connections_still_time_out_and_publish_their_wills() {
     assert_eq!(
         (will.topic.as_str(), will.payload_str()),
         ("parked-will/silent", "timed out")
+    );
+}
+
+/// v5 [MQTT-3.1.2-8] where it is decided: the end of a connection (`Broker::detach`) and the
+/// client's next connection (`Broker::attach`, Clean Start 0) on two threads at once, for many
+/// client ids. Whichever the broker takes first, the client came back within the delay: its will
+/// goes out neither now nor later, and its session is online. In process, on the broker's own
+/// calls: two clients over TCP make the two meet within a few instructions only now and then,
+/// on a loaded machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnection_racing_the_end_of_the_connection_cancels_the_delayed_will() {
+    use std::sync::{Arc, Barrier};
+
+    use mqtter::broker::Departure;
+    use mqtter::message::Message;
+    use mqtter::wire::Will;
+    use mqtter::{Broker, Config};
+    use mqtter_engine::events::{Event, EventData, EventSink, Interest};
+    use mqtter_engine::{RedbStore, Store};
+
+    /// Passes on the topic of every publish.
+    struct Publishes(tokio::sync::mpsc::UnboundedSender<String>);
+    impl EventSink for Publishes {
+        fn interest(&self) -> Interest {
+            Interest::ALL
+        }
+        fn on_event(&self, event: &Event) {
+            if let EventData::Publish(publish) = &event.data {
+                let _ = self.0.send(publish.topic.clone());
+            }
+        }
+    }
+
+    const CLIENTS: usize = 1000;
+    const DELAY: u32 = 1;
+    const EXPIRY: u32 = 60;
+    let will = |client_id: &str, delay_secs: u32| {
+        let mut msg = Message::system(format!("race/{client_id}"), b"will".to_vec(), false);
+        msg.publisher = Some(Arc::from(client_id));
+        Will {
+            msg,
+            delay_secs,
+            account: None,
+        }
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config {
+        data: dir.path().join("data"),
+        ..Config::default()
+    };
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(dir.path().join("store.redb")).expect("store"));
+    let broker = Broker::open(config, store).expect("open the broker");
+    let (tx, mut published) = tokio::sync::mpsc::unbounded_channel();
+    broker.events.add_sink(Arc::new(Publishes(tx)));
+
+    // Every client connected once, with a delayed will.
+    let ids: Vec<String> = (0..CLIENTS).map(|i| format!("racer-{i}")).collect();
+    let first: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let owner = broker.next_token();
+            let (session, _) = broker
+                .attach(id, None, false, EXPIRY, owner)
+                .expect("attached");
+            (session, owner)
+        })
+        .collect();
+    // Then each one's connection ends while it connects again.
+    let start = Arc::new(Barrier::new(2));
+    let runtime = tokio::runtime::Handle::current();
+    let ends = std::thread::spawn({
+        let (broker, start, runtime, ids) =
+            (broker.clone(), start.clone(), runtime.clone(), ids.clone());
+        move || {
+            let _runtime = runtime.enter();
+            for ((session, owner), id) in first.into_iter().zip(&ids) {
+                start.wait();
+                broker.detach(&session, owner, Departure::Will(will(id, DELAY)));
+            }
+        }
+    });
+    let comes_back = std::thread::spawn({
+        let (broker, ids) = (broker.clone(), ids.clone());
+        move || {
+            let _runtime = runtime.enter();
+            ids.iter()
+                .map(|id| {
+                    start.wait();
+                    let owner = broker.next_token();
+                    let (session, present) = broker
+                        .attach(id, None, false, EXPIRY, owner)
+                        .expect("attached again");
+                    assert!(present, "{id}: the session was not resumed");
+                    session
+                })
+                .collect::<Vec<_>>()
+        }
+    });
+    ends.join().expect("the ends");
+    let sessions = comes_back.join().expect("the reconnections");
+    let offline: Vec<_> = sessions
+        .iter()
+        .filter(|s| !s.is_online())
+        .map(|s| s.client_id.clone())
+        .collect();
+    assert!(offline.is_empty(), "reconnected, yet offline: {offline:?}");
+
+    // A client that does not come back: its will, a second later than any of theirs, marks the
+    // point by which theirs would have gone out.
+    let owner = broker.next_token();
+    let (control, _) = broker
+        .attach("racer-control", None, false, EXPIRY, owner)
+        .expect("attached");
+    broker.detach(
+        &control,
+        owner,
+        Departure::Will(will("racer-control", DELAY + 1)),
+    );
+    let mut sent = Vec::new();
+    loop {
+        let topic = tokio::time::timeout(WAIT, published.recv())
+            .await
+            .expect("the control's will")
+            .expect("the event seam");
+        if topic == "race/racer-control" {
+            break;
+        }
+        sent.push(topic);
+    }
+    assert!(
+        sent.is_empty(),
+        "{} wills published although their clients came back within the delay: {sent:?}",
+        sent.len()
     );
 }

@@ -132,7 +132,9 @@ impl Broker {
                 account: None,
             };
             if tokio::runtime::Handle::try_current().is_ok() {
-                self.schedule_will(&client_id, record.owner, will, expiry);
+                if let Some(will) = self.schedule_will(&client_id, record.owner, will, expiry) {
+                    self.publish_now(&client_id, record.owner, will);
+                }
                 wills += 1;
             }
         }

@@ -99,6 +99,14 @@ impl Broker {
             }
             Departure::Will(will) => Some(will),
         };
+        // Decided under the sessions' lock, which `attach` holds throughout: a new connection for
+        // the client id is attached wholly before (it took the session over) or wholly after
+        // (it finds the session detached and its delayed will pending, and cancels it). Without
+        // it, a reconnection that came between the owner's reset and the pending will (or
+        // between a takeover's two steps) had the will published although the client was back
+        // within the delay [MQTT-3.1.2-8], and its session marked offline. Wills go out once
+        // the lock is released.
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let expiry = {
             let mut state = session.lock();
             if state.owner != owner {
@@ -108,6 +116,7 @@ impl Broker {
                 // [MQTT-3.1.2-8].
                 let continued = state.owner != 0;
                 drop(state);
+                drop(sessions);
                 if let Some(will) = will
                     && (!continued || will.delay_secs == 0)
                 {
@@ -123,14 +132,20 @@ impl Broker {
             state.expiry_secs
         };
         session.set_online(false);
-        if let Some(will) = will {
-            self.schedule_will(&session.client_id, owner, will, expiry);
-        }
+        let now = will.and_then(|will| self.schedule_will(&session.client_id, owner, will, expiry));
         if expiry == 0 {
-            self.end_session(session);
+            Self::unlist(&mut sessions, session);
+            self.discard(session);
         } else {
             self.save_session(session, Some(now_ms()));
             self.schedule_expiry(session.clone(), expiry);
+        }
+        drop(sessions);
+        if let Some(will) = now {
+            self.publish_now(&session.client_id, owner, will);
+        }
+        if expiry == 0 {
+            self.publish_pending_will(&session.client_id);
         }
     }
 
@@ -167,22 +182,32 @@ impl Broker {
     /// End a session for good: its subscriptions, queue and record go; a pending will is sent.
     pub fn end_session(&self, session: &Arc<Session>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        Self::unlist(&mut sessions, session);
+        drop(sessions);
+        self.discard(session);
+        self.publish_pending_will(&session.client_id);
+    }
+
+    /// `session` leaves the map, unless another session of its client id has replaced it.
+    fn unlist(sessions: &mut HashMap<Arc<str>, Arc<Session>>, session: &Arc<Session>) {
         if sessions
             .get(&session.client_id)
             .is_some_and(|s| Arc::ptr_eq(s, session))
         {
             sessions.remove(&session.client_id);
         }
-        drop(sessions);
-        self.discard(session);
+    }
+
+    /// The session of `client_id` has ended: its delayed will, if one waits, goes out now.
+    fn publish_pending_will(&self, client_id: &str) {
         let will = self
             .pending_wills
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&session.client_id);
+            .remove(client_id);
         if let Some(pending) = will {
             self.publish_will(pending.will);
-            self.forget_will(&session.client_id, pending.owner);
+            self.forget_will(client_id, pending.owner);
         }
     }
 

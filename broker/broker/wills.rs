@@ -4,21 +4,20 @@
 use super::*;
 
 impl Broker {
-    /// Publish the will of connection `owner` now, or after its delay (bounded by the session's
-    /// expiry) unless a new connection for the client id comes first. Its stored record is
-    /// removed once it has gone out.
+    /// Publish the will of connection `owner` after its delay (bounded by the session's expiry)
+    /// unless a new connection for the client id comes first; a will of no delay is handed
+    /// back, to be published now (by the caller, once it holds no lock: see `publish_now`). Its
+    /// stored record is removed once it has gone out.
     pub(super) fn schedule_will(
         self: &Arc<Self>,
         client_id: &Arc<str>,
         owner: u64,
         will: Will,
         session_expiry: u32,
-    ) {
+    ) -> Option<Will> {
         let delay = will.delay_secs.min(session_expiry);
         if delay == 0 {
-            self.publish_will(will);
-            self.forget_will(client_id, owner);
-            return;
+            return Some(will);
         }
         let token = self.next_token();
         self.pending_wills
@@ -43,6 +42,13 @@ impl Broker {
                 broker.forget_will(&client_id, due.owner);
             }
         });
+        None
+    }
+
+    /// Publish the will of connection `owner` now; its stored record goes.
+    pub(super) fn publish_now(&self, client_id: &str, owner: u64, will: Will) {
+        self.publish_will(will);
+        self.forget_will(client_id, owner);
     }
 
     pub(super) fn publish_will(&self, will: Will) {
