@@ -377,7 +377,7 @@ async fn a_reconnection_racing_the_end_of_the_connection_cancels_the_delayed_wil
         fn interest(&self) -> Interest {
             Interest::ALL
         }
-        fn on_event(&self, event: &Event) {
+        fn on_event(&self, event: &Arc<Event>) {
             if let EventData::Publish(publish) = &event.data {
                 let _ = self.0.send(publish.topic.clone());
             }
