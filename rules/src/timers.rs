@@ -193,9 +193,11 @@ impl Timers {
         });
         let mut batch = Batch::new();
         batch.put(Space::Timers, name.as_bytes(), stored.to_string());
-        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        // The record and the pending timer change together: two settings of one name at once
+        // (a `mode: parallel` rule, two rules sharing a name) otherwise could leave one in the
+        // store and the other pending, and the stored one fired again after a restart.
+        let _records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         self.write(batch)?;
-        drop(records);
         self.push(
             due,
             Item::After {
@@ -265,5 +267,93 @@ impl Timers {
             let next = state.heap.peek().map(|Reverse((at, _))| *at);
             state = self.alarm.wait(&self.wake, state, next);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use mqtter_engine::store::{Pairs, StoreError};
+
+    /// The setting that the store holds for `name` and the one pending in memory.
+    fn settings(timers: &Timers, store: &dyn Store, name: &str) -> (u64, u64) {
+        let stored = store
+            .get(Space::Timers, name.as_bytes())
+            .expect("read the store")
+            .expect("a record");
+        let stored: Value = serde_json::from_slice(&stored).expect("a record's JSON");
+        let state = timers.lock();
+        let pending = match &state.items[&state.named[name]] {
+            Item::After { id, .. } => *id,
+            _ => unreachable!("a named timer is an `after`"),
+        };
+        (stored["id"].as_u64().expect("an id"), pending)
+    }
+
+    /// A store whose flush returns at once: the settings' writes then take microseconds, not
+    /// an fsync each, and settings racing each other interleave as they would on a fast disk.
+    #[derive(Debug)]
+    struct Unsynced(mqtter_engine::RedbStore);
+
+    impl Store for Unsynced {
+        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get(space, key)
+        }
+        fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+            self.0.apply(batch)
+        }
+        fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError> {
+            self.0.scan_prefix(space, prefix)
+        }
+        fn scan_range(
+            &self,
+            space: Space,
+            from: &[u8],
+            to: &[u8],
+            limit: usize,
+            reverse: bool,
+        ) -> Result<Pairs, StoreError> {
+            self.0.scan_range(space, from, to, limit, reverse)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn size_on_disk(&self) -> u64 {
+            self.0.size_on_disk()
+        }
+    }
+
+    /// Settings of one name at once (a `mode: parallel` rule, two rules sharing a name): the
+    /// setting the store keeps is the one pending, so a restart does not fire another.
+    #[test]
+    fn settings_of_one_name_at_once_leave_the_store_and_memory_agreeing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(Unsynced(
+            mqtter_engine::RedbStore::open(dir.path().join("timers.redb")).expect("open"),
+        ));
+        let timers = Arc::new(Timers::new(Some(store.clone())));
+        for round in 0..200 {
+            let name = format!("wake-{round}");
+            let setters: Vec<_> = (0..4)
+                .map(|_| {
+                    let (timers, name) = (timers.clone(), name.clone());
+                    std::thread::spawn(move || {
+                        let chain = Chain::start("c");
+                        timers.set("r", &name, u64::MAX / 2, "a".into(), chain, Value::Null)
+                    })
+                })
+                .collect();
+            for setter in setters {
+                setter.join().expect("a setter").expect("set");
+            }
+            let (stored, pending) = settings(&timers, &*store, &name);
+            assert_eq!(
+                stored, pending,
+                "round {round}: the store and memory disagree"
+            );
+        }
+        assert_eq!(timers.pending(), 200);
     }
 }
