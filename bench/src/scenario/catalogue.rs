@@ -14,19 +14,30 @@ pub struct Sizes {
     pub quick: bool,
 }
 
+impl Sizes {
+    /// A plan's connections: `--connections`, else `full` (`quick` with `--quick`).
+    fn conns(&self, full: usize, quick: usize) -> usize {
+        self.connections
+            .unwrap_or(if self.quick { quick } else { full })
+    }
+
+    /// A saturating load's messages: `--messages`, else `full` (`quick` with `--quick`).
+    fn msgs(&self, full: u64, quick: u64) -> u64 {
+        self.messages
+            .unwrap_or(if self.quick { quick } else { full })
+    }
+}
+
 /// The plain-MQTT scenarios, in the order they run.
 pub fn builtin(s: &Sizes) -> Vec<Scenario> {
-    let q = s.quick;
-    let conns = |full: usize, quick: usize| s.connections.unwrap_or(if q { quick } else { full });
-    let msgs = |full: u64, quick: u64| s.messages.unwrap_or(if q { quick } else { full });
-    let pairs = conns(10, 2);
+    let pairs = s.conns(10, 2);
     // `conns` runs first: the broker's memory is measured best before other scenarios have
     // grown (and freed) its heap.
     let mut out = vec![Scenario {
         name: "conns".to_string(),
         group: "conns",
         plan: ConnectionPlan::Idle {
-            connections: conns(10_000, 200),
+            connections: s.conns(10_000, 200),
         },
         load: LoadShape::Saturate { messages: 0 },
         qos: 0,
@@ -37,7 +48,7 @@ pub fn builtin(s: &Sizes) -> Vec<Scenario> {
             group: "pairs",
             plan: ConnectionPlan::Pairs { n: pairs },
             load: LoadShape::Saturate {
-                messages: msgs(200_000, 2_000),
+                messages: s.msgs(200_000, 2_000),
             },
             qos,
         });
@@ -59,10 +70,10 @@ pub fn builtin(s: &Sizes) -> Vec<Scenario> {
             name: format!("fanout-qos{qos}"),
             group: "fanout",
             plan: ConnectionPlan::FanOut {
-                subscribers: conns(1000, 20),
+                subscribers: s.conns(1000, 20),
             },
             load: LoadShape::Saturate {
-                messages: msgs(200, 50),
+                messages: s.msgs(200, 50),
             },
             qos,
         });
@@ -72,10 +83,10 @@ pub fn builtin(s: &Sizes) -> Vec<Scenario> {
             name: format!("fanin-qos{qos}"),
             group: "fanin",
             plan: ConnectionPlan::FanIn {
-                publishers: conns(1000, 20),
+                publishers: s.conns(1000, 20),
             },
             load: LoadShape::Saturate {
-                messages: msgs(200_000, 2_000),
+                messages: s.msgs(200_000, 2_000),
             },
             qos,
         });
@@ -111,21 +122,18 @@ pub fn builtin_sustain(s: &Sizes) -> Vec<Scenario> {
 /// The IM scenarios (MQTTER only: they need the accounts of [`im_definitions`]), QoS 1 as
 /// persons' clients use it. Not part of the default selection; `--scenario im` runs them.
 pub fn builtin_im(s: &Sizes) -> Vec<Scenario> {
-    let q = s.quick;
-    let conns = |full: usize, quick: usize| s.connections.unwrap_or(if q { quick } else { full });
-    let msgs = |full: u64, quick: u64| s.messages.unwrap_or(if q { quick } else { full });
     // Each IM scenario is followed by its reference: the same connections and load in plain
     // MQTT (anonymous clients, the plain payload), so that the ratio of the two is the cost of
     // the IM world (gate, stamping, storage, the envelope) and nothing else. 400 messages per
     // pair and 1,000 group messages keep the ramp-up (the first windows in flight) a small
     // part of the time.
-    let direct_pairs = conns(1000, 20);
+    let direct_pairs = s.conns(1000, 20);
     let direct_load = LoadShape::Saturate {
-        messages: msgs(400_000, 2_000),
+        messages: s.msgs(400_000, 2_000),
     };
-    let members = conns(1000, 20);
+    let members = s.conns(1000, 20);
     let group_load = LoadShape::Saturate {
-        messages: msgs(1_000, 50),
+        messages: s.msgs(1_000, 50),
     };
     vec![
         Scenario {
@@ -166,7 +174,7 @@ pub fn builtin_im(s: &Sizes) -> Vec<Scenario> {
             group: "im",
             plan: ConnectionPlan::ImReconnect,
             load: LoadShape::Saturate {
-                messages: msgs(100_000, 2_000),
+                messages: s.msgs(100_000, 2_000),
             },
             qos: 1,
         },
@@ -178,11 +186,9 @@ pub fn builtin_im(s: &Sizes) -> Vec<Scenario> {
 /// `rate` is `--rate` when given (the fixed-rate ones have their own defaults).
 pub fn builtin_own(s: &Sizes, rate: Option<u64>) -> Vec<Scenario> {
     let q = s.quick;
-    let conns = |full: usize, quick: usize| s.connections.unwrap_or(if q { quick } else { full });
-    let msgs = |full: u64, quick: u64| s.messages.unwrap_or(if q { quick } else { full });
-    let pairs = conns(10, 2);
+    let pairs = s.conns(10, 2);
     let pairs_load = LoadShape::Saturate {
-        messages: msgs(200_000, 2_000),
+        messages: s.msgs(200_000, 2_000),
     };
     let mut out: Vec<Scenario> = [0usize, 1000]
         .into_iter()
@@ -198,7 +204,7 @@ pub fn builtin_own(s: &Sizes, rate: Option<u64>) -> Vec<Scenario> {
         name: "rules-chain".to_string(),
         group: "rules",
         plan: ConnectionPlan::RulesChain {
-            chains: conns(10, 2),
+            chains: s.conns(10, 2),
         },
         load: LoadShape::Rate {
             per_sec: rate.unwrap_or(if q { 200 } else { 1_000 }),
@@ -211,7 +217,7 @@ pub fn builtin_own(s: &Sizes, rate: Option<u64>) -> Vec<Scenario> {
         group: "rules",
         plan: ConnectionPlan::RulesReload {
             rules: 1000,
-            publishers: conns(10, 2),
+            publishers: s.conns(10, 2),
             reloads: if q { 3 } else { 10 },
         },
         load: LoadShape::Rate {
@@ -224,10 +230,10 @@ pub fn builtin_own(s: &Sizes, rate: Option<u64>) -> Vec<Scenario> {
         name: "things-roundtrip".to_string(),
         group: "things",
         plan: ConnectionPlan::ThingsRoundtrip {
-            things: conns(1000, 20),
+            things: s.conns(1000, 20),
         },
         load: LoadShape::Saturate {
-            messages: msgs(100_000, 400),
+            messages: s.msgs(100_000, 400),
         },
         qos: 1,
     });
