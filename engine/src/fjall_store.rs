@@ -7,12 +7,12 @@
 //! and the group commit's model (one fsync serves every write before it).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::store::{Batch, Op, Pairs, Space, Store, StoreError, prefixed};
+use crate::unflushed::Unflushed;
 
 /// The fjall backend. Cheap to share: fjall handles are reference counted.
 #[derive(Clone)]
@@ -20,10 +20,8 @@ pub struct FjallStore {
     db: Database,
     tree: Keyspace,
     /// Set by every write, taken by `flush`: a flush with nothing written costs no fsync.
-    dirty: Arc<AtomicBool>,
-    /// Held through a flush, from taking `dirty` to the sync: a flush that finds `dirty` taken
-    /// by another one under way waits for that one to be durable.
-    flushing: Arc<Mutex<()>>,
+    /// Writes not yet flushed, and one flush at a time.
+    unflushed: Arc<Unflushed>,
 }
 
 impl std::fmt::Debug for FjallStore {
@@ -63,8 +61,7 @@ impl FjallStore {
         Ok(Self {
             db,
             tree,
-            dirty: Arc::new(AtomicBool::new(false)),
-            flushing: Arc::default(),
+            unflushed: Arc::default(),
         })
     }
 }
@@ -92,7 +89,7 @@ impl Store for FjallStore {
             }
         }
         let applied = write.commit().map_err(map_err);
-        self.dirty.store(true, Ordering::Release);
+        self.unflushed.written();
         applied
     }
 
@@ -123,16 +120,8 @@ impl Store for FjallStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        // Else a flush that found `dirty` just taken by another returned before that one's sync:
-        // durable too early (see `RedbStore::flush`).
-        let _flushing = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.dirty.swap(false, Ordering::AcqRel) {
-            return Ok(());
-        }
-        self.db.persist(PersistMode::SyncAll).map_err(|err| {
-            self.dirty.store(true, Ordering::Release);
-            map_err(err)
-        })
+        self.unflushed
+            .flush(|| self.db.persist(PersistMode::SyncAll).map_err(map_err))
     }
 
     fn size_on_disk(&self) -> u64 {

@@ -35,6 +35,7 @@ pub mod sled_store;
 pub mod staged;
 pub mod store;
 pub mod things;
+mod unflushed;
 pub mod watch;
 
 pub use commit::GroupCommit;

@@ -6,13 +6,13 @@
 //! last durable commit, so a batch is all there or not at all.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use crate::staged::prefix_end;
 use crate::store::{Batch, Op, Pairs, Space, Store, StoreError};
+use crate::unflushed::Unflushed;
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -25,11 +25,8 @@ fn table(space: Space) -> Table {
 pub struct RedbStore {
     db: Arc<Database>,
     path: std::path::PathBuf,
-    /// Set by every write, taken by `flush`: a flush with nothing written costs no fsync.
-    dirty: Arc<AtomicBool>,
-    /// Held through a flush, from taking `dirty` to the durable commit: a flush that finds
-    /// `dirty` taken by another one under way waits for that one to be durable.
-    flushing: Arc<Mutex<()>>,
+    /// Writes not yet flushed, and one flush at a time.
+    unflushed: Arc<Unflushed>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -84,8 +81,7 @@ impl RedbStore {
         Ok(Self {
             db: Arc::new(db),
             path: file.to_path_buf(),
-            dirty: Arc::new(AtomicBool::new(false)),
-            flushing: Arc::default(),
+            unflushed: Arc::default(),
         })
     }
 }
@@ -118,7 +114,7 @@ impl Store for RedbStore {
             }
             tx.commit().map_err(map_err)
         })();
-        self.dirty.store(true, Ordering::Release);
+        self.unflushed.written();
         applied
     }
 
@@ -153,19 +149,11 @@ impl Store for RedbStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        // Without it, a flush that found `dirty` just taken by another returned at once, while
-        // that one's commit (an fsync, long under load) was still to come: the caller was told
-        // durable too early, and a crash lost the write (an `after` timer, set and flushed).
-        let _flushing = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.dirty.swap(false, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let flushed = (|| {
+        self.unflushed.flush(|| {
             let mut tx = self.db.begin_write().map_err(map_err)?;
             tx.set_durability(Durability::Immediate).map_err(map_err)?;
             tx.commit().map_err(map_err)
-        })();
-        flushed.inspect_err(|_| self.dirty.store(true, Ordering::Release))
+        })
     }
 
     fn size_on_disk(&self) -> u64 {
@@ -206,7 +194,7 @@ mod tests {
             let store = store.clone();
             move || store.flush()
         });
-        while store.dirty.load(Ordering::Acquire) {
+        while store.unflushed.pending() {
             std::thread::yield_now();
         }
         let (done, second) = std::sync::mpsc::channel();

@@ -5,23 +5,20 @@
 //! are slower and, in testing here, mixed keys of different trees up).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::store::{Batch, Op, Pairs, Space, Store, StoreError, prefixed};
+use crate::unflushed::Unflushed;
 
 /// The single-machine backend. Cheap to share: sled handles are internally reference counted.
 #[derive(Debug, Clone)]
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
-    /// Set by every write, taken by `flush`: a flush with nothing written since the last one
-    /// costs nothing (sled would still seal and write a buffer, and sync its file).
-    dirty: Arc<AtomicBool>,
-    /// Held through a flush, from taking `dirty` to the sync: a flush that finds `dirty` taken
-    /// by another one under way waits for that one to be durable.
-    flushing: Arc<Mutex<()>>,
+    /// Writes not yet flushed: a flush with nothing written since the last one costs nothing (sled would still seal and write a buffer, and sync its file).
+    unflushed: Arc<Unflushed>,
     /// Wakes a flush that sled forgot to wake (see `watch_flushes`).
     watch: Arc<FlushWatch>,
 }
@@ -95,8 +92,7 @@ impl SledStore {
         Ok(Self {
             db,
             tree,
-            dirty: Arc::new(AtomicBool::new(false)),
-            flushing: Arc::default(),
+            unflushed: Arc::default(),
             watch,
         })
     }
@@ -163,7 +159,7 @@ impl Store for SledStore {
         let applied = self.apply_ops(batch);
         // Marked after the write (a flush that misses the mark ran before the write was
         // complete, and the writer's own wait for durability starts after this line).
-        self.dirty.store(true, Ordering::Release);
+        self.unflushed.written();
         applied
     }
     fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError> {
@@ -193,21 +189,13 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        // Else a flush that found `dirty` just taken by another returned before that one's sync:
-        // durable too early (see `RedbStore::flush`).
-        let _flushing = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.dirty.swap(false, Ordering::AcqRel) {
-            return Ok(());
-        }
-        self.watch
-            .started
-            .store(self.watch.now(), Ordering::Release);
-        let flushed = self.db.flush();
-        self.watch.started.store(0, Ordering::Release);
-        flushed.map(|_| ()).map_err(|err| {
-            // Not durable after all: the next flush must try again.
-            self.dirty.store(true, Ordering::Release);
-            map_err(err)
+        self.unflushed.flush(|| {
+            self.watch
+                .started
+                .store(self.watch.now(), Ordering::Release);
+            let flushed = self.db.flush();
+            self.watch.started.store(0, Ordering::Release);
+            flushed.map(|_| ()).map_err(map_err)
         })
     }
 
